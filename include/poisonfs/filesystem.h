@@ -1,0 +1,212 @@
+// The public API of the poisonfs core: a POSIX filesystem addressed by inode
+// number, shaped after the FUSE low-level operations but with no FUSE inside,
+// so that the daemon, the offline tools and the tests all drive the same code.
+//
+// Concurrency: every public method may be called from many threads. One
+// reader-writer lock guards the namespace and all metadata (see
+// src/fs/fs_impl.h for the lock order); read() replies while holding it
+// shared so that the mapping under a reply cannot be reused.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "poisonfs/error.h"
+#include "poisonfs/media.h"
+
+namespace poisonfs {
+
+using Ino = uint64_t;
+inline constexpr Ino kRootIno = 1;
+inline constexpr uint32_t kBlockSize = 4096;
+inline constexpr size_t kNameMax = 255;
+
+struct Timespec {
+  int64_t sec = 0;
+  int64_t nsec = 0;
+};
+
+struct Attr {
+  Ino ino = 0;
+  uint32_t mode = 0;
+  uint32_t nlink = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t rdev = 0;
+  uint64_t size = 0;
+  uint64_t blocks = 0;  // 512-byte units actually allocated
+  uint64_t generation = 0;
+  Timespec atime, mtime, ctime, btime;
+};
+
+// Who asks: the FUSE request context or the tool's own credentials.
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t umask = 0;
+};
+
+// Which fields a setattr changes.
+struct SetAttr {
+  enum : uint32_t {
+    kMode = 1u << 0,
+    kUid = 1u << 1,
+    kGid = 1u << 2,
+    kSize = 1u << 3,
+    kAtime = 1u << 4,
+    kMtime = 1u << 5,
+    kAtimeNow = 1u << 6,
+    kMtimeNow = 1u << 7,
+    kCtime = 1u << 8,
+  };
+  uint32_t valid = 0;
+  uint32_t mode = 0, uid = 0, gid = 0;
+  uint64_t size = 0;
+  Timespec atime, mtime, ctime;
+};
+
+struct StatFs {
+  uint64_t block_size = kBlockSize;
+  uint64_t blocks = 0;       // data area
+  uint64_t blocks_free = 0;
+  uint64_t files = 0;        // inode slots
+  uint64_t files_free = 0;
+  uint64_t name_max = kNameMax;
+};
+
+// Geometry and usage, as `poisonctl stat` shows it.
+struct FsInfo {
+  std::string uuid;
+  uint32_t version = 0;
+  uint64_t device_bytes = 0;
+  uint64_t block_size = kBlockSize;
+  uint64_t total_blocks = 0;
+  uint64_t journal_start = 0, journal_blocks = 0;
+  uint64_t inode_start = 0, inode_blocks = 0, inode_count = 0;
+  uint64_t data_start = 0, data_blocks = 0;
+  uint64_t free_blocks = 0;      // allocatable now
+  uint64_t pending_free = 0;     // freed, reusable after the next checkpoint
+  uint64_t inodes_used = 0;
+  uint64_t extent_records = 0;
+  uint64_t journal_commits = 0;  // since mount
+  bool byte_granular = false;
+};
+
+struct DirEntry {
+  std::string_view name;
+  Ino ino;
+  uint32_t type;  // DT_* value
+  uint64_t next_cookie;
+};
+
+// A piece of a read: either bytes in the mapping or a run of zeros (a hole).
+struct ReadSegment {
+  const std::byte* data;  // nullptr for zeros
+  size_t length;
+};
+
+struct OpenOptions {
+  MapMode map_mode = MapMode::kShared;
+};
+
+struct MkfsOptions {
+  uint64_t inode_count = 0;  // 0: derived from the size
+  std::string label;
+  uint32_t root_uid = 0;     // owner of the root directory
+  uint32_t root_gid = 0;
+};
+
+// Fallocate modes (values of the Linux FALLOC_FL_* flags; stored nowhere).
+inline constexpr int kFallocKeepSize = 0x01;
+inline constexpr int kFallocPunchHole = 0x02;
+inline constexpr int kFallocZeroRange = 0x10;
+
+// Rename flags (values of RENAME_*).
+inline constexpr unsigned kRenameNoReplace = 1u << 0;
+inline constexpr unsigned kRenameExchange = 1u << 1;
+
+// Xattr flags (values of XATTR_*).
+inline constexpr int kXattrCreate = 1;
+inline constexpr int kXattrReplace = 2;
+
+class Filesystem {
+ public:
+  virtual ~Filesystem() = default;
+
+  // Lays a new empty filesystem on the media. REQUIRES: media writable.
+  static Status format(Media& media, const MkfsOptions& options);
+  // Checks the superblock, replays the journal, loads every index and
+  // reclaims orphans. Fails with a clear message and no store on bad images.
+  static Result<std::unique_ptr<Filesystem>> mount(std::unique_ptr<Media> media,
+                                                   const OpenOptions& options);
+  static Result<std::unique_ptr<Filesystem>> mount_image(const std::string& path,
+                                                         const OpenOptions& options);
+
+  // Writes back lazy state (times) and checkpoints the journal.
+  virtual Status unmount() = 0;
+
+  virtual Result<Attr> lookup(Ino parent, std::string_view name) = 0;
+  virtual Result<Attr> getattr(Ino ino) = 0;
+  virtual Result<Attr> setattr(Ino ino, const SetAttr& set, const Caller& caller) = 0;
+
+  virtual Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                             const Caller& caller) = 0;
+  virtual Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode,
+                             const Caller& caller) = 0;
+  virtual Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
+                               const Caller& caller) = 0;
+  virtual Result<std::string> readlink(Ino ino) = 0;
+  virtual Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name) = 0;
+  virtual Status unlink(Ino parent, std::string_view name) = 0;
+  virtual Status rmdir(Ino parent, std::string_view name) = 0;
+  virtual Status rename(Ino parent, std::string_view name, Ino new_parent,
+                        std::string_view new_name, unsigned flags) = 0;
+
+  // Open files stay alive after their last unlink until their last release.
+  virtual Status open(Ino ino) = 0;
+  virtual Status release(Ino ino) = 0;
+
+  // Calls sink once with the segments covering [off, min(off+len, size)),
+  // while the mapping under them is guaranteed stable. Returns bytes read.
+  virtual Result<size_t> read(Ino ino, uint64_t off, size_t len,
+                              const std::function<void(std::span<const ReadSegment>)>& sink) = 0;
+  // Convenience copy for tools and tests.
+  Result<size_t> read_copy(Ino ino, uint64_t off, std::span<std::byte> out);
+  virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) = 0;
+  virtual Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) = 0;
+  virtual Status fsync(Ino ino, bool datasync) = 0;
+
+  // Lists entries after cookie (0 = from the start, including "." and "..").
+  // fn returns false to stop (reply buffer full).
+  virtual Status readdir(Ino ino, uint64_t cookie,
+                         const std::function<bool(const DirEntry&)>& fn) = 0;
+
+  virtual Result<std::string> getxattr(Ino ino, std::string_view name) = 0;
+  virtual Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) = 0;
+  virtual Result<std::vector<std::string>> listxattr(Ino ino) = 0;
+  virtual Status removexattr(Ino ino, std::string_view name) = 0;
+
+  virtual StatFs statfs() = 0;
+  virtual FsInfo info() = 0;
+};
+
+// Parses "4096", "64K", "16M", "1G", "2T" (binary units) into bytes.
+Result<uint64_t> parse_size(std::string_view text);
+
+// fsck: verifies every structure and the derived state. See src/fs/check.cc.
+struct CheckReport {
+  std::vector<std::string> problems;  // found
+  std::vector<std::string> repairs;   // done (only when repair was asked for)
+  uint64_t inodes = 0, extents = 0, directories = 0, used_blocks = 0;
+  bool clean() const { return problems.empty(); }
+};
+Result<CheckReport> check_filesystem(Media& media, bool repair);
+
+}  // namespace poisonfs

@@ -1,0 +1,276 @@
+// File data: read straight from the mapping, write in place or into newly
+// allocated blocks, truncate, punch, preallocate.
+//
+// Ordering (DESIGN.md section 6): data for new blocks is written and flushed
+// before the transaction that maps them commits (its drain covers both), so
+// metadata never points at unwritten blocks. Overwrites of mapped blocks go
+// in place, like ext4 data=ordered. Bytes past EOF inside the last block are
+// zeroed when the file grows, before the new size commits, so a crash can
+// never expose stale bytes.
+#include <algorithm>
+#include <cstring>
+
+#include "fs/fs_impl.h"
+
+namespace poisonfs {
+namespace {
+
+uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+uint64_t FsImpl::alloc_hint(Inode& inode, uint64_t fb) {
+  Extent* prev = inode.extents.before(fb + 1);
+  if (prev && prev->file_block <= fb) return prev->phys_end() + (fb - prev->file_end());
+  return 0;
+}
+
+// Zeroes [off, end of its block) when that block is written data: called
+// before the file grows past off.
+void FsImpl::zero_partial_block(Inode& inode, uint64_t off) {
+  if (off % kBlockSize == 0) return;
+  Extent* e = inode.extents.containing(off / kBlockSize);
+  if (!e || e->unwritten()) return;
+  uint64_t phys = block_offset(e->phys_block + (off / kBlockSize - e->file_block)) + off % kBlockSize;
+  size_t len = kBlockSize - off % kBlockSize;
+  media_->zero(phys, len);
+  media_->flush(phys, len);
+}
+
+Result<size_t> FsImpl::_read_segments(Inode& inode, uint64_t off, size_t len, std::vector<ReadSegment>& out) {
+  if (off >= inode.rec.size) return 0;
+  uint64_t end = std::min<uint64_t>(inode.rec.size, off + len);
+  for (uint64_t pos = off; pos < end;) {
+    uint64_t fb = pos / kBlockSize;
+    Extent* e = inode.extents.at_or_after(fb);
+    if (!e || e->file_block > fb) {  // a hole up to the next extent
+      uint64_t hole_end = e ? std::min(end, block_offset(e->file_block)) : end;
+      out.push_back({nullptr, hole_end - pos});
+      pos = hole_end;
+      continue;
+    }
+    uint64_t seg_end = std::min(end, block_offset(e->file_end()));
+    if (e->unwritten()) {
+      out.push_back({nullptr, seg_end - pos});
+    } else {
+      uint64_t phys = block_offset(e->phys_block) + (pos - block_offset(e->file_block));
+      out.push_back({media_->at(phys), seg_end - pos});
+    }
+    pos = seg_end;
+  }
+  return end - off;
+}
+
+Result<size_t> FsImpl::read(Ino ino, uint64_t off, size_t len,
+                            const std::function<void(std::span<const ReadSegment>)>& sink) {
+  std::shared_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
+  std::vector<ReadSegment> segs;
+  auto n = _read_segments(**inode, off, len, segs);
+  if (!n) return n;
+  sink(segs);
+  return n;
+}
+
+// Writes data at off: in place over written blocks, into the existing blocks
+// of unwritten extents (then marked written), into new blocks over holes.
+// Stops early (short write) when space runs out; fails only if nothing fit.
+Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::byte> data,
+                              Transaction& tx, std::vector<BlockRange>& dropped) {
+  if (data.empty()) return 0;
+  if (off >= kMaxFileSize || data.size() > kMaxFileSize - off) return fail(std::errc::file_too_large);
+  const uint64_t end = off + data.size();
+  if (end > inode.rec.size) zero_partial_block(inode, inode.rec.size);
+  auto put = [&](uint64_t phys_off, uint64_t pos, uint64_t n) {
+    media_->write(phys_off, data.data() + (pos - off), n);
+    media_->flush(phys_off, n);
+  };
+  uint64_t pos = off;
+  while (pos < end) {
+    const uint64_t fb = pos / kBlockSize;
+    Extent* e = inode.extents.at_or_after(fb);
+    if (e && e->file_block <= fb && !e->unwritten()) {
+      uint64_t chunk = std::min(end, block_offset(e->file_end())) - pos;
+      put(block_offset(e->phys_block) + (pos - block_offset(e->file_block)), pos, chunk);
+      pos += chunk;
+      continue;
+    }
+    // New or unwritten blocks: whole blocks are written, the parts outside
+    // [pos, end) as zeros (they read as zeros now and must keep doing so).
+    uint64_t fb_end = div_up(end, kBlockSize);
+    uint64_t phys;
+    uint64_t nblocks;
+    bool fresh = !(e && e->file_block <= fb);
+    if (fresh) {
+      if (e) fb_end = std::min(fb_end, e->file_block);
+      BlockRange r = alloc_.allocate(fb_end - fb, alloc_hint(inode, fb));
+      if (r.count == 0) break;
+      phys = r.start;
+      nblocks = r.count;
+    } else {
+      fb_end = std::min(fb_end, e->file_end());
+      phys = e->phys_block + (fb - e->file_block);
+      nblocks = fb_end - fb;
+    }
+    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) {
+      if (fresh) alloc_.release({phys, nblocks});
+      break;
+    }
+    uint64_t span_start = block_offset(fb), span_end = block_offset(fb + nblocks);
+    uint64_t wend = std::min(end, span_end);
+    if (pos > span_start) media_->zero(block_offset(phys), pos - span_start);
+    put(block_offset(phys) + (pos - span_start), pos, wend - pos);
+    if (wend < span_end) media_->zero(block_offset(phys) + (wend - span_start), span_end - wend);
+    media_->flush(block_offset(phys), span_end - span_start);
+
+    ExtentEdit edit;
+    if (!fresh) {
+      inode.extents.punch(fb, nblocks, edit);
+      edit.dropped.clear();  // the same blocks are mapped again below
+    }
+    inode.extents.insert(fb, nblocks, phys, 0, edit);
+    stage_extent_edit(inode, edit, tx);
+    pos = wend;
+  }
+  size_t written = pos - off;
+  if (written == 0) return fail(std::errc::no_space_on_device);
+  inode.rec.mtime_ns = inode.rec.ctime_ns = now_ns();
+  bool grew = pos > inode.rec.size;
+  if (grew) inode.rec.size = pos;
+  // Pure in-place overwrites keep their times in memory (written lazily).
+  if (!tx.empty() || grew) stage_inode(tx, inode);
+  else inode.times_dirty = true;
+  (void)dropped;
+  return written;
+}
+
+Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
+  if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  auto n = _write(**inode, off, data, tx, dropped);
+  if (!n) return n;
+  if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
+  return n;
+}
+
+Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
+                      std::vector<BlockRange>& dropped) {
+  if (n == 0) return {};
+  if (auto st = reserve_slots(inode, inode.chain, 1, tx); !st) return st;
+  ExtentEdit edit;
+  inode.extents.punch(fb, n, edit);
+  stage_extent_edit(inode, edit, tx);
+  dropped.insert(dropped.end(), edit.dropped.begin(), edit.dropped.end());
+  return {};
+}
+
+Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped) {
+  if (size < inode.rec.size) {
+    uint64_t keep = div_up(size, kBlockSize);
+    if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
+  } else if (size > inode.rec.size) {
+    zero_partial_block(inode, inode.rec.size);
+  }
+  inode.rec.size = size;
+  inode.rec.ctime_ns = now_ns();
+  stage_inode(tx, inode);
+  return {};
+}
+
+// Maps every hole of [fb, fb+n) to newly allocated unwritten blocks.
+Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx) {
+  uint64_t end = fb + n;
+  for (uint64_t cur = fb; cur < end;) {
+    Extent* e = inode.extents.at_or_after(cur);
+    if (e && e->file_block <= cur) {
+      cur = e->file_end();
+      continue;
+    }
+    uint64_t hole_end = e ? std::min(end, e->file_block) : end;
+    BlockRange r = alloc_.allocate(hole_end - cur, alloc_hint(inode, cur));
+    if (r.count == 0) return fail(std::errc::no_space_on_device);
+    if (!reserve_slots(inode, inode.chain, 2, tx)) {
+      alloc_.release(r);
+      return fail(std::errc::no_space_on_device);
+    }
+    ExtentEdit edit;
+    inode.extents.insert(cur, r.count, r.start, kExtentUnwritten, edit);
+    stage_extent_edit(inode, edit, tx);
+    cur += r.count;
+  }
+  return {};
+}
+
+// Zeroes the written blocks under [from, to) in place; holes and unwritten
+// extents already read as zeros.
+void FsImpl::zero_range_in_place(Inode& inode, uint64_t from, uint64_t to) {
+  for (uint64_t p = from; p < to;) {
+    Extent* e = inode.extents.at_or_after(p / kBlockSize);
+    if (!e) return;
+    if (block_offset(e->file_block) > p) {
+      p = block_offset(e->file_block);
+      continue;
+    }
+    uint64_t stop = std::min(to, block_offset(e->file_end()));
+    if (!e->unwritten()) {
+      uint64_t phys = block_offset(e->phys_block) + (p - block_offset(e->file_block));
+      media_->zero(phys, stop - p);
+      media_->flush(phys, stop - p);
+    }
+    p = stop;
+  }
+}
+
+Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
+  const int known = kFallocKeepSize | kFallocPunchHole | kFallocZeroRange;
+  if ((mode & ~known) || ((mode & kFallocPunchHole) && !(mode & kFallocKeepSize)) ||
+      ((mode & kFallocPunchHole) && (mode & kFallocZeroRange)))
+    return fail(std::errc::operation_not_supported);
+  if (len == 0) return fail(std::errc::invalid_argument);
+  if (off >= kMaxFileSize || len > kMaxFileSize - off) return fail(std::errc::file_too_large);
+  std::unique_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  Inode& inode = **got;
+  if (inode.is_dir()) return fail(std::errc::is_a_directory);
+  if (!inode.is_reg()) return fail(std::errc::no_such_device);
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  const uint64_t end = off + len;
+  const uint64_t first_block = off / kBlockSize, end_block = div_up(end, kBlockSize);
+  Status result;
+  if (mode & kFallocPunchHole) {
+    // Partial blocks at the edges are zeroed in place, whole blocks unmapped.
+    uint64_t first_full = div_up(off, kBlockSize), last_full = end / kBlockSize;
+    if (first_full >= last_full) {
+      zero_range_in_place(inode, off, end);
+    } else {
+      zero_range_in_place(inode, off, block_offset(first_full));
+      zero_range_in_place(inode, block_offset(last_full), end);
+      result = _punch(inode, first_full, last_full - first_full, tx, dropped);
+    }
+  } else {
+    if (mode & kFallocZeroRange) zero_range_in_place(inode, off, end);
+    result = _preallocate(inode, first_block, end_block - first_block, tx);
+  }
+  if (result && !(mode & kFallocKeepSize) && end > inode.rec.size) {
+    zero_partial_block(inode, inode.rec.size);
+    inode.rec.size = end;
+  }
+  inode.rec.ctime_ns = now_ns();
+  if (mode & (kFallocPunchHole | kFallocZeroRange)) inode.rec.mtime_ns = inode.rec.ctime_ns;
+  stage_inode(tx, inode);
+  // Whatever was staged (a partial preallocation) is kept, as on Linux.
+  auto committed = commit(tx, std::move(dropped));
+  if (!result) return result;
+  return committed;
+}
+
+}  // namespace poisonfs

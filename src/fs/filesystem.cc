@@ -1,0 +1,497 @@
+// Mount, load, unmount, and the record/chain plumbing every operation uses.
+//
+// Mount order (DESIGN.md section 6): check the superblock (fall back to its
+// copy), replay the journal, scan the inode table and every chain into the
+// DRAM indexes, rebuild free space as the complement of what the records
+// own, then reclaim orphans (inodes unlinked while open when the daemon died).
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include "util/strfmt.h"
+
+#include "format/layout.h"
+#include "fs/fs_impl.h"
+
+namespace poisonfs {
+
+std::string Error::to_string() const {
+  if (!message.empty()) return message;
+  return std::make_error_code(code).message();
+}
+
+int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+bool Inode::is_dir() const { return S_ISDIR(rec.mode); }
+bool Inode::is_reg() const { return S_ISREG(rec.mode); }
+bool Inode::is_lnk() const { return S_ISLNK(rec.mode); }
+
+FsImpl::FsImpl(std::unique_ptr<Media> media, const Superblock& sb)
+    : media_(std::move(media)), sb_(sb), journal_(*media_, sb_) {
+  journal_.set_checkpoint_hook([this] { alloc_.release_pending(); });
+}
+
+FsImpl::~FsImpl() = default;
+
+// ---------------------------------------------------------------- mount
+
+namespace {
+
+// The primary superblock, or the copy in the last block when the primary is
+// unreadable. Reports the primary's error when neither is good.
+Result<Superblock> read_superblock(const Media& media, bool* used_copy) {
+  *used_copy = false;
+  if (media.size() < kSuperblockSize)
+    return fail(std::errc::invalid_argument,
+                strfmt("image of {} bytes is too small to hold a poisonfs superblock", media.size()));
+  auto primary = decode_superblock(media.at(0), media.size());
+  if (primary || media.size() < 2 * kBlockSize) return primary;
+  if (primary.error().code == std::errc::invalid_argument &&
+      primary.error().message.starts_with("image is truncated"))
+    return primary;
+  uint64_t copy_off = (media.size() / kBlockSize - 1) * kBlockSize;
+  auto copy = decode_superblock(media.at(copy_off), media.size());
+  if (!copy) return primary;
+  *used_copy = true;
+  return copy;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<FsImpl>> mount_impl(std::unique_ptr<Media> media, CheckState* check) {
+  bool used_copy = false;
+  auto sb = read_superblock(*media, &used_copy);
+  if (!sb) return std::unexpected(sb.error());
+  if (used_copy && check) {
+    check->problems.push_back("primary superblock is corrupt; using the copy");
+    if (check->repair) check->repairs.push_back("primary superblock rewritten from the copy");
+  }
+  auto fs = std::make_unique<FsImpl>(std::move(media), *sb);
+  fs->set_check(check);
+  if (auto st = fs->load(); !st) return std::unexpected(st.error());
+  return fs;
+}
+
+Result<std::unique_ptr<Filesystem>> Filesystem::mount(std::unique_ptr<Media> media,
+                                                      const OpenOptions&) {
+  auto fs = mount_impl(std::move(media));
+  if (!fs) return std::unexpected(fs.error());
+  return std::unique_ptr<Filesystem>(std::move(*fs));
+}
+
+Result<std::unique_ptr<Filesystem>> Filesystem::mount_image(const std::string& path,
+                                                            const OpenOptions& options) {
+  auto media = open_pmem_media(path, options.map_mode);
+  if (!media) return std::unexpected(media.error());
+  auto fs = mount(std::move(*media), options);
+  if (!fs) return fail(fs.error().code, strfmt("{}: {}", path, fs.error().to_string()));
+  return fs;
+}
+
+Status FsImpl::load() {
+  // Rewrite a bad superblock (primary or copy) from the good one we mounted with.
+  std::byte buf[kSuperblockSize];
+  encode_superblock(sb_, buf);
+  for (uint64_t off : {uint64_t{0}, block_offset(sb_.copy_block())}) {
+    if (std::memcmp(buf, media_->at(off), kSuperblockSize) == 0) continue;
+    if (off != 0 && !tolerate("superblock copy differs from the primary")) {}
+    if (check_ && !check_->repair) continue;
+    media_->write(off, buf, kSuperblockSize);
+    media_->persist(off, kSuperblockSize);
+  }
+  auto replayed = journal_.replay();
+  if (!replayed) return std::unexpected(replayed.error());
+
+  inodes_.clear();
+  inodes_.resize(sb_.inode_count);
+  std::vector<BlockRange> used;
+  for (uint64_t ino = sb_.inode_count; ino >= 1; --ino) {
+    if (auto st = load_inode(ino, used); !st) return st;
+    if (!inodes_[ino - 1]) free_inos_.push_back(ino);
+  }
+  auto bad = alloc_.rebuild(sb_.data_start, sb_.data_end, std::move(used));
+  for (const BlockRange& r : bad) {
+    auto msg = strfmt("blocks {}..{} are owned twice or lie outside the data area", r.start, r.end() - 1);
+    if (!tolerate(msg)) return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+    if (check_) check_->fatal = true;  // not repaired yet: reported as left uncorrected
+  }
+  Inode* root = inodes_[kRootIno - 1].get();
+  if (!root || !root->is_dir()) {
+    if (check_) check_->fatal = true;
+    tolerate("root directory is missing");
+    return fail(std::errc::io_error, "root directory is missing; run fsck.poisonfs");
+  }
+  if (auto st = check_links(); !st) return st;
+  return reclaim_orphans();
+}
+
+bool FsImpl::tolerate(const std::string& problem, uint64_t bad_off, size_t bad_len) {
+  if (!check_) return false;
+  check_->problems.push_back(problem);
+  if (bad_len) {
+    check_->bad_records.emplace_back(bad_off, bad_len);
+    if (check_->repair) check_->repairs.push_back("cleared: " + problem);
+  }
+  return true;
+}
+
+Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
+  uint64_t off = inode_offset(sb_, ino);
+  auto rec = decode_inode(media_->at(off));
+  std::string msg;
+  if (!rec) msg = strfmt("inode {}: {}", ino, rec.error().message);
+  else if (*rec && (*rec)->ino != ino) msg = strfmt("inode slot {} holds inode {}", ino, (*rec)->ino);
+  if (!msg.empty()) {
+    if (tolerate(msg, off, kInodeSize)) return {};
+    return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+  }
+  if (!*rec) return {};
+  auto inode = std::make_unique<Inode>();
+  inode->rec = **rec;
+  inode->chain.kind = inode->is_dir() ? ChainKind::kDirents : ChainKind::kExtents;
+  inode->xattr_chain.kind = ChainKind::kXattrs;
+  if (auto st = load_chain(*inode, inode->chain, inode->rec.chain_head, used); !st) return st;
+  if (auto st = load_chain(*inode, inode->xattr_chain, inode->rec.xattr_head, used); !st) return st;
+  for (const Extent& e : inode->extents) used.push_back({e.phys_block, e.nblocks});
+  next_generation_ = std::max(next_generation_, inode->rec.generation + 1);
+  ++inodes_used_;
+  inodes_[ino - 1] = std::move(inode);
+  return {};
+}
+
+Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used) {
+  const uint64_t ino = inode.rec.ino;
+  const uint32_t slot_size = slot_size_of(chain.kind), nslots = slots_per_block(chain.kind);
+  for (uint64_t block = head; block != 0;) {
+    std::string msg;
+    if (block < sb_.data_start || block >= sb_.data_end || chain.blocks.size() > sb_.total_blocks) {
+      msg = strfmt("inode {}: chain points outside the data area", ino);
+    } else {
+      auto h = decode_chain_header(media_->at(block_offset(block)));
+      if (!h || h->kind != chain.kind || h->owner != ino || h->self != block)
+        msg = strfmt("inode {}: bad chain block {}", ino, block);
+    }
+    if (!msg.empty()) {
+      // The rest of the chain is unreachable: fsck reports it, nothing more yet.
+      if (tolerate(msg)) {
+        check_->fatal = true;
+        break;
+      }
+      return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+    }
+    auto h = decode_chain_header(media_->at(block_offset(block)));
+    chain.blocks.push_back(block);
+    used.push_back({block, 1});
+    for (uint32_t i = 0; i < nslots; ++i) {
+      const std::byte* p = media_->at(slot_offset(block, i, slot_size));
+      SlotRef slot{block, i};
+      auto bad = [&](const Error& e) -> Status {
+        auto msg = strfmt("inode {}: block {} slot {}: {}", ino, block, i, e.message);
+        if (tolerate(msg, slot_offset(block, i, slot_size), slot_size)) return {};
+        return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+      };
+      bool filled = false;
+      if (chain.kind == ChainKind::kExtents) {
+        auto r = decode_extent(p);
+        if (!r) {
+          if (auto st = bad(r.error()); !st) return st;
+          chain.free_slots.push_back(slot);
+          continue;
+        }
+        if ((filled = r->has_value())) {
+          auto* e = new Extent;
+          e->file_block = (*r)->file_block;
+          e->phys_block = (*r)->phys_block;
+          e->nblocks = (*r)->nblocks;
+          e->flags = (*r)->flags;
+          e->slot = slot;
+          if (!inode.extents.load(e)) {
+            delete e;
+            if (auto st = bad(Error{std::errc::io_error, "extent overlaps another extent of the file"}); !st) return st;
+            filled = false;
+          }
+        }
+      } else if (chain.kind == ChainKind::kDirents) {
+        auto r = decode_dirent(p);
+        if (!r) {
+          if (auto st = bad(r.error()); !st) return st;
+        } else if ((filled = r->has_value())) {
+          auto [it, fresh] = inode.entries.try_emplace((*r)->name, Dirent{(*r)->ino, (*r)->type, slot});
+          if (!fresh) {
+            if (auto st = bad(Error{std::errc::io_error, "duplicate name"}); !st) return st;
+            filled = false;
+          }
+        }
+      } else {
+        auto r = decode_xattr(p);
+        if (!r) {
+          if (auto st = bad(r.error()); !st) return st;
+        } else if ((filled = r->has_value())) {
+          inode.xattrs[(*r)->name] = Xattr{(*r)->value, slot};
+        }
+      }
+      if (!filled) chain.free_slots.push_back(slot);
+    }
+    block = h->next;
+  }
+  // Reuse low slots first: keeps records packed at the head of the chain.
+  std::reverse(chain.free_slots.begin(), chain.free_slots.end());
+  return {};
+}
+
+// Every name must lead to a live inode, and every nlink must match the
+// names (plus "." and the subdirectories' "..") that lead to it.
+Status FsImpl::check_links() {
+  std::vector<uint32_t> names(inodes_.size() + 1, 0);
+  for (auto& inode : inodes_) {
+    if (!inode || !inode->is_dir()) continue;
+    for (auto it = inode->entries.begin(); it != inode->entries.end();) {
+      auto& [name, d] = *it;
+      if (d.ino == 0 || d.ino > sb_.inode_count || !inodes_[d.ino - 1]) {
+        auto msg = strfmt("directory {} names '{}' -> inode {}, which is not in use", inode->rec.ino, name, d.ino);
+        if (!tolerate(msg, slot_offset(d.slot.block, d.slot.index, kDirentSlotSize), kDirentSlotSize))
+          return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+        inode->chain.free_slots.push_back(d.slot);
+        it = inode->entries.erase(it);
+        continue;
+      }
+      ++names[d.ino];
+      if (inodes_[d.ino - 1]->is_dir()) ++inode->subdirs;
+      ++it;
+    }
+  }
+  if (!check_) return {};
+  for (auto& inode : inodes_) {
+    if (!inode) continue;
+    uint32_t want = inode->is_dir() ? 2 + inode->subdirs : names[inode->rec.ino];
+    if (inode->rec.ino == kRootIno) want = 2 + inode->subdirs;
+    if (inode->is_dir() && names[inode->rec.ino] == 0 && inode->rec.ino != kRootIno) want = 0;
+    if (inode->rec.nlink == want) continue;
+    if (want == 0 && inode->rec.nlink == 0) continue;
+    check_->problems.push_back(strfmt("inode {} has nlink {}, but {} links lead to it",
+                                           inode->rec.ino, inode->rec.nlink, want));
+    if (check_->repair) {
+      check_->repairs.push_back(strfmt("inode {}: nlink set to {}", inode->rec.ino, want));
+      inode->rec.nlink = want;
+      inode->times_dirty = true;  // written by repair_checked
+    }
+  }
+  return {};
+}
+
+Status FsImpl::reclaim_orphans() {
+  for (auto& inode : inodes_) {
+    if (!inode || inode->rec.nlink != 0) continue;
+    if (check_ && !check_->repair) continue;  // a read-only check leaves them to the next mount
+    Transaction tx;
+    std::vector<BlockRange> dropped;
+    free_inode(*inode, tx, dropped);
+    if (auto st = commit(tx, std::move(dropped)); !st) return st;
+  }
+  return {};
+}
+
+Status FsImpl::unmount() {
+  std::unique_lock lock(mutex_);
+  Transaction tx;
+  for (auto& inode : inodes_)
+    if (inode && inode->times_dirty) stage_inode(tx, *inode);
+  if (auto st = commit(tx); !st) return st;
+  journal_.checkpoint();
+  return {};
+}
+
+// ---------------------------------------------------------------- records
+
+void FsImpl::stage_inode(Transaction& tx, Inode& inode) {
+  encode_inode(inode.rec, tx.reserve(inode_offset(sb_, inode.rec.ino), kInodeSize));
+  inode.times_dirty = false;
+}
+
+// A new chain block is written directly (it is not referenced by any
+// committed record yet, so a crash leaves it free); only the link to it
+// goes through the journal.
+Status FsImpl::reserve_slots(Inode& owner, Chain& chain, size_t count, Transaction& tx) {
+  const uint32_t per_block = slots_per_block(chain.kind);
+  size_t blocks_needed = chain.free_slots.size() >= count
+                             ? 0 : (count - chain.free_slots.size() + per_block - 1) / per_block;
+  std::vector<uint64_t> fresh;
+  for (size_t i = 0; i < blocks_needed; ++i) {
+    uint64_t hint = chain.blocks.empty() ? 0 : chain.blocks.back() + 1;
+    BlockRange r = alloc_.allocate(1, hint);
+    if (r.count == 0) {
+      for (uint64_t b : fresh) alloc_.release({b, 1});
+      return fail(std::errc::no_space_on_device);
+    }
+    fresh.push_back(r.start);
+  }
+  for (uint64_t block : fresh) {
+    std::byte buf[kBlockSize] = {};
+    encode_chain_header(ChainHeader{chain.kind, owner.rec.ino, 0, block}, buf);
+    media_->write(block_offset(block), buf, kBlockSize);
+    media_->flush(block_offset(block), kBlockSize);
+    if (chain.blocks.empty()) {
+      (chain.kind == ChainKind::kXattrs ? owner.rec.xattr_head : owner.rec.chain_head) = block;
+      stage_inode(tx, owner);
+    } else {
+      uint64_t prev = chain.blocks.back();
+      encode_chain_header(ChainHeader{chain.kind, owner.rec.ino, block, prev},
+                          tx.reserve(block_offset(prev), kChainHeaderSize));
+    }
+    chain.blocks.push_back(block);
+    for (uint32_t i = per_block; i-- > 0;) chain.free_slots.push_back({block, i});
+  }
+  return {};
+}
+
+Result<SlotRef> FsImpl::take_slot(Inode& owner, Chain& chain, Transaction& tx) {
+  if (chain.free_slots.empty())
+    if (auto st = reserve_slots(owner, chain, 1, tx); !st) return std::unexpected(st.error());
+  SlotRef s = chain.free_slots.back();
+  chain.free_slots.pop_back();
+  return s;
+}
+
+void FsImpl::free_slot(Chain& chain, SlotRef slot, Transaction& tx) {
+  size_t size = slot_size_of(chain.kind);
+  std::memset(tx.reserve(slot_offset(slot.block, slot.index, static_cast<uint32_t>(size)), size), 0, size);
+  chain.free_slots.push_back(slot);
+}
+
+void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx) {
+  for (SlotRef s : edit.freed_slots) free_slot(inode.chain, s, tx);
+  for (Extent* e : edit.dirty) {
+    if (e->erased) continue;
+    if (!e->slot.valid()) {
+      // Reserved beforehand by the caller, so this cannot fail.
+      e->slot = inode.chain.free_slots.back();
+      inode.chain.free_slots.pop_back();
+    }
+    ExtentRec rec{e->flags | kSlotValid, e->file_block, e->phys_block, e->nblocks};
+    encode_extent(rec, tx.reserve(slot_offset(e->slot.block, e->slot.index, kExtentSlotSize), kExtentSlotSize));
+  }
+  edit.dirty.clear();
+  edit.freed_slots.clear();
+}
+
+Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
+  if (auto st = journal_.commit(tx); !st) return st;
+  for (const BlockRange& r : dropped) alloc_.defer_free(r);
+  // Running low while freed space waits for a checkpoint: take one now.
+  if (alloc_.pending_blocks() > alloc_.free_blocks()) journal_.checkpoint();
+  return {};
+}
+
+// ---------------------------------------------------------------- attributes
+
+Result<Inode*> FsImpl::get(Ino ino) {
+  if (ino == 0 || ino > inodes_.size() || !inodes_[ino - 1]) return fail(std::errc::no_such_file_or_directory);
+  return inodes_[ino - 1].get();
+}
+
+Result<Inode*> FsImpl::get_dir(Ino ino) {
+  auto inode = get(ino);
+  if (inode && !(*inode)->is_dir()) return fail(std::errc::not_a_directory);
+  return inode;
+}
+
+Attr FsImpl::attr_of(const Inode& inode) const {
+  const InodeRec& r = inode.rec;
+  Attr a;
+  a.ino = r.ino;
+  a.mode = r.mode;
+  a.nlink = r.nlink;
+  a.uid = r.uid;
+  a.gid = r.gid;
+  a.rdev = r.rdev;
+  a.generation = r.generation;
+  auto ts = [](int64_t ns) { return Timespec{ns / 1'000'000'000, ns % 1'000'000'000}; };
+  a.atime = ts(r.atime_ns);
+  a.mtime = ts(r.mtime_ns);
+  a.ctime = ts(r.ctime_ns);
+  a.btime = ts(r.btime_ns);
+  if (inode.is_dir()) {
+    a.size = inode.chain.blocks.size() * kBlockSize;
+    a.blocks = a.size / 512;
+  } else {
+    a.size = r.size;
+    a.blocks = (inode.extents.mapped_blocks() + inode.chain.blocks.size()) * (kBlockSize / 512);
+  }
+  return a;
+}
+
+Result<Attr> FsImpl::getattr(Ino ino) {
+  std::shared_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  return attr_of(**inode);
+}
+
+Result<Attr> FsImpl::lookup(Ino parent, std::string_view name) {
+  std::shared_lock lock(mutex_);
+  auto dir = get_dir(parent);
+  if (!dir) return std::unexpected(dir.error());
+  if (name.size() > kNameMax) return fail(std::errc::filename_too_long);
+  if (name == ".") return attr_of(**dir);
+  if (name == "..") {
+    auto p = get((*dir)->rec.parent);
+    if (!p) return std::unexpected(p.error());
+    return attr_of(**p);
+  }
+  auto it = (*dir)->entries.find(name);
+  if (it == (*dir)->entries.end()) return fail(std::errc::no_such_file_or_directory);
+  return attr_of(*inodes_[it->second.ino - 1]);
+}
+
+StatFs FsImpl::statfs() {
+  std::shared_lock lock(mutex_);
+  StatFs s;
+  s.blocks = sb_.data_end - sb_.data_start;
+  s.blocks_free = alloc_.free_blocks() + alloc_.pending_blocks();
+  s.files = sb_.inode_count;
+  s.files_free = sb_.inode_count - inodes_used_;
+  return s;
+}
+
+FsInfo FsImpl::info() {
+  std::shared_lock lock(mutex_);
+  FsInfo i;
+  i.uuid = uuid_to_string(sb_.uuid);
+  i.version = sb_.version;
+  i.device_bytes = sb_.total_blocks * kBlockSize;
+  i.total_blocks = sb_.total_blocks;
+  i.journal_start = sb_.journal_start;
+  i.journal_blocks = sb_.journal_blocks;
+  i.inode_start = sb_.inode_start;
+  i.inode_blocks = sb_.inode_blocks;
+  i.inode_count = sb_.inode_count;
+  i.data_start = sb_.data_start;
+  i.data_blocks = sb_.data_end - sb_.data_start;
+  i.free_blocks = alloc_.free_blocks();
+  i.pending_free = alloc_.pending_blocks();
+  i.inodes_used = inodes_used_;
+  for (auto& inode : inodes_)
+    if (inode) i.extent_records += inode->extents.size();
+  i.journal_commits = journal_.commits();
+  i.byte_granular = media_->byte_granular();
+  return i;
+}
+
+Result<size_t> Filesystem::read_copy(Ino ino, uint64_t off, std::span<std::byte> out) {
+  size_t copied = 0;
+  auto n = read(ino, off, out.size(), [&](std::span<const ReadSegment> segs) {
+    for (const ReadSegment& s : segs) {
+      if (s.data) std::memcpy(out.data() + copied, s.data, s.length);
+      else std::memset(out.data() + copied, 0, s.length);
+      copied += s.length;
+    }
+  });
+  return n;
+}
+
+}  // namespace poisonfs

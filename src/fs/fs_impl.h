@@ -1,0 +1,186 @@
+// The filesystem core's internal state and helpers, shared by the files of
+// src/fs/ (namespace.cc: names and inodes; data.cc: read/write/fallocate;
+// xattr.cc; filesystem.cc: mount, load, unmount).
+//
+// Lock order (one level): FsImpl::mutex_ (shared for pure reads: lookup,
+// getattr, read, readdir, readlink, getxattr, listxattr, statfs; exclusive
+// for everything that changes state). Nothing else is locked inside it, so
+// there is no order to get wrong. Public methods lock; functions with a
+// leading underscore or taking a Transaction& assume the lock is held.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "alloc/allocator.h"
+#include "format/layout.h"
+#include "fs/extent_map.h"
+#include "journal/journal.h"
+#include "poisonfs/filesystem.h"
+
+namespace poisonfs {
+
+// A chain of record blocks owned by one inode (see layout.h).
+struct Chain {
+  ChainKind kind = ChainKind::kExtents;
+  std::vector<uint64_t> blocks;       // in link order
+  std::vector<SlotRef> free_slots;    // empty slots, reused first
+};
+
+struct Dirent {
+  Ino ino = 0;
+  uint8_t type = 0;
+  SlotRef slot;
+};
+
+struct Xattr {
+  std::string value;
+  SlotRef slot;
+};
+
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+struct Inode {
+  InodeRec rec;
+  Chain chain;          // extents (regular, symlink) or dirents (directory)
+  Chain xattr_chain;
+  ExtentMap extents;
+  std::unordered_map<std::string, Dirent, StringHash, std::equal_to<>> entries;
+  std::map<std::string, Xattr, std::less<>> xattrs;
+  uint32_t open_count = 0;
+  bool times_dirty = false;  // rec times newer than the media copy
+  uint32_t subdirs = 0;
+
+  bool is_dir() const;
+  bool is_reg() const;
+  bool is_lnk() const;
+};
+
+int64_t now_ns();
+
+// fsck state: when a FsImpl loads with one, bad records are reported and
+// skipped instead of failing the mount (see check.cc).
+struct CheckState {
+  bool repair = false;
+  std::vector<std::string> problems;
+  std::vector<std::string> repairs;
+  std::vector<std::pair<uint64_t, size_t>> bad_records;  // media ranges to clear on repair
+  bool fatal = false;
+};
+
+class FsImpl final : public Filesystem {
+ public:
+  FsImpl(std::unique_ptr<Media> media, const Superblock& sb);
+  ~FsImpl() override;
+
+  // Loads every record into the indexes; see filesystem.cc.
+  Status load();
+
+  Status unmount() override;
+  Result<Attr> lookup(Ino parent, std::string_view name) override;
+  Result<Attr> getattr(Ino ino) override;
+  Result<Attr> setattr(Ino ino, const SetAttr& set, const Caller& caller) override;
+  Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                     const Caller& caller) override;
+  Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller) override;
+  Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
+                       const Caller& caller) override;
+  Result<std::string> readlink(Ino ino) override;
+  Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name) override;
+  Status unlink(Ino parent, std::string_view name) override;
+  Status rmdir(Ino parent, std::string_view name) override;
+  Status rename(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name,
+                unsigned flags) override;
+  Status open(Ino ino) override;
+  Status release(Ino ino) override;
+  Result<size_t> read(Ino ino, uint64_t off, size_t len,
+                      const std::function<void(std::span<const ReadSegment>)>& sink) override;
+  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) override;
+  Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
+  Status fsync(Ino ino, bool datasync) override;
+  Status readdir(Ino ino, uint64_t cookie, const std::function<bool(const DirEntry&)>& fn) override;
+  Result<std::string> getxattr(Ino ino, std::string_view name) override;
+  Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
+  Result<std::vector<std::string>> listxattr(Ino ino) override;
+  Status removexattr(Ino ino, std::string_view name) override;
+  StatFs statfs() override;
+  FsInfo info() override;
+
+ private:
+  // --- lookup helpers (lock held)
+  Result<Inode*> get(Ino ino);
+  Result<Inode*> get_dir(Ino ino);
+  Attr attr_of(const Inode& ino) const;
+  static Status check_name(std::string_view name);
+
+  // --- records and chains (lock held)
+  void stage_inode(Transaction& tx, Inode& inode);
+  Result<SlotRef> take_slot(Inode& owner, Chain& chain, Transaction& tx);
+  Status reserve_slots(Inode& owner, Chain& chain, size_t count, Transaction& tx);
+  void free_slot(Chain& chain, SlotRef slot, Transaction& tx);
+  // Writes the records an extent edit changed into tx. REQUIRES: enough free slots reserved.
+  void stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx);
+  // Commits tx, then releases what it dropped (after the commit, never before).
+  Status commit(Transaction& tx, std::vector<BlockRange> dropped = {});
+
+  // --- namespace (namespace.cc)
+  Result<Inode*> new_inode(uint32_t mode, uint64_t rdev, const Caller& caller, Inode& parent);
+  Status add_entry(Inode& dir, std::string_view name, Inode& child, Transaction& tx);
+  void remove_entry(Inode& dir, std::string_view name, Transaction& tx);
+  void drop_link(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped);
+  void free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped);
+  bool is_ancestor(Ino maybe_ancestor, Ino ino);
+  Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                           const Caller& caller, std::string_view symlink_target);
+
+  // --- data (data.cc)
+  Result<size_t> _write(Inode& inode, uint64_t off, std::span<const std::byte> data, Transaction& tx,
+                        std::vector<BlockRange>& dropped);
+  Status _truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped);
+  Status _punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
+  Status _preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx);
+  void zero_partial_block(Inode& inode, uint64_t off);
+  void zero_range_in_place(Inode& inode, uint64_t from, uint64_t to);
+  uint64_t alloc_hint(Inode& inode, uint64_t fb);
+  Result<size_t> _read_segments(Inode& inode, uint64_t off, size_t len, std::vector<ReadSegment>& out);
+
+  // --- load (filesystem.cc)
+  Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
+  Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
+  Status reclaim_orphans();
+  Status check_links();
+  // In check mode records the problem and returns true (go on); else false.
+  bool tolerate(const std::string& problem, uint64_t bad_off = 0, size_t bad_len = 0);
+
+ public:
+  void set_check(CheckState* check) { check_ = check; }
+  Status repair_checked();
+  uint64_t count_extents() const;
+
+ private:
+  CheckState* check_ = nullptr;
+
+
+  mutable std::shared_mutex mutex_;
+  std::unique_ptr<Media> media_;
+  Superblock sb_;
+  Journal journal_;
+  Allocator alloc_;
+  std::vector<std::unique_ptr<Inode>> inodes_;  // [ino - 1]
+  std::vector<uint64_t> free_inos_;             // stack, lowest on top
+  uint64_t next_generation_ = 1;
+  uint64_t inodes_used_ = 0;
+};
+
+// Mount-time helper used by the public factories.
+Result<std::unique_ptr<FsImpl>> mount_impl(std::unique_ptr<Media> media, CheckState* check = nullptr);
+
+}  // namespace poisonfs

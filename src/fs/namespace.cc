@@ -1,0 +1,360 @@
+// Names and inodes: create, link, unlink, rename, setattr, readdir, and the
+// lifetime of an inode (open count, orphans).
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+#include "fs/fs_impl.h"
+
+namespace poisonfs {
+namespace {
+
+uint8_t dtype_of(uint32_t mode) { return static_cast<uint8_t>((mode & S_IFMT) >> 12); }
+
+}  // namespace
+
+Status FsImpl::check_name(std::string_view name) {
+  if (name.empty() || name == "." || name == "..") return fail(std::errc::invalid_argument);
+  if (name.size() > kNameMax) return fail(std::errc::filename_too_long);
+  if (name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos)
+    return fail(std::errc::invalid_argument);
+  return {};
+}
+
+Result<Inode*> FsImpl::new_inode(uint32_t mode, uint64_t rdev, const Caller& caller, Inode& parent) {
+  if (free_inos_.empty()) return fail(std::errc::no_space_on_device, "no free inodes");
+  uint64_t ino = free_inos_.back();
+  free_inos_.pop_back();
+  auto inode = std::make_unique<Inode>();
+  InodeRec& r = inode->rec;
+  r.flags = kInodeInUse;
+  r.ino = ino;
+  r.mode = mode;
+  r.uid = caller.uid;
+  r.gid = caller.gid;
+  // setgid directories pass their group on, and their setgid bit to subdirectories.
+  if (parent.rec.mode & S_ISGID) {
+    r.gid = parent.rec.gid;
+    if (S_ISDIR(mode)) r.mode |= S_ISGID;
+  }
+  r.nlink = S_ISDIR(mode) ? 2 : 1;
+  r.rdev = rdev;
+  r.atime_ns = r.mtime_ns = r.ctime_ns = r.btime_ns = now_ns();
+  r.generation = next_generation_++;
+  r.parent = parent.rec.ino;
+  inode->chain.kind = S_ISDIR(mode) ? ChainKind::kDirents : ChainKind::kExtents;
+  inode->xattr_chain.kind = ChainKind::kXattrs;
+  Inode* raw = inode.get();
+  inodes_[ino - 1] = std::move(inode);
+  ++inodes_used_;
+  return raw;
+}
+
+Status FsImpl::add_entry(Inode& dir, std::string_view name, Inode& child, Transaction& tx) {
+  auto slot = take_slot(dir, dir.chain, tx);
+  if (!slot) return std::unexpected(slot.error());
+  DirentRec rec{child.rec.ino, dtype_of(child.rec.mode), std::string(name)};
+  encode_dirent(rec, tx.reserve(slot_offset(slot->block, slot->index, kDirentSlotSize), kDirentSlotSize));
+  dir.entries.emplace(std::string(name), Dirent{child.rec.ino, rec.type, *slot});
+  if (child.is_dir()) {
+    ++dir.subdirs;
+    ++dir.rec.nlink;
+  }
+  dir.rec.mtime_ns = dir.rec.ctime_ns = now_ns();
+  stage_inode(tx, dir);
+  return {};
+}
+
+void FsImpl::remove_entry(Inode& dir, std::string_view name, Transaction& tx) {
+  auto it = dir.entries.find(name);
+  free_slot(dir.chain, it->second.slot, tx);
+  if (inodes_[it->second.ino - 1]->is_dir()) {
+    --dir.subdirs;
+    --dir.rec.nlink;
+  }
+  dir.entries.erase(it);
+  dir.rec.mtime_ns = dir.rec.ctime_ns = now_ns();
+  stage_inode(tx, dir);
+}
+
+// Drops one name of inode; frees it when that was the last name and no one
+// has it open (otherwise it lives on as an orphan until release or mount).
+void FsImpl::drop_link(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped) {
+  inode.rec.nlink = inode.is_dir() ? 0 : inode.rec.nlink - 1;
+  inode.rec.ctime_ns = now_ns();
+  if (inode.rec.nlink == 0 && inode.open_count == 0) free_inode(inode, tx, dropped);
+  else stage_inode(tx, inode);
+}
+
+// Clearing the inode record releases everything it owns at once: its
+// chains and extents are no longer referenced by any record.
+void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped) {
+  uint64_t ino = inode.rec.ino;
+  for (const Extent& e : inode.extents) dropped.push_back({e.phys_block, e.nblocks});
+  for (uint64_t b : inode.chain.blocks) dropped.push_back({b, 1});
+  for (uint64_t b : inode.xattr_chain.blocks) dropped.push_back({b, 1});
+  std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
+  inodes_[ino - 1].reset();
+  free_inos_.push_back(ino);
+  --inodes_used_;
+}
+
+bool FsImpl::is_ancestor(Ino maybe_ancestor, Ino ino) {
+  for (Ino cur = ino; cur != 0;) {
+    if (cur == maybe_ancestor) return true;
+    if (cur == kRootIno) return false;
+    cur = inodes_[cur - 1]->rec.parent;
+  }
+  return false;
+}
+
+Result<Attr> FsImpl::create_node(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                                 const Caller& caller, std::string_view symlink_target) {
+  if (auto st = check_name(name); !st) return std::unexpected(st.error());
+  std::unique_lock lock(mutex_);
+  auto dir = get_dir(parent);
+  if (!dir) return std::unexpected(dir.error());
+  if ((*dir)->rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
+  if ((*dir)->entries.contains(name)) return fail(std::errc::file_exists);
+  if (free_inos_.empty()) return fail(std::errc::no_space_on_device, "no free inodes");
+  Transaction tx;
+  if (auto st = reserve_slots(**dir, (*dir)->chain, 1, tx); !st) return std::unexpected(st.error());
+  auto child = new_inode(mode, rdev, caller, **dir);
+  if (!child) return std::unexpected(child.error());
+  std::vector<BlockRange> dropped;
+  if (!symlink_target.empty()) {
+    auto n = _write(**child, 0, std::as_bytes(std::span(symlink_target)), tx, dropped);
+    if (!n || *n != symlink_target.size()) {
+      free_inode(**child, tx, dropped);
+      for (const BlockRange& r : dropped) alloc_.release(r);  // never committed
+      return fail(std::errc::no_space_on_device);
+    }
+  }
+  if (auto st = add_entry(**dir, name, **child, tx); !st) return std::unexpected(st.error());
+  stage_inode(tx, **child);
+  if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
+  return attr_of(**child);
+}
+
+Result<Attr> FsImpl::mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                           const Caller& caller) {
+  if (S_ISDIR(mode) || S_ISLNK(mode)) return fail(std::errc::invalid_argument);
+  if ((mode & S_IFMT) == 0) mode |= S_IFREG;
+  return create_node(parent, name, mode & ~caller.umask, rdev, caller, {});
+}
+
+Result<Attr> FsImpl::mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller) {
+  return create_node(parent, name, S_IFDIR | (mode & 07777 & ~caller.umask), 0, caller, {});
+}
+
+Result<Attr> FsImpl::symlink(Ino parent, std::string_view name, std::string_view target,
+                             const Caller& caller) {
+  if (target.empty()) return fail(std::errc::no_such_file_or_directory);
+  if (target.size() >= 4096) return fail(std::errc::filename_too_long);
+  return create_node(parent, name, S_IFLNK | 0777, 0, caller, target);
+}
+
+Result<std::string> FsImpl::readlink(Ino ino) {
+  Result<Inode*> inode;
+  {
+    std::shared_lock lock(mutex_);
+    inode = get(ino);
+    if (!inode) return std::unexpected(inode.error());
+    if (!(*inode)->is_lnk()) return fail(std::errc::invalid_argument);
+  }
+  std::string target((*inode)->rec.size, '\0');
+  auto n = read_copy(ino, 0, std::as_writable_bytes(std::span(target)));
+  if (!n) return std::unexpected(n.error());
+  target.resize(*n);
+  return target;
+}
+
+Result<Attr> FsImpl::link(Ino ino, Ino new_parent, std::string_view new_name) {
+  if (auto st = check_name(new_name); !st) return std::unexpected(st.error());
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  auto dir = get_dir(new_parent);
+  if (!dir) return std::unexpected(dir.error());
+  if ((*inode)->is_dir()) return fail(std::errc::operation_not_permitted);
+  if ((*inode)->rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
+  if ((*inode)->rec.nlink >= 65000) return fail(std::errc::too_many_links);
+  if ((*dir)->entries.contains(new_name)) return fail(std::errc::file_exists);
+  Transaction tx;
+  if (auto st = add_entry(**dir, new_name, **inode, tx); !st) return std::unexpected(st.error());
+  ++(*inode)->rec.nlink;
+  (*inode)->rec.ctime_ns = now_ns();
+  stage_inode(tx, **inode);
+  if (auto st = commit(tx); !st) return std::unexpected(st.error());
+  return attr_of(**inode);
+}
+
+Status FsImpl::unlink(Ino parent, std::string_view name) {
+  std::unique_lock lock(mutex_);
+  auto dir = get_dir(parent);
+  if (!dir) return std::unexpected(dir.error());
+  auto it = (*dir)->entries.find(name);
+  if (it == (*dir)->entries.end()) return fail(std::errc::no_such_file_or_directory);
+  Inode& child = *inodes_[it->second.ino - 1];
+  if (child.is_dir()) return fail(std::errc::is_a_directory);
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  remove_entry(**dir, name, tx);
+  drop_link(child, tx, dropped);
+  return commit(tx, std::move(dropped));
+}
+
+Status FsImpl::rmdir(Ino parent, std::string_view name) {
+  if (name == ".") return fail(std::errc::invalid_argument);
+  if (name == "..") return fail(std::errc::directory_not_empty);
+  std::unique_lock lock(mutex_);
+  auto dir = get_dir(parent);
+  if (!dir) return std::unexpected(dir.error());
+  auto it = (*dir)->entries.find(name);
+  if (it == (*dir)->entries.end()) return fail(std::errc::no_such_file_or_directory);
+  Inode& child = *inodes_[it->second.ino - 1];
+  if (!child.is_dir()) return fail(std::errc::not_a_directory);
+  if (!child.entries.empty()) return fail(std::errc::directory_not_empty);
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  remove_entry(**dir, name, tx);
+  drop_link(child, tx, dropped);
+  return commit(tx, std::move(dropped));
+}
+
+Status FsImpl::rename(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name,
+                      unsigned flags) {
+  if (flags & ~(kRenameNoReplace | kRenameExchange)) return fail(std::errc::invalid_argument);
+  if ((flags & kRenameNoReplace) && (flags & kRenameExchange)) return fail(std::errc::invalid_argument);
+  if (auto st = check_name(new_name); !st) return st;
+  std::unique_lock lock(mutex_);
+  auto from_dir = get_dir(parent);
+  if (!from_dir) return std::unexpected(from_dir.error());
+  auto to_dir = get_dir(new_parent);
+  if (!to_dir) return std::unexpected(to_dir.error());
+  Inode &src_dir = **from_dir, &dst_dir = **to_dir;
+  auto src_it = src_dir.entries.find(name);
+  if (src_it == src_dir.entries.end()) return fail(std::errc::no_such_file_or_directory);
+  Inode& src = *inodes_[src_it->second.ino - 1];
+  auto dst_it = dst_dir.entries.find(new_name);
+  Inode* dst = dst_it == dst_dir.entries.end() ? nullptr : inodes_[dst_it->second.ino - 1].get();
+
+  if (dst == &src) return {};  // same inode: POSIX says do nothing
+  if ((flags & kRenameNoReplace) && dst) return fail(std::errc::file_exists);
+  if ((flags & kRenameExchange) && !dst) return fail(std::errc::no_such_file_or_directory);
+  // A directory cannot move below itself.
+  if (src.is_dir() && is_ancestor(src.rec.ino, dst_dir.rec.ino)) return fail(std::errc::invalid_argument);
+  if ((flags & kRenameExchange) && dst->is_dir() && is_ancestor(dst->rec.ino, src_dir.rec.ino))
+    return fail(std::errc::invalid_argument);
+  if (dst && !(flags & kRenameExchange)) {
+    if (src.is_dir() && !dst->is_dir()) return fail(std::errc::not_a_directory);
+    if (!src.is_dir() && dst->is_dir()) return fail(std::errc::is_a_directory);
+    if (dst->is_dir() && !dst->entries.empty()) return fail(std::errc::directory_not_empty);
+  }
+
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  if (!dst && (&src_dir != &dst_dir || true))
+    if (auto st = reserve_slots(dst_dir, dst_dir.chain, 1, tx); !st) return st;
+  std::string src_name(name), dst_name(new_name);
+  remove_entry(src_dir, src_name, tx);
+  if (dst) remove_entry(dst_dir, dst_name, tx);
+  if (auto st = add_entry(dst_dir, dst_name, src, tx); !st) return st;
+  src.rec.parent = dst_dir.rec.ino;
+  src.rec.ctime_ns = now_ns();
+  stage_inode(tx, src);
+  if (dst && (flags & kRenameExchange)) {
+    if (auto st = add_entry(src_dir, src_name, *dst, tx); !st) return st;
+    dst->rec.parent = src_dir.rec.ino;
+    dst->rec.ctime_ns = now_ns();
+    stage_inode(tx, *dst);
+  } else if (dst) {
+    drop_link(*dst, tx, dropped);
+  }
+  return commit(tx, std::move(dropped));
+}
+
+Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
+  std::unique_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  Inode& inode = **got;
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  int64_t now = now_ns();
+  if (set.valid & SetAttr::kSize) {
+    if (inode.is_dir()) return fail(std::errc::is_a_directory);
+    if (!inode.is_reg()) return fail(std::errc::invalid_argument);
+    if (set.size > kMaxFileSize) return fail(std::errc::file_too_large);
+    if (auto st = _truncate(inode, set.size, tx, dropped); !st) return std::unexpected(st.error());
+    inode.rec.mtime_ns = now;
+  }
+  if (set.valid & SetAttr::kMode) inode.rec.mode = (inode.rec.mode & S_IFMT) | (set.mode & 07777);
+  if (set.valid & SetAttr::kUid) inode.rec.uid = set.uid;
+  if (set.valid & SetAttr::kGid) inode.rec.gid = set.gid;
+  auto ns = [](const Timespec& t) { return t.sec * 1'000'000'000 + t.nsec; };
+  if (set.valid & SetAttr::kAtime) inode.rec.atime_ns = ns(set.atime);
+  if (set.valid & SetAttr::kAtimeNow) inode.rec.atime_ns = now;
+  if (set.valid & SetAttr::kMtime) inode.rec.mtime_ns = ns(set.mtime);
+  if (set.valid & SetAttr::kMtimeNow) inode.rec.mtime_ns = now;
+  inode.rec.ctime_ns = (set.valid & SetAttr::kCtime) ? ns(set.ctime) : now;
+  stage_inode(tx, inode);
+  if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
+  return attr_of(inode);
+}
+
+Status FsImpl::open(Ino ino) {
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  ++(*inode)->open_count;
+  return {};
+}
+
+Status FsImpl::release(Ino ino) {
+  std::unique_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  Inode& inode = **got;
+  if (inode.open_count > 0) --inode.open_count;
+  if (inode.open_count > 0) return {};
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  if (inode.rec.nlink == 0) free_inode(inode, tx, dropped);
+  else if (inode.times_dirty) stage_inode(tx, inode);
+  return commit(tx, std::move(dropped));
+}
+
+Status FsImpl::fsync(Ino ino, bool) {
+  // Data and metadata are durable when each call returns; only lazily kept
+  // times remain to be written.
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  if (!(*inode)->times_dirty) return {};
+  Transaction tx;
+  stage_inode(tx, **inode);
+  return commit(tx);
+}
+
+Status FsImpl::readdir(Ino ino, uint64_t cookie, const std::function<bool(const DirEntry&)>& fn) {
+  std::shared_lock lock(mutex_);
+  auto dir = get_dir(ino);
+  if (!dir) return std::unexpected(dir.error());
+  // Cookies: 0 start, 1 after ".", 2 after "..", k+3 after slot k of the chain.
+  if (cookie == 0 && !fn(DirEntry{".", ino, DT_DIR, 1})) return {};
+  if (cookie <= 1 && !fn(DirEntry{"..", (*dir)->rec.parent, DT_DIR, 2})) return {};
+  const uint32_t per_block = slots_per_block(ChainKind::kDirents);
+  uint64_t first = cookie <= 2 ? 0 : cookie - 2;
+  const auto& blocks = (*dir)->chain.blocks;
+  for (uint64_t k = first; k < blocks.size() * per_block; ++k) {
+    const std::byte* p = media_->at(slot_offset(blocks[k / per_block], k % per_block, kDirentSlotSize));
+    auto rec = decode_dirent(p);
+    if (!rec || !*rec) continue;
+    if (!fn(DirEntry{(*rec)->name, (*rec)->ino, (*rec)->type, k + 3})) return {};
+  }
+  return {};
+}
+
+}  // namespace poisonfs

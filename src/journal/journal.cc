@@ -1,0 +1,165 @@
+// The redo journal (see journal.h for the protocol).
+#include "journal/journal.h"
+
+#include <cstring>
+#include "util/strfmt.h"
+
+#include "format/coding.h"
+#include "format/crc32c.h"
+
+namespace poisonfs {
+namespace {
+
+constexpr uint32_t kHeaderMagic = 0x4C4E4A50;  // "PJNL"
+constexpr uint32_t kTxMagic = 0x58544A50;      // "PJTX"
+constexpr size_t kHeaderSize = 24;             // crc, magic, seq, off
+constexpr size_t kTxHeaderSize = 32;           // crc, magic, seq, nrecs, pad, len
+constexpr size_t kRecHeaderSize = 16;          // off, len, pad
+
+size_t pad8(size_t n) { return (n + 7) & ~size_t{7}; }
+
+}  // namespace
+
+std::byte* Transaction::reserve(uint64_t off, size_t len) {
+  auto it = index_.find(off);
+  if (it != index_.end() && records_[it->second].len == len) return bytes_.data() + records_[it->second].pos;
+  size_t pos = bytes_.size();
+  bytes_.resize(pos + len);
+  records_.push_back(Record{off, pos, static_cast<uint32_t>(len)});
+  index_[off] = records_.size() - 1;
+  return bytes_.data() + pos;
+}
+
+void Transaction::write(uint64_t off, const void* data, size_t len) {
+  std::memcpy(reserve(off, len), data, len);
+}
+
+size_t Transaction::encoded_size() const {
+  size_t n = kTxHeaderSize;
+  for (const Record& r : records_) n += kRecHeaderSize + pad8(r.len);
+  return n;
+}
+
+Journal::Journal(Media& media, const Superblock& sb)
+    : media_(media),
+      start_(block_offset(sb.journal_start)),
+      end_(sb.journal_blocks * kBlockSize),
+      meta_lo_(block_offset(sb.inode_start)),
+      meta_hi_(block_offset(sb.data_end)) {}
+
+void Journal::format(Media& media, const Superblock& sb) {
+  Journal j(media, sb);
+  j.write_header();
+  media.drain();
+}
+
+void Journal::write_header() {
+  std::byte h[kHeaderSize] = {};
+  put_le<uint32_t>(h + 4, kHeaderMagic);
+  put_le<uint64_t>(h + 8, seq_);
+  put_le<uint64_t>(h + 16, head_);
+  put_le<uint32_t>(h, crc32c(h + 4, kHeaderSize - 4));
+  media_.write(start_, h, kHeaderSize);
+  media_.flush(start_, kHeaderSize);
+}
+
+Status Journal::read_header() {
+  const std::byte* h = media_.at(start_);
+  if (get_le<uint32_t>(h + 4) != kHeaderMagic || get_le<uint32_t>(h) != crc32c(h + 4, kHeaderSize - 4))
+    return fail(std::errc::io_error, "journal header is corrupt");
+  seq_ = get_le<uint64_t>(h + 8);
+  head_ = get_le<uint64_t>(h + 16);
+  if (head_ < kBlockSize || head_ > end_ || head_ % 8 != 0)
+    return fail(std::errc::io_error, "journal header points outside the journal");
+  return {};
+}
+
+bool Journal::record_in_bounds(uint64_t off, uint64_t len) const {
+  return off >= meta_lo_ && len <= meta_hi_ - meta_lo_ && off <= meta_hi_ - len;
+}
+
+Result<uint64_t> Journal::replay() {
+  if (auto st = read_header(); !st) return std::unexpected(st.error());
+  uint64_t applied = 0;
+  for (;;) {
+    if (end_ - head_ < kTxHeaderSize) break;
+    const std::byte* tx = media_.at(start_ + head_);
+    uint64_t len = get_le<uint64_t>(tx + 24);
+    if (get_le<uint32_t>(tx + 4) != kTxMagic || get_le<uint64_t>(tx + 8) != seq_ ||
+        len < kTxHeaderSize || len > end_ - head_ || get_le<uint32_t>(tx) != crc32c(tx + 4, len - 4))
+      break;
+    // Validate every record before applying any: a sealed but hostile
+    // transaction must not write outside the metadata area.
+    uint32_t nrecs = get_le<uint32_t>(tx + 16);
+    size_t pos = kTxHeaderSize;
+    bool valid = true;
+    for (uint32_t i = 0; i < nrecs && valid; ++i) {
+      if (len - pos < kRecHeaderSize) { valid = false; break; }
+      uint64_t off = get_le<uint64_t>(tx + pos);
+      uint32_t rlen = get_le<uint32_t>(tx + pos + 8);
+      valid = record_in_bounds(off, rlen) && pad8(rlen) <= len - pos - kRecHeaderSize;
+      pos += kRecHeaderSize + pad8(rlen);
+    }
+    if (!valid) return fail(std::errc::io_error, strfmt("journal transaction {} is malformed", seq_));
+    pos = kTxHeaderSize;
+    for (uint32_t i = 0; i < nrecs; ++i) {
+      uint64_t off = get_le<uint64_t>(tx + pos);
+      uint32_t rlen = get_le<uint32_t>(tx + pos + 8);
+      media_.write(off, tx + pos + kRecHeaderSize, rlen);
+      media_.flush(off, rlen);
+      pos += kRecHeaderSize + pad8(rlen);
+    }
+    head_ += pad8(len);
+    ++seq_;
+    ++applied;
+  }
+  if (applied > 0) checkpoint();
+  return applied;
+}
+
+Status Journal::commit(const Transaction& tx) {
+  if (tx.empty()) return {};
+  size_t len = tx.encoded_size();
+  if (len > max_tx_bytes())
+    return fail(std::errc::file_too_large,
+                strfmt("transaction of {} bytes exceeds the journal ({} bytes)", len, max_tx_bytes()));
+  if (len > end_ - head_) checkpoint();
+
+  std::vector<std::byte> blob(len);
+  std::byte* b = blob.data();
+  put_le<uint32_t>(b + 4, kTxMagic);
+  put_le<uint64_t>(b + 8, seq_);
+  put_le<uint32_t>(b + 16, static_cast<uint32_t>(tx.records_.size()));
+  put_le<uint64_t>(b + 24, len);
+  size_t pos = kTxHeaderSize;
+  for (const auto& r : tx.records_) {
+    put_le<uint64_t>(b + pos, r.off);
+    put_le<uint32_t>(b + pos + 8, r.len);
+    std::memcpy(b + pos + kRecHeaderSize, tx.bytes_.data() + r.pos, r.len);
+    pos += kRecHeaderSize + pad8(r.len);
+  }
+  put_le<uint32_t>(b, crc32c(b + 4, len - 4));
+
+  uint64_t at = start_ + head_;
+  media_.write(at, b, len);
+  media_.flush(at, len);
+  media_.drain();  // the commit point; also covers data flushed by the caller
+  for (const auto& r : tx.records_) {
+    media_.write(r.off, tx.bytes_.data() + r.pos, r.len);
+    media_.flush(r.off, r.len);
+  }
+  head_ += pad8(len);
+  ++seq_;
+  ++commits_;
+  return {};
+}
+
+void Journal::checkpoint() {
+  media_.drain();  // every in-place write of the logged transactions
+  head_ = kBlockSize;
+  write_header();
+  media_.drain();
+  if (on_checkpoint_) on_checkpoint_();
+}
+
+}  // namespace poisonfs

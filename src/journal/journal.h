@@ -1,0 +1,87 @@
+// The redo journal: makes a multi-record metadata update atomic.
+//
+// A Transaction collects byte ranges of new record images (inodes, extent
+// slots, dirents, chain headers). Journal::commit appends them to the journal
+// region as one sealed blob (header + records + crc32c over all of it),
+// flushes it and drains once - that drain is the commit point and also
+// covers any data the caller flushed before - and then writes the records in
+// place with flushes but no drain: the next commit's drain, or a checkpoint,
+// makes them durable, and until then replay would redo them.
+//
+// Journal region (journal_blocks blocks from journal_start):
+//   block 0: header {crc, magic, replay_seq, replay_off}
+//   then transactions, appended: {crc, magic, seq, nrecs, len} {off, len, bytes}*
+// Replay starts at replay_off and applies every transaction whose crc is good
+// and whose seq is the expected next one; the first miss ends the log. A
+// checkpoint (drain, then rewrite the header to the current end) happens when
+// the region is full or the caller asks; txs are never overwritten before it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+#include "format/layout.h"
+#include "poisonfs/media.h"
+
+namespace poisonfs {
+
+class Transaction {
+ public:
+  // Records that [off, off+len) must hold these bytes. A later write of the
+  // same (off, len) replaces the earlier one.
+  void write(uint64_t off, const void* data, size_t len);
+  // Reserves len bytes for a record at off and returns where to encode it.
+  std::byte* reserve(uint64_t off, size_t len);
+  bool empty() const { return records_.empty(); }
+  size_t encoded_size() const;
+  size_t record_count() const { return records_.size(); }
+
+ private:
+  friend class Journal;
+  struct Record {
+    uint64_t off;
+    size_t pos;
+    uint32_t len;
+  };
+  std::vector<Record> records_;
+  std::vector<std::byte> bytes_;
+  std::unordered_map<uint64_t, size_t> index_;  // off -> records_ index
+};
+
+class Journal {
+ public:
+  Journal(Media& media, const Superblock& sb);
+
+  // Writes an empty journal header (mkfs).
+  static void format(Media& media, const Superblock& sb);
+  // Applies every committed transaction; returns how many. Does not store
+  // anything when the log is empty. Then checkpoints.
+  Result<uint64_t> replay();
+  // Commits tx atomically (see above). Fails only if tx is larger than
+  // max_tx_bytes(), which callers bound.
+  Status commit(const Transaction& tx);
+  // Drains the in-place writes and restarts the log at its beginning.
+  void checkpoint();
+  size_t max_tx_bytes() const { return end_ - kBlockSize; }
+  uint64_t commits() const { return commits_; }
+  // Called after every checkpoint (the allocator releases pending frees then).
+  void set_checkpoint_hook(std::function<void()> hook) { on_checkpoint_ = std::move(hook); }
+
+ private:
+  Status read_header();
+  void write_header();
+  bool record_in_bounds(uint64_t off, uint64_t len) const;
+
+  Media& media_;
+  uint64_t start_;  // byte offset of the journal region on the device
+  uint64_t end_;    // byte length of the region
+  uint64_t meta_lo_, meta_hi_;  // where records may point: [inode table, data end)
+  uint64_t seq_ = 1;            // seq of the next transaction
+  uint64_t head_ = kBlockSize;  // region-relative offset of the next transaction
+  uint64_t commits_ = 0;
+  std::function<void()> on_checkpoint_;
+};
+
+}  // namespace poisonfs

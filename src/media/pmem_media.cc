@@ -1,0 +1,207 @@
+// The media over a real image: an image file (on a DAX filesystem, on tmpfs,
+// or on any ordinary filesystem) or a device-dax character device, mapped with
+// libpmem2. libpmem2 picks the store functions for the mapping it got: cache
+// flushes on real pmem, msync on a page-granular file. An flock on the image
+// keeps a second mount (or a tool) from mapping it at the same time.
+#include <fcntl.h>
+#include <libpmem2.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <cerrno>
+#include <system_error>
+
+#include "poisonfs/media.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack the name
+#endif
+
+namespace poisonfs {
+namespace {
+
+constexpr const char* kNotAnImage = ": not a regular file or a device";
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// libpmem2 returns -errno for failed system calls and its own PMEM2_E_* codes
+// (all below -100000) for everything else.
+std::errc pmem2_errc(int ret) {
+  if (ret < 0 && ret > -4096) return static_cast<std::errc>(-ret);
+  switch (ret) {
+    case PMEM2_E_NO_ACCESS:
+      return std::errc::permission_denied;
+    case PMEM2_E_INVALID_FILE_TYPE:
+    case PMEM2_E_SOURCE_EMPTY:
+    case PMEM2_E_LENGTH_UNALIGNED:
+      return std::errc::invalid_argument;
+    case PMEM2_E_NOSUPP:
+    case PMEM2_E_GRANULARITY_NOT_SUPPORTED:
+    case PMEM2_E_SRC_DEVDAX_PRIVATE:
+    case PMEM2_E_SOURCE_TYPE_NOT_SUPPORTED:
+      return std::errc::not_supported;
+    default:
+      return std::errc::io_error;
+  }
+}
+
+std::unexpected<Error> pmem2_fail(const std::string& path, const char* what, int ret) {
+  return fail(pmem2_errc(ret), path + ": " + what + ": " + pmem2_errormsg());
+}
+
+class PmemMedia final : public Media {
+ public:
+  explicit PmemMedia(MapMode mode) : mode_(mode) {}
+  PmemMedia(const PmemMedia&) = delete;
+  PmemMedia& operator=(const PmemMedia&) = delete;
+
+  // Releases whatever the open got as far as acquiring.
+  ~PmemMedia() override {
+    if (map_ != nullptr) pmem2_map_delete(&map_);
+    if (cfg_ != nullptr) pmem2_config_delete(&cfg_);
+    if (src_ != nullptr) pmem2_source_delete(&src_);
+    if (fd_ >= 0) close(fd_);  // drops the flock
+  }
+
+  // The two steps of open_pmem_media; map() requires open_and_lock().
+  Status open_and_lock(const std::string& path);
+  Status map(const std::string& path);
+
+  uint64_t size() const override { return size_; }
+  const std::byte* base() const override { return base_; }
+  bool read_only() const override { return mode_ == MapMode::kPrivate; }
+  bool byte_granular() const override { return byte_granular_; }
+
+  void write(uint64_t off, const void* src, size_t len) override {
+    assert(off <= size_ && len <= size_ - off);
+    memcpy_fn_(base_ + off, src, len, store_flags_);
+  }
+  void zero(uint64_t off, size_t len) override {
+    assert(off <= size_ && len <= size_ - off);
+    memset_fn_(base_ + off, 0, len, store_flags_);
+  }
+  void flush(uint64_t off, size_t len) override {
+    assert(off <= size_ && len <= size_ - off);
+    flush_fn_(base_ + off, len);
+  }
+  void drain() override { drain_fn_(); }
+
+ private:
+  int fd_ = -1;
+  MapMode mode_;
+  pmem2_source* src_ = nullptr;
+  pmem2_config* cfg_ = nullptr;
+  pmem2_map* map_ = nullptr;
+  std::byte* base_ = nullptr;
+  uint64_t size_ = 0;
+  bool byte_granular_ = false;
+  unsigned store_flags_ = PMEM2_F_MEM_NODRAIN;
+  // Fetched once: libpmem2 chose them for this mapping's granularity.
+  pmem2_memcpy_fn memcpy_fn_ = nullptr;
+  pmem2_memset_fn memset_fn_ = nullptr;
+  pmem2_flush_fn flush_fn_ = nullptr;
+  pmem2_drain_fn drain_fn_ = nullptr;
+};
+
+Status PmemMedia::map(const std::string& path) {
+  if (int ret = pmem2_source_from_fd(&src_, fd_); ret != 0) {
+    return pmem2_fail(path, "cannot use as a pmem2 source", ret);
+  }
+  size_t source_size = 0;
+  if (int ret = pmem2_source_size(src_, &source_size); ret != 0) {
+    return pmem2_fail(path, "cannot read the size", ret);
+  }
+  if (source_size == 0) return fail(std::errc::invalid_argument, path + ": empty file");
+
+  if (int ret = pmem2_config_new(&cfg_); ret != 0) {
+    return pmem2_fail(path, "cannot create a pmem2 config", ret);
+  }
+  // Accept page granularity so that plain files (and tmpfs) map too; the
+  // flush functions then msync.
+  if (int ret = pmem2_config_set_required_store_granularity(cfg_, PMEM2_GRANULARITY_PAGE);
+      ret != 0) {
+    return pmem2_fail(path, "cannot set store granularity", ret);
+  }
+  if (mode_ == MapMode::kPrivate) {
+    // libpmem2 (checked with 1.12) maps a read-only fd MAP_PRIVATE with
+    // PROT_WRITE, so no O_RDWR retry or plain-mmap fallback is needed.
+    // Device-dax refuses private mappings (PMEM2_E_SRC_DEVDAX_PRIVATE).
+    if (int ret = pmem2_config_set_sharing(cfg_, PMEM2_PRIVATE); ret != 0) {
+      return pmem2_fail(path, "cannot request a private mapping", ret);
+    }
+  }
+  if (int ret = pmem2_map_new(&map_, cfg_, src_); ret != 0) {
+    return pmem2_fail(path, "cannot map", ret);
+  }
+
+  base_ = static_cast<std::byte*>(pmem2_map_get_address(map_));
+  size_ = pmem2_map_get_size(map_);
+  byte_granular_ = pmem2_map_get_store_granularity(map_) != PMEM2_GRANULARITY_PAGE;
+  memcpy_fn_ = pmem2_get_memcpy_fn(map_);
+  memset_fn_ = pmem2_get_memset_fn(map_);
+  flush_fn_ = pmem2_get_flush_fn(map_);
+  drain_fn_ = pmem2_get_drain_fn(map_);
+  // On a page-granular mapping libpmem2's memcpy/memset msync the range even
+  // with NODRAIN (seen with strace), and flush() msyncs it again. Every store
+  // is followed by flush() anyway (the Media contract), so NOFLUSH saves one
+  // system call per store. On pmem keep NODRAIN alone: there the copy's own
+  // flushes (non-temporal stores for large copies) are the fast path.
+  if (!byte_granular_) store_flags_ |= PMEM2_F_MEM_NOFLUSH;
+
+  if (mode_ == MapMode::kShared) {
+    // Page faults, not copies, dominate a fresh mapping (DESIGN.md 4): take
+    // them all now. Best effort; older kernels or odd files may refuse.
+    (void)madvise(base_, size_, MADV_POPULATE_WRITE);
+  }
+  return {};
+}
+
+Status PmemMedia::open_and_lock(const std::string& path) {
+  const bool shared = mode_ == MapMode::kShared;
+  // O_CLOEXEC: a child the daemon or a tool spawns must not inherit the lock.
+  // O_NONBLOCK: opening a FIFO by mistake must fail below, not hang; it
+  // changes nothing for files and devices.
+  fd_ = ::open(path.c_str(), (shared ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NONBLOCK);
+  if (fd_ < 0) {
+    int err = errno;
+    // A directory opened O_RDWR fails here; report it as kPrivate would.
+    if (err == EISDIR) return fail(std::errc::invalid_argument, path + kNotAnImage);
+    return fail(static_cast<std::errc>(err), path + ": " + errno_text(err));
+  }
+  struct stat st {};
+  if (fstat(fd_, &st) != 0) {
+    int err = errno;
+    return fail(static_cast<std::errc>(err), path + ": " + errno_text(err));
+  }
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode)) {
+    return fail(std::errc::invalid_argument, path + kNotAnImage);
+  }
+  // Exclusive for a mount, shared for a private (read-only) view: readers may
+  // coexist, but nobody reads an image that a mount is changing under them.
+  // The lock belongs to the open file description, so it lives exactly as
+  // long as this object holds fd_.
+  if (flock(fd_, (shared ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
+    int err = errno;
+    if (err == EWOULDBLOCK) {
+      return fail(std::errc::device_or_resource_busy,
+                  path + ": image is in use (mounted, or open in another poisonfs tool)");
+    }
+    return fail(static_cast<std::errc>(err), path + ": cannot lock: " + errno_text(err));
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode) {
+  // A failed step just returns: the destructor releases what was acquired.
+  auto media = std::make_unique<PmemMedia>(mode);
+  if (Status s = media->open_and_lock(path); !s) return std::unexpected(std::move(s.error()));
+  if (Status s = media->map(path); !s) return std::unexpected(std::move(s.error()));
+  return std::unique_ptr<Media>(std::move(media));
+}
+
+}  // namespace poisonfs
