@@ -43,6 +43,11 @@ Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count) {
                             bytes, kMinDeviceBytes));
   Superblock sb;
   sb.total_blocks = bytes / kBlockSize;
+  // More inodes than the device has room for: refused here, before the
+  // rounding below could wrap a huge count around to zero.
+  if (inode_count > sb.total_blocks * kInodesPerBlock)
+    return fail(std::errc::invalid_argument,
+                strfmt("device of {} bytes is too small for {} inodes", bytes, inode_count));
   // Journal: 1/32 of the device, 256 KiB .. 64 MiB, big enough for the
   // largest transaction (see journal.h) with room to spare.
   sb.journal_start = 1;
@@ -116,11 +121,13 @@ Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes)
   if (sb.features_incompat != 0)
     return fail(std::errc::not_supported,
                 strfmt("unknown incompatible features {:#x}", sb.features_incompat));
-  if (sb.total_blocks * kBlockSize > device_bytes)
+  if (sb.total_blocks > device_bytes / kBlockSize)
     return fail(std::errc::invalid_argument,
                 strfmt("image is truncated: the superblock says {} bytes, the device has {}",
                             sb.total_blocks * kBlockSize, device_bytes));
-  bool sane = sb.journal_start == 1 && sb.journal_blocks >= 2 &&
+  // Each region is bounded by the device first, so the sums below cannot wrap.
+  bool sane = sb.journal_blocks < sb.total_blocks && sb.inode_blocks < sb.total_blocks &&
+              sb.journal_start == 1 && sb.journal_blocks >= 2 &&
               sb.inode_start == sb.journal_start + sb.journal_blocks &&
               sb.inode_count == sb.inode_blocks * kInodesPerBlock && sb.inode_count > 0 &&
               sb.data_start == sb.inode_start + sb.inode_blocks && sb.data_start < sb.data_end &&
@@ -221,8 +228,9 @@ Result<std::optional<ExtentRec>> decode_extent(const std::byte* in) {
   r.file_block = get_le<uint64_t>(in + 8);
   r.phys_block = get_le<uint64_t>(in + 16);
   r.nblocks = get_le<uint64_t>(in + 24);
-  if (!(r.flags & kSlotValid) || r.nblocks == 0 ||
-      r.file_block + r.nblocks > kMaxFileSize / kBlockSize || r.phys_block + r.nblocks < r.phys_block)
+  constexpr uint64_t kMaxBlocks = kMaxFileSize / kBlockSize;
+  if (!(r.flags & kSlotValid) || r.nblocks == 0 || r.file_block >= kMaxBlocks ||
+      r.nblocks > kMaxBlocks - r.file_block || r.phys_block + r.nblocks < r.phys_block)
     return fail(std::errc::io_error, "extent record has impossible values");
   return r;
 }
@@ -245,7 +253,8 @@ Result<std::optional<DirentRec>> decode_dirent(const std::byte* in) {
   r.type = static_cast<uint8_t>(in[16]);
   size_t len = static_cast<uint8_t>(in[17]);
   r.name.assign(reinterpret_cast<const char*>(in + 24), len);
-  if (len == 0 || r.ino == 0 || r.name.find('/') != std::string::npos ||
+  if (!(get_le<uint32_t>(in + 4) & kSlotValid) || len == 0 || r.ino == 0 ||
+      r.name.find('/') != std::string::npos ||
       r.name.find('\0') != std::string::npos || r.name == "." || r.name == "..")
     return fail(std::errc::io_error, "dirent record has impossible values");
   return r;
@@ -267,7 +276,7 @@ Result<std::optional<XattrRec>> decode_xattr(const std::byte* in) {
   XattrRec r;
   size_t name_len = static_cast<uint8_t>(in[8]);
   size_t value_len = get_le<uint16_t>(in + 10);
-  if (name_len == 0 || value_len > kXattrValueMax)
+  if (!(get_le<uint32_t>(in + 4) & kSlotValid) || name_len == 0 || value_len > kXattrValueMax)
     return fail(std::errc::io_error, "xattr record has impossible values");
   r.name.assign(reinterpret_cast<const char*>(in + 16), name_len);
   r.value.assign(reinterpret_cast<const char*>(in + 272), value_len);

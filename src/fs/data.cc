@@ -99,6 +99,9 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
     }
     // New or unwritten blocks: whole blocks are written, the parts outside
     // [pos, end) as zeros (they read as zeros now and must keep doing so).
+    // Record slots first: a new chain block then lands before the data, not
+    // right after it where the file's next sequential extent belongs.
+    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) break;
     uint64_t fb_end = div_up(end, kBlockSize);
     uint64_t phys;
     uint64_t nblocks;
@@ -113,10 +116,6 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
       fb_end = std::min(fb_end, e->file_end());
       phys = e->phys_block + (fb - e->file_block);
       nblocks = fb_end - fb;
-    }
-    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) {
-      if (fresh) alloc_.release({phys, nblocks});
-      break;
     }
     uint64_t span_start = block_offset(fb), span_end = block_offset(fb + nblocks);
     uint64_t wend = std::min(end, span_end);
@@ -155,8 +154,11 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
   Transaction tx;
   std::vector<BlockRange> dropped;
   auto n = _write(**inode, off, data, tx, dropped);
+  // Committed even when nothing was written: a record block linked into
+  // the inode's chain (in memory already) must reach the media too.
+  auto committed = commit(tx, std::move(dropped));
   if (!n) return n;
-  if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
+  if (!committed) return std::unexpected(committed.error());
   return n;
 }
 
@@ -194,12 +196,10 @@ Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& 
       continue;
     }
     uint64_t hole_end = e ? std::min(end, e->file_block) : end;
+    // Slots before data, as in _write: keeps the file's extents contiguous.
+    if (!reserve_slots(inode, inode.chain, 2, tx)) return fail(std::errc::no_space_on_device);
     BlockRange r = alloc_.allocate(hole_end - cur, alloc_hint(inode, cur));
     if (r.count == 0) return fail(std::errc::no_space_on_device);
-    if (!reserve_slots(inode, inode.chain, 2, tx)) {
-      alloc_.release(r);
-      return fail(std::errc::no_space_on_device);
-    }
     ExtentEdit edit;
     inode.extents.insert(cur, r.count, r.start, kExtentUnwritten, edit);
     stage_extent_edit(inode, edit, tx);

@@ -39,6 +39,9 @@ Extent* ExtentMap::before(uint64_t fb) {
 bool ExtentMap::load(Extent* e) {
   Extent* prev = before(e->file_end());
   if (prev && prev->file_end() > e->file_block) return false;
+  // kSlotValid marks a used record slot, not a kind of extent: kept, it
+  // would stop a loaded extent from merging with a new one of its kind.
+  e->flags &= ~kSlotValid;
   set_.insert(*e);
   mapped_ += e->nblocks;
   return true;

@@ -32,7 +32,7 @@ struct Extent : bi::set_base_hook<bi::optimize_size<true>> {
   uint64_t file_block = 0;
   uint64_t phys_block = 0;
   uint64_t nblocks = 0;
-  uint32_t flags = 0;  // kSlotValid | kExtentUnwritten
+  uint32_t flags = 0;  // 0 or kExtentUnwritten (a record's kSlotValid is not kept)
   SlotRef slot;
   bool erased = false;
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <unordered_set>
 #include "util/strfmt.h"
 
 #include "format/layout.h"
@@ -167,10 +168,13 @@ Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
 Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used) {
   const uint64_t ino = inode.rec.ino;
   const uint32_t slot_size = slot_size_of(chain.kind), nslots = slots_per_block(chain.kind);
+  std::unordered_set<uint64_t> visited;  // a hostile chain may loop
   for (uint64_t block = head; block != 0;) {
     std::string msg;
-    if (block < sb_.data_start || block >= sb_.data_end || chain.blocks.size() > sb_.total_blocks) {
+    if (block < sb_.data_start || block >= sb_.data_end) {
       msg = strfmt("inode {}: chain points outside the data area", ino);
+    } else if (!visited.insert(block).second) {
+      msg = strfmt("inode {}: chain block {} is linked twice (a loop)", ino, block);
     } else {
       auto h = decode_chain_header(media_->at(block_offset(block)));
       if (!h || h->kind != chain.kind || h->owner != ino || h->self != block)
@@ -266,6 +270,24 @@ Status FsImpl::check_links() {
     }
   }
   if (!check_) return {};
+  // Only names in directories reachable from the root lead anywhere: a
+  // subtree cut off by a damaged directory then counts as unnamed as a
+  // whole, and one repair reclaims all of it.
+  std::fill(names.begin(), names.end(), 0);
+  std::vector<bool> reachable(inodes_.size() + 1, false);
+  std::vector<Ino> todo{kRootIno};
+  reachable[kRootIno] = true;
+  while (!todo.empty()) {
+    Inode& dir = *inodes_[todo.back() - 1];
+    todo.pop_back();
+    for (auto& [name, d] : dir.entries) {
+      ++names[d.ino];
+      if (inodes_[d.ino - 1]->is_dir() && !reachable[d.ino]) {
+        reachable[d.ino] = true;
+        todo.push_back(d.ino);
+      }
+    }
+  }
   for (auto& inode : inodes_) {
     if (!inode) continue;
     uint32_t want = inode->is_dir() ? 2 + inode->subdirs : names[inode->rec.ino];

@@ -119,17 +119,22 @@ Result<Attr> FsImpl::create_node(Ino parent, std::string_view name, uint32_t mod
   if ((*dir)->entries.contains(name)) return fail(std::errc::file_exists);
   if (free_inos_.empty()) return fail(std::errc::no_space_on_device, "no free inodes");
   Transaction tx;
-  if (auto st = reserve_slots(**dir, (*dir)->chain, 1, tx); !st) return std::unexpected(st.error());
   auto child = new_inode(mode, rdev, caller, **dir);
   if (!child) return std::unexpected(child.error());
   std::vector<BlockRange> dropped;
+  // The child's blocks first, the directory's slot last: on failure tx is
+  // dropped, so it may hold nothing but the child's own records (a new
+  // directory block linked in it would stay linked in memory only).
+  Status st;
   if (!symlink_target.empty()) {
     auto n = _write(**child, 0, std::as_bytes(std::span(symlink_target)), tx, dropped);
-    if (!n || *n != symlink_target.size()) {
-      free_inode(**child, tx, dropped);
-      for (const BlockRange& r : dropped) alloc_.release(r);  // never committed
-      return fail(std::errc::no_space_on_device);
-    }
+    if (!n || *n != symlink_target.size()) st = fail(std::errc::no_space_on_device);
+  }
+  if (st) st = reserve_slots(**dir, (*dir)->chain, 1, tx);
+  if (!st) {
+    free_inode(**child, tx, dropped);
+    for (const BlockRange& r : dropped) alloc_.release(r);  // never committed
+    return std::unexpected(st.error());
   }
   if (auto st = add_entry(**dir, name, **child, tx); !st) return std::unexpected(st.error());
   stage_inode(tx, **child);

@@ -13,6 +13,10 @@ namespace {
 constexpr uint32_t kHeaderMagic = 0x4C4E4A50;  // "PJNL"
 constexpr uint32_t kTxMagic = 0x58544A50;      // "PJTX"
 constexpr size_t kHeaderSize = 24;             // crc, magic, seq, off
+// The header has two slots in different cache lines, written in turn: a
+// crash can tear the 24-byte store of one (persistence is atomic only per
+// 8 bytes), never both, and the valid slot with the higher seq wins.
+constexpr uint64_t kHeaderSlotStride = 64;
 constexpr size_t kTxHeaderSize = 32;           // crc, magic, seq, nrecs, pad, len
 constexpr size_t kRecHeaderSize = 16;          // off, len, pad
 
@@ -49,6 +53,7 @@ Journal::Journal(Media& media, const Superblock& sb)
 
 void Journal::format(Media& media, const Superblock& sb) {
   Journal j(media, sb);
+  j.write_header();  // both slots: no stale header may outrank this one
   j.write_header();
   media.drain();
 }
@@ -59,16 +64,29 @@ void Journal::write_header() {
   put_le<uint64_t>(h + 8, seq_);
   put_le<uint64_t>(h + 16, head_);
   put_le<uint32_t>(h, crc32c(h + 4, kHeaderSize - 4));
-  media_.write(start_, h, kHeaderSize);
-  media_.flush(start_, kHeaderSize);
+  uint64_t at = start_ + header_slot_ * kHeaderSlotStride;
+  media_.write(at, h, kHeaderSize);
+  media_.flush(at, kHeaderSize);
+  header_slot_ ^= 1;
 }
 
 Status Journal::read_header() {
-  const std::byte* h = media_.at(start_);
-  if (get_le<uint32_t>(h + 4) != kHeaderMagic || get_le<uint32_t>(h) != crc32c(h + 4, kHeaderSize - 4))
-    return fail(std::errc::io_error, "journal header is corrupt");
-  seq_ = get_le<uint64_t>(h + 8);
+  int best = -1;
+  uint64_t best_seq = 0;
+  for (int slot = 0; slot < 2; ++slot) {
+    const std::byte* h = media_.at(start_ + slot * kHeaderSlotStride);
+    if (get_le<uint32_t>(h + 4) != kHeaderMagic || get_le<uint32_t>(h) != crc32c(h + 4, kHeaderSize - 4))
+      continue;
+    if (best < 0 || get_le<uint64_t>(h + 8) > best_seq) {
+      best = slot;
+      best_seq = get_le<uint64_t>(h + 8);
+    }
+  }
+  if (best < 0) return fail(std::errc::io_error, "journal header is corrupt");
+  const std::byte* h = media_.at(start_ + best * kHeaderSlotStride);
+  seq_ = best_seq;
   head_ = get_le<uint64_t>(h + 16);
+  header_slot_ = best ^ 1;  // the next checkpoint keeps this slot intact
   if (head_ < kBlockSize || head_ > end_ || head_ % 8 != 0)
     return fail(std::errc::io_error, "journal header points outside the journal");
   return {};

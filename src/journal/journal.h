@@ -9,7 +9,9 @@
 // makes them durable, and until then replay would redo them.
 //
 // Journal region (journal_blocks blocks from journal_start):
-//   block 0: header {crc, magic, replay_seq, replay_off}
+//   block 0: header {crc, magic, replay_seq, replay_off} in two slots (bytes
+//            0 and 64), written alternately; the valid one with the higher
+//            replay_seq counts, so a torn header write loses nothing
 //   then transactions, appended: {crc, magic, seq, nrecs, len} {off, len, bytes}*
 // Replay starts at replay_off and applies every transaction whose crc is good
 // and whose seq is the expected next one; the first miss ends the log. A
@@ -80,6 +82,7 @@ class Journal {
   uint64_t meta_lo_, meta_hi_;  // where records may point: [inode table, data end)
   uint64_t seq_ = 1;            // seq of the next transaction
   uint64_t head_ = kBlockSize;  // region-relative offset of the next transaction
+  int header_slot_ = 0;         // header slot the next checkpoint writes
   uint64_t commits_ = 0;
   std::function<void()> on_checkpoint_;
 };

@@ -1,0 +1,506 @@
+// The poisonfs daemon: `poisonfs [-f] [-d] [-o opt,...] IMAGE MOUNTPOINT`.
+// Parses and validates the command line, opens the image with the core,
+// mounts it through libfuse's low-level API and serves requests until the
+// kernel ends the session (umount) or a signal ends the loop; then it
+// unmounts the core, which writes back lazy state and checkpoints.
+//
+// Daemonizing: the process forks *before* it opens the image, and the parent
+// waits until the child reports the mount (or its error) through a pipe.
+// libfuse's own order (mount, then fuse_daemonize) would fork after the
+// image is mapped: a forked child keeps only the calling thread, so any
+// thread the core started would be lost, and the child starts with the
+// mapping's page tables empty, so mount's pre-faulting would be wasted.
+// Errors still reach the terminal: the child writes them to the stderr it
+// inherited, before it detaches.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "ops.h"
+#include "poisonfs/filesystem.h"
+
+#ifndef POISONFS_VERSION
+#define POISONFS_VERSION "0.1.0"
+#endif
+
+namespace poisonfs::fuse {
+namespace {
+
+constexpr unsigned kUnset = UINT_MAX;
+
+// The command line as fuse_opt_parse fills it (plain data: fuse_opt stores
+// through offsets). Strings are malloc'ed by fuse_opt or by strdup.
+struct CmdLine {
+  char* image;
+  char* mountpoint;
+  char* read_reply;
+  char* bad_argument;  // the first unknown option or extra argument
+  int bad_is_option;
+  int foreground;
+  int debug;
+  int singlethread;
+  int clone_fd;
+  int show_help;
+  int show_version;
+  unsigned max_idle_threads;
+  unsigned max_threads;
+  unsigned max_read;
+};
+
+enum Key { kKeyUnknown = 100 };
+
+#define PFS_OPT(t, field, value) {t, offsetof(CmdLine, field), value}
+#define PFS_KEEP(t) FUSE_OPT_KEY(t, FUSE_OPT_KEY_KEEP)
+#define PFS_IGNORE(t) FUSE_OPT_KEY(t, FUSE_OPT_KEY_DISCARD)
+
+const fuse_opt kOptions[] = {
+    // Ours.
+    PFS_OPT("-f", foreground, 1),
+    PFS_OPT("-s", singlethread, 1),
+    PFS_OPT("singlethread", singlethread, 1),
+    PFS_OPT("clone_fd", clone_fd, 1),
+    PFS_OPT("max_idle_threads=%u", max_idle_threads, 0),
+    PFS_OPT("max_threads=%u", max_threads, 0),
+    PFS_OPT("max_read=%u", max_read, 0),
+    PFS_OPT("read_reply=%s", read_reply, 0),
+    PFS_OPT("-h", show_help, 1),
+    PFS_OPT("--help", show_help, 1),
+    PFS_OPT("-V", show_version, 1),
+    PFS_OPT("--version", show_version, 1),
+    // Debug is ours (it implies -f) and libfuse's (it logs every request).
+    PFS_OPT("-d", debug, 1),
+    PFS_OPT("debug", debug, 1),
+    PFS_KEEP("-d"),
+    PFS_KEEP("debug"),
+    // Standard FUSE and kernel mount options, passed to fuse_session_new.
+    PFS_KEEP("allow_other"),
+    PFS_KEEP("allow_root"),
+    PFS_KEEP("auto_unmount"),
+    PFS_KEEP("default_permissions"),
+    PFS_KEEP("ro"),
+    PFS_KEEP("nosuid"),
+    PFS_KEEP("nodev"),
+    PFS_KEEP("noexec"),
+    PFS_KEEP("sync"),
+    PFS_KEEP("async"),
+    PFS_KEEP("dirsync"),
+    PFS_KEEP("atime"),
+    PFS_KEEP("noatime"),
+    PFS_KEEP("diratime"),
+    PFS_KEEP("nodiratime"),
+    PFS_KEEP("relatime"),
+    PFS_KEEP("norelatime"),
+    PFS_KEEP("strictatime"),
+    PFS_KEEP("nostrictatime"),
+    PFS_KEEP("lazytime"),
+    PFS_KEEP("nolazytime"),
+    PFS_KEEP("context="),
+    PFS_KEEP("fscontext="),
+    PFS_KEEP("defcontext="),
+    PFS_KEEP("rootcontext="),
+    // Generic mount(8) options that mount.fuse3 may pass. The permissive
+    // ones (rw, dev, suid, exec) are the defaults mount.fuse3 adds on its
+    // own; FUSE keeps nosuid,nodev unless asked otherwise, and so do we.
+    PFS_IGNORE("rw"),
+    PFS_IGNORE("dev"),
+    PFS_IGNORE("suid"),
+    PFS_IGNORE("exec"),
+    PFS_IGNORE("auto"),
+    PFS_IGNORE("noauto"),
+    PFS_IGNORE("user"),
+    PFS_IGNORE("nouser"),
+    PFS_IGNORE("users"),
+    PFS_IGNORE("nofail"),
+    PFS_IGNORE("_netdev"),
+    PFS_IGNORE("defaults"),
+    FUSE_OPT_END,
+};
+
+#undef PFS_OPT
+#undef PFS_KEEP
+#undef PFS_IGNORE
+
+// Takes the two positionals and refuses everything no template knows.
+int process_arg(void* data, const char* arg, int key, fuse_args* /*outargs*/) {
+  auto* cmd = static_cast<CmdLine*>(data);
+  if (key == FUSE_OPT_KEY_NONOPT) {
+    if (!cmd->image) {
+      cmd->image = strdup(arg);
+      return 0;
+    }
+    if (!cmd->mountpoint) {
+      cmd->mountpoint = strdup(arg);
+      return 0;
+    }
+  } else if (key == FUSE_OPT_KEY_OPT) {
+    // fstab "x-..." options are for userspace tools, never for the helper.
+    if (std::strncmp(arg, "x-", 2) == 0 || std::strncmp(arg, "comment=", 8) == 0) return 0;
+  }
+  if (!cmd->bad_argument) {
+    cmd->bad_argument = strdup(arg);
+    cmd->bad_is_option = key != FUSE_OPT_KEY_NONOPT;
+  }
+  return 0;  // keep parsing; main reports the first bad argument
+}
+
+void print_usage(const char* prog) {
+  std::printf(
+      "usage: %s [-f] [-d] [-o opt,...] IMAGE MOUNTPOINT\n"
+      "\n"
+      "Mounts the poisonfs image IMAGE (made by mkfs.poisonfs) on MOUNTPOINT.\n"
+      "Unmount with `fusermount3 -u MOUNTPOINT` or `umount IMAGE`.\n"
+      "\n"
+      "options:\n"
+      "    -h, --help             print this help and exit\n"
+      "    -V, --version          print the version and exit\n"
+      "    -f                     stay in the foreground\n"
+      "    -d, -o debug           log every request (implies -f)\n"
+      "    -s, -o singlethread    serve requests on one thread\n"
+      "    -o clone_fd            one /dev/fuse descriptor per worker thread\n"
+      "    -o max_idle_threads=N  idle worker threads kept (multithreaded loop)\n"
+      "    -o max_threads=N       worker threads at most (multithreaded loop)\n"
+      "    -o max_read=N          largest read request in bytes (default 1 MiB)\n"
+      "    -o read_reply=MODE     how read replies leave: iov (default), data, splice\n"
+      "    -o allow_other         let other users in (root, or user_allow_other)\n"
+      "    -o allow_root          let root in as well as the mounting user\n"
+      "    -o auto_unmount        unmount when the daemon dies\n"
+      "    -o ro, nosuid, nodev, noexec, sync, dirsync, noatime, ...\n"
+      "                           kernel mount flags, passed through\n"
+      "\n"
+      "Always on: default_permissions, fsname=<IMAGE as an absolute path>,\n"
+      "subtype=poisonfs. Ignored (mount(8) passes them): rw, dev, suid, exec,\n"
+      "auto, noauto, user, nouser, users, nofail, _netdev, defaults.\n",
+      prog);
+}
+
+// An absolute form of path: the real path when it exists, else cwd + path,
+// so that the error the core gives still names what the user typed.
+std::string absolute_path(const char* path) {
+  if (char* real = realpath(path, nullptr)) {
+    std::string out(real);
+    std::free(real);
+    return out;
+  }
+  if (path[0] == '/') return path;
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+// Decodes the octal escapes (\040 for a space) of a /proc/self/mountinfo field.
+std::string unescape_mountinfo(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size()) {
+      int v = 0;
+      bool ok = true;
+      for (size_t j = 1; j <= 3; ++j) {
+        char c = s[i + j];
+        ok = ok && c >= '0' && c <= '7';
+        v = v * 8 + (c - '0');
+      }
+      if (ok) {
+        out += static_cast<char>(v);
+        i += 3;
+        continue;
+      }
+    }
+    out += s[i];
+  }
+  return out;
+}
+
+// True when a poisonfs mount of image (by its absolute path) is visible.
+bool image_is_mounted(const std::string& image) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t sep = line.find(" - ");
+    if (sep == std::string::npos) continue;
+    // After " - ": fstype source super-options.
+    std::string_view rest = std::string_view(line).substr(sep + 3);
+    size_t a = rest.find(' ');
+    if (a == std::string_view::npos) continue;
+    std::string_view fstype = rest.substr(0, a);
+    std::string_view tail = rest.substr(a + 1);
+    std::string_view source = tail.substr(0, tail.find(' '));
+    if (fstype == "fuse.poisonfs" && unescape_mountinfo(source) == image) return true;
+  }
+  return false;
+}
+
+// Opens the image. A daemon that was just unmounted may still be writing
+// back its last state and hold the image lock for a moment; when the image
+// is no longer mounted, waiting briefly lets `umount; poisonfs ...` work.
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& image) {
+  using namespace std::chrono;
+  const auto deadline = steady_clock::now() + seconds(5);
+  for (;;) {
+    auto fs = Filesystem::mount_image(image, {});
+    if (fs || fs.error().code != std::errc::device_or_resource_busy) return fs;
+    if (image_is_mounted(image) || steady_clock::now() >= deadline) return fs;
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+}
+
+// The write end of the pipe to a waiting parent (-1 in the foreground).
+int g_ready_fd = -1;
+
+// Forks; the parent waits for the child's verdict and exits with it. The
+// child returns and later calls report_ready() or exits with an error.
+void daemonize_early() {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    std::perror("poisonfs: pipe");
+    std::exit(1);
+  }
+  pid_t pid = fork();
+  if (pid < 0) {
+    std::perror("poisonfs: fork");
+    std::exit(1);
+  }
+  if (pid > 0) {
+    close(fds[1]);
+    char ok = 0;
+    ssize_t n;
+    do {
+      n = read(fds[0], &ok, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n == 1 && ok == 1) _exit(0);
+    // The child failed (and said why on stderr) or died: pass on its code.
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    _exit(WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1);
+  }
+  close(fds[0]);
+  g_ready_fd = fds[1];
+  setsid();
+}
+
+// Tells the waiting parent that the filesystem is mounted, and detaches.
+void report_ready() {
+  if (chdir("/") != 0) {
+    // Nothing depends on the working directory; keep going.
+  }
+  if (g_ready_fd < 0) return;
+  int null = open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);
+    if (null > STDERR_FILENO) close(null);
+  }
+  char ok = 1;
+  if (write(g_ready_fd, &ok, 1) != 1) {
+    // The parent is gone; the mount stands regardless.
+  }
+  close(g_ready_fd);
+  g_ready_fd = -1;
+}
+
+int run_loop(fuse_session* se, const CmdLine& cmd) {
+  if (cmd.singlethread) return fuse_session_loop(se);
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  if (!config) return -ENOMEM;
+  fuse_loop_cfg_set_clone_fd(config, cmd.clone_fd ? 1 : 0);
+  if (cmd.max_idle_threads != kUnset) fuse_loop_cfg_set_idle_threads(config, cmd.max_idle_threads);
+  if (cmd.max_threads != kUnset) fuse_loop_cfg_set_max_threads(config, cmd.max_threads);
+  int res = fuse_session_loop_mt(se, config);
+  fuse_loop_cfg_destroy(config);
+  return res;
+}
+
+// Frees what fuse_opt and strdup allocated.
+struct CmdLineOwner {
+  CmdLine* cmd;
+  fuse_args* args;
+  ~CmdLineOwner() {
+    std::free(cmd->image);
+    std::free(cmd->mountpoint);
+    std::free(cmd->read_reply);
+    std::free(cmd->bad_argument);
+    fuse_opt_free_args(args);
+  }
+};
+
+int daemon_main(int argc, char** argv) {
+  const char* prog = "poisonfs";
+  fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  CmdLine cmd{};
+  cmd.max_idle_threads = kUnset;
+  cmd.max_threads = kUnset;
+  cmd.max_read = kMaxIo;
+  CmdLineOwner owner{&cmd, &args};
+
+  if (fuse_opt_parse(&args, &cmd, kOptions, process_arg) != 0) {
+    std::fprintf(stderr, "%s: invalid command line (see %s --help)\n", prog, prog);
+    return 1;
+  }
+  if (cmd.show_help) {
+    print_usage(argv[0]);
+    return 0;
+  }
+  if (cmd.show_version) {
+    std::printf("poisonfs version %s\n", POISONFS_VERSION);
+    std::fflush(stdout);
+    fuse_lowlevel_version();
+    return 0;
+  }
+  if (cmd.bad_argument) {
+    if (cmd.bad_is_option) {
+      std::fprintf(stderr, "%s: unknown option '%s'\n", prog, cmd.bad_argument);
+    } else {
+      std::fprintf(stderr, "%s: unexpected argument '%s' (usage: %s IMAGE MOUNTPOINT)\n", prog,
+                   cmd.bad_argument, prog);
+    }
+    return 1;
+  }
+  if (!cmd.image || !cmd.mountpoint) {
+    std::fprintf(stderr, "%s: missing %s (usage: %s [-f] [-d] [-o opt,...] IMAGE MOUNTPOINT)\n",
+                 prog, cmd.image ? "MOUNTPOINT" : "IMAGE and MOUNTPOINT", prog);
+    return 1;
+  }
+  MountContext context;
+  context.owner_uid = getuid();
+  context.max_read = cmd.max_read;
+  if (cmd.read_reply) {
+    std::string_view how = cmd.read_reply;
+    if (how == "iov") {
+      context.read_reply = ReadReply::kIov;
+    } else if (how == "data") {
+      context.read_reply = ReadReply::kData;
+    } else if (how == "splice") {
+      context.read_reply = ReadReply::kSplice;
+    } else {
+      std::fprintf(stderr, "%s: read_reply must be iov, data or splice, not '%s'\n", prog,
+                   cmd.read_reply);
+      return 1;
+    }
+  }
+  if (cmd.max_read == 0 || cmd.max_read > kMaxIo) {
+    std::fprintf(stderr, "%s: max_read must be between 1 and %u\n", prog, kMaxIo);
+    return 1;
+  }
+  if (cmd.debug) cmd.foreground = 1;
+
+  const std::string image = absolute_path(cmd.image);
+  std::string mountpoint = cmd.mountpoint;
+  // mount.fuse3 -o drop_privileges hands over an open /dev/fuse as /dev/fd/N.
+  if (!mountpoint.starts_with("/dev/fd/")) {
+    struct stat st;
+    if (stat(cmd.mountpoint, &st) != 0) {
+      std::fprintf(stderr, "%s: mountpoint '%s': %s\n", prog, cmd.mountpoint,
+                   std::strerror(errno));
+      return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+      std::fprintf(stderr, "%s: mountpoint '%s' is not a directory\n", prog, cmd.mountpoint);
+      return 1;
+    }
+    mountpoint = absolute_path(cmd.mountpoint);
+  }
+
+  // Mount options every poisonfs mount has.
+  char* fixed = nullptr;
+  std::string fsname = "fsname=" + image;
+  if (fuse_opt_add_opt(&fixed, "default_permissions") != 0 ||
+      fuse_opt_add_opt_escaped(&fixed, fsname.c_str()) != 0 ||
+      fuse_opt_add_opt(&fixed, "subtype=poisonfs") != 0 ||
+      fuse_opt_add_opt(&fixed, ("max_read=" + std::to_string(cmd.max_read)).c_str()) != 0 ||
+      fuse_opt_add_arg(&args, "-o") != 0 || fuse_opt_add_arg(&args, fixed) != 0) {
+    std::free(fixed);
+    std::fprintf(stderr, "%s: out of memory\n", prog);
+    return 1;
+  }
+  std::free(fixed);
+
+  // Only the main thread takes the signals that end the loop: threads the
+  // core or libfuse start inherit this mask.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  if (!cmd.foreground) daemonize_early();
+
+  auto mounted = open_image(image);
+  if (!mounted) {
+    // The core's message names the image (and says "in use" when it is).
+    std::fprintf(stderr, "%s: %s\n", prog, mounted.error().to_string().c_str());
+    return 1;
+  }
+  std::unique_ptr<Filesystem> fs = std::move(*mounted);
+  context.fs = fs.get();
+
+  const fuse_lowlevel_ops ops = make_poisonfs_ops();
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &context);
+  if (!se) {
+    std::fprintf(stderr, "%s: cannot start a FUSE session\n", prog);
+    (void)fs->unmount();
+    return 1;
+  }
+  context.session = se;
+  if (fuse_set_signal_handlers(se) != 0) {
+    std::fprintf(stderr, "%s: cannot install signal handlers\n", prog);
+    fuse_session_destroy(se);
+    (void)fs->unmount();
+    return 1;
+  }
+  if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
+    std::fprintf(stderr, "%s: cannot mount on '%s'\n", prog, mountpoint.c_str());
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    (void)fs->unmount();
+    return 1;
+  }
+  report_ready();
+  pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
+
+  int res = run_loop(se, cmd);
+
+  fuse_remove_signal_handlers(se);
+  fuse_session_unmount(se);
+  int code = 0;
+  if (Status st = fs->unmount(); !st) {
+    std::fprintf(stderr, "%s: unmount of %s: %s\n", prog, image.c_str(),
+                 st.error().to_string().c_str());
+    code = 1;
+  }
+  fuse_session_destroy(se);
+  if (res < 0 && res != -ENODEV) {
+    std::fprintf(stderr, "%s: session loop: %s\n", prog, std::strerror(-res));
+  }
+  return code;
+}
+
+}  // namespace
+}  // namespace poisonfs::fuse
+
+int main(int argc, char** argv) {
+  try {
+    return poisonfs::fuse::daemon_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "poisonfs: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "poisonfs: unexpected error\n");
+  }
+  return 1;
+}

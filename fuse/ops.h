@@ -1,0 +1,51 @@
+// The FUSE low-level operation table of the poisonfs daemon: every handler
+// (named pfs_<op>) takes the mount context from fuse_req_userdata, calls the
+// core Filesystem and replies. Nothing here keeps per-file state: the core
+// owns every inode, open count and lock.
+#pragma once
+
+#ifndef FUSE_USE_VERSION
+#define FUSE_USE_VERSION 314
+#endif
+
+#include <fuse_lowlevel.h>
+#include <sys/types.h>
+
+#include "poisonfs/filesystem.h"
+
+namespace poisonfs::fuse {
+
+// How a read reply leaves: fuse_reply_iov (one writev straight from the
+// mapping), fuse_reply_data without splice (libfuse copies a reply of
+// several pieces into one buffer first), or fuse_reply_data with
+// SPLICE_WRITE|SPLICE_MOVE (vmsplice into a pipe, splice into /dev/fuse).
+enum class ReadReply { kIov, kData, kSplice };
+
+// What every handler needs: the filesystem and the few settings of the
+// daemon. The daemon owns it; it outlives the session.
+struct MountContext {
+  Filesystem* fs = nullptr;
+  // Set once the session exists, for notifications (cache invalidation).
+  fuse_session* session = nullptr;
+  // The uid that started the daemon: it (and root) may use the control
+  // ioctls.
+  uid_t owner_uid = 0;
+  // Must equal the max_read mount option given to fuse_session_new
+  // (libfuse refuses the INIT otherwise).
+  unsigned max_read = 1u << 20;
+  ReadReply read_reply = ReadReply::kIov;
+};
+
+// Entry and attribute timeouts in seconds: every change goes through this
+// daemon, and its replies refresh what the kernel caches.
+inline constexpr double kAttrTimeout = 1.0;
+inline constexpr double kEntryTimeout = 1.0;
+
+// The largest request in either direction (max_write, max_read, readahead).
+inline constexpr unsigned kMaxIo = 1u << 20;
+
+// Fills the low-level op table. The session's userdata must be a
+// MountContext*.
+fuse_lowlevel_ops make_poisonfs_ops();
+
+}  // namespace poisonfs::fuse
