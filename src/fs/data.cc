@@ -177,6 +177,7 @@ Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vect
   if (size < inode.rec.size) {
     uint64_t keep = div_up(size, kBlockSize);
     if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
+    if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
   } else if (size > inode.rec.size) {
     zero_partial_block(inode, inode.rec.size);
   }

@@ -379,6 +379,17 @@ Result<SlotRef> FsImpl::take_slot(Inode& owner, Chain& chain, Transaction& tx) {
   return s;
 }
 
+// Unlinks a chain whose records are all empty and drops its blocks (a file
+// truncated to zero keeps no record block).
+void FsImpl::release_chain(Inode& owner, Chain& chain, Transaction& tx, std::vector<BlockRange>& dropped) {
+  if (chain.blocks.empty()) return;
+  for (uint64_t b : chain.blocks) dropped.push_back({b, 1});
+  chain.blocks.clear();
+  chain.free_slots.clear();
+  (chain.kind == ChainKind::kXattrs ? owner.rec.xattr_head : owner.rec.chain_head) = 0;
+  stage_inode(tx, owner);
+}
+
 void FsImpl::free_slot(Chain& chain, SlotRef slot, Transaction& tx) {
   size_t size = slot_size_of(chain.kind);
   std::memset(tx.reserve(slot_offset(slot.block, slot.index, static_cast<uint32_t>(size)), size), 0, size);

@@ -126,6 +126,7 @@ class FsImpl final : public Filesystem {
   Result<SlotRef> take_slot(Inode& owner, Chain& chain, Transaction& tx);
   Status reserve_slots(Inode& owner, Chain& chain, size_t count, Transaction& tx);
   void free_slot(Chain& chain, SlotRef slot, Transaction& tx);
+  void release_chain(Inode& owner, Chain& chain, Transaction& tx, std::vector<BlockRange>& dropped);
   // Writes the records an extent edit changed into tx. REQUIRES: enough free slots reserved.
   void stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx);
   // Commits tx, then releases what it dropped (after the commit, never before).

@@ -1,6 +1,7 @@
 // The redo journal (see journal.h for the protocol).
 #include "journal/journal.h"
 
+#include <algorithm>
 #include <cstring>
 #include "util/strfmt.h"
 
@@ -124,7 +125,7 @@ Result<uint64_t> Journal::replay() {
       uint64_t off = get_le<uint64_t>(tx + pos);
       uint32_t rlen = get_le<uint32_t>(tx + pos + 8);
       media_.write(off, tx + pos + kRecHeaderSize, rlen);
-      media_.flush(off, rlen);
+      flush_in_place(off, rlen);
       pos += kRecHeaderSize + pad8(rlen);
     }
     head_ += pad8(len);
@@ -164,7 +165,7 @@ Status Journal::commit(const Transaction& tx) {
   media_.drain();  // the commit point; also covers data flushed by the caller
   for (const auto& r : tx.records_) {
     media_.write(r.off, tx.bytes_.data() + r.pos, r.len);
-    media_.flush(r.off, r.len);
+    flush_in_place(r.off, r.len);
   }
   head_ += pad8(len);
   ++seq_;
@@ -172,7 +173,37 @@ Status Journal::commit(const Transaction& tx) {
   return {};
 }
 
+// On page-granular media a flush is an msync system call: the in-place
+// copies are flushed at the checkpoint instead, page ranges merged, since
+// until then replay would redo them anyway. On real pmem a flush is a cache
+// line write-back, cheap enough to issue at once.
+void Journal::flush_in_place(uint64_t off, size_t len) {
+  if (media_.byte_granular()) {
+    media_.flush(off, len);
+    return;
+  }
+  uint64_t first = off / kBlockSize, last = (off + len - 1) / kBlockSize;
+  for (uint64_t page = first; page <= last; ++page) unflushed_pages_.push_back(page);
+  if (unflushed_pages_.size() > (1u << 16)) {  // the same pages again and again: dedupe
+    std::sort(unflushed_pages_.begin(), unflushed_pages_.end());
+    unflushed_pages_.erase(std::unique(unflushed_pages_.begin(), unflushed_pages_.end()), unflushed_pages_.end());
+  }
+}
+
+void Journal::flush_unflushed() {
+  std::sort(unflushed_pages_.begin(), unflushed_pages_.end());
+  for (size_t i = 0; i < unflushed_pages_.size();) {
+    size_t j = i;
+    while (j + 1 < unflushed_pages_.size() && unflushed_pages_[j + 1] <= unflushed_pages_[j] + 1) ++j;
+    uint64_t first = unflushed_pages_[i], last = unflushed_pages_[j];
+    media_.flush(first * kBlockSize, (last - first + 1) * kBlockSize);
+    i = j + 1;
+  }
+  unflushed_pages_.clear();
+}
+
 void Journal::checkpoint() {
+  flush_unflushed();
   media_.drain();  // every in-place write of the logged transactions
   head_ = kBlockSize;
   write_header();

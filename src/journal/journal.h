@@ -75,6 +75,8 @@ class Journal {
   Status read_header();
   void write_header();
   bool record_in_bounds(uint64_t off, uint64_t len) const;
+  void flush_in_place(uint64_t off, size_t len);
+  void flush_unflushed();
 
   Media& media_;
   uint64_t start_;  // byte offset of the journal region on the device
@@ -84,6 +86,7 @@ class Journal {
   uint64_t head_ = kBlockSize;  // region-relative offset of the next transaction
   int header_slot_ = 0;         // header slot the next checkpoint writes
   uint64_t commits_ = 0;
+  std::vector<uint64_t> unflushed_pages_;  // in-place pages not yet flushed (page-granular media)
   std::function<void()> on_checkpoint_;
 };
 

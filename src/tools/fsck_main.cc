@@ -67,10 +67,16 @@ int operational_error(const std::string& message) {
   return kOperational;
 }
 
+// "IMAGE: message", unless the core's message names the image already.
+int image_error(const std::string& image, const Error& error) {
+  std::string message = error.to_string();
+  if (!message.starts_with(image + ":")) message = image + ": " + message;
+  return operational_error(message);
+}
+
 // Returns kClean when the options parse, else the exit code to use.
 int parse_args(int argc, char** argv, Options* opt) {
-  static const option kLong[] = {{"help", no_argument, nullptr, 'h'},
-                                 {nullptr, 0, nullptr, 0}};
+  static const option kLong[] = {{"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   bool yes = false;
   opterr = 0;
   int c;
@@ -128,6 +134,8 @@ Result<Outcome> check_once(const std::string& image, MapMode mode, bool repair) 
   return Outcome{std::move(*report), (*media)->size() / kBlockSize};
 }
 
+std::string problems(size_t n) { return std::to_string(n) + (n == 1 ? " problem" : " problems"); }
+
 void print_lines(const std::string& image, const CheckReport& report, bool with_repairs) {
   for (const auto& p : report.problems) std::printf("%s: problem: %s\n", image.c_str(), p.c_str());
   if (!with_repairs) return;
@@ -151,7 +159,7 @@ int run(int argc, char** argv) {
   if (int rc = parse_args(argc, argv, &opt); rc != kClean) return rc;
   const std::string& image = opt.image;
 
-  struct stat st{};
+  struct stat st {};
   if (stat(image.c_str(), &st) != 0) {
     return operational_error(image + ": cannot open: " + std::strerror(errno));
   }
@@ -159,49 +167,46 @@ int run(int argc, char** argv) {
     return operational_error(image + ": not a regular file or a device");
   }
   if (image_in_use(image)) {
-    if (!opt.no_change) {
-      return operational_error(image + " is in use (mounted?); unmount it first or use -n");
-    }
-    std::fprintf(stderr, "%s: warning: %s is in use; the check may see a stale state\n", kTool,
-                 image.c_str());
+    return operational_error(image + " is in use (mounted?); unmount it first");
   }
 
   // Pass 1: read-only, through a private mapping.
   auto first = check_once(image, MapMode::kPrivate, /*repair=*/false);
-  if (!first) return operational_error(image + ": " + first.error().to_string());
+  if (!first) return image_error(image, first.error());
   if (first->report.clean()) {
     print_clean(image, first->report, first->total_blocks, opt.verbose);
     return kClean;
   }
   if (opt.no_change) {
     print_lines(image, first->report, false);
-    std::printf("%s: %zu problems found, left uncorrected (-n)\n", image.c_str(),
-                first->report.problems.size());
+    std::printf("%s: %s found, left uncorrected (-n)\n", image.c_str(),
+                problems(first->report.problems.size()).c_str());
     return kUncorrected;
   }
 
   // Pass 2: repair in place.
   auto repaired = check_once(image, MapMode::kShared, /*repair=*/true);
-  if (!repaired) return operational_error(image + ": " + repaired.error().to_string());
+  if (!repaired) return image_error(image, repaired.error());
   const CheckReport& fixes = repaired->report;
   print_lines(image, fixes, true);
 
   // Pass 3: what is left.
   auto after = check_once(image, MapMode::kPrivate, /*repair=*/false);
   if (!after) {
-    return operational_error(image + ": does not check after repair: " +
-                             after.error().to_string());
+    return operational_error(image + ": does not check after repair: " + after.error().to_string());
   }
   if (after->report.clean()) {
-    std::printf("%s: %zu problems found, all fixed\n", image.c_str(), fixes.problems.size());
+    std::printf("%s: %s found, all fixed\n", image.c_str(),
+                problems(fixes.problems.size()).c_str());
     if (opt.verbose) print_clean(image, after->report, after->total_blocks, true);
     return kFixed;
   }
   for (const auto& p : after->report.problems) {
     std::printf("%s: left uncorrected: %s\n", image.c_str(), p.c_str());
   }
-  std::printf("%s: %zu problems found, %zu fixed, %zu left uncorrected\n", image.c_str(),
-              fixes.problems.size(), fixes.repairs.size(), after->report.problems.size());
+  std::printf("%s: %s found, %zu fixed, %zu left uncorrected\n", image.c_str(),
+              problems(fixes.problems.size()).c_str(), fixes.repairs.size(),
+              after->report.problems.size());
   return kUncorrected;
 }
 

@@ -157,7 +157,7 @@ bool has_magic(int fd) {
 // and gives a regular file its length and its pages. Returns the final size.
 // On return the file is closed, so that open_pmem_media can take its lock.
 uint64_t prepare_target(const Options& opt, bool* created) {
-  struct stat st{};
+  struct stat st {};
   bool exists = stat(opt.image.c_str(), &st) == 0;
   if (!exists && errno != ENOENT) die(opt.image + ": " + std::strerror(errno));
   if (exists && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
@@ -194,14 +194,14 @@ uint64_t prepare_target(const Options& opt, bool* created) {
     }
     if (opt.size_text && size > dev_bytes) {
       fail(opt.image + ": size " + *opt.size_text + " is larger than the device (" +
-               std::to_string(dev_bytes) + " bytes)");
+           std::to_string(dev_bytes) + " bytes)");
     }
     if (dev_bytes < kMinSize) fail(opt.image + ": device too small");
     size = dev_bytes;
   } else {
     if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
       fail(opt.image + ": cannot set the length to " + std::to_string(size) + ": " +
-               std::strerror(errno));
+           std::strerror(errno));
     }
     // Allocating now spares the first write through the mapping a fault that
     // also has to find a page (see DESIGN.md, "Page faults").

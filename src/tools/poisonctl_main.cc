@@ -43,33 +43,80 @@ int error(const std::string& message) {
 
 // ---- finding out what the target is --------------------------------------
 
-// True when `path` lives on a mounted poisonfs: its filesystem is FUSE and
-// the mount that holds its device number is of type fuse.poisonfs.
-bool on_poisonfs_mount(const std::string& path) {
-  struct statfs sfs{};
-  if (statfs(path.c_str(), &sfs) != 0 || static_cast<uint64_t>(sfs.f_type) != FUSE_SUPER_MAGIC) {
-    return false;
+struct MountEntry {
+  std::string devno;  // "MAJ:MIN"
+  std::string mountpoint;
+  std::string fstype;
+  std::string source;
+};
+
+// Undoes the octal escapes (\040 for a space) of /proc/self/mountinfo.
+std::string unescape(const std::string& s) {
+  auto octal = [&](size_t i) { return i < s.size() && s[i] >= '0' && s[i] <= '7'; };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
   }
-  struct stat st{};
-  if (stat(path.c_str(), &st) != 0) return false;
+  return out;
+}
+
+std::vector<MountEntry> poisonfs_mounts() {
+  std::vector<MountEntry> mounts;
   std::ifstream mountinfo("/proc/self/mountinfo");
   std::string line;
-  char want[32];
-  std::snprintf(want, sizeof want, "%u:%u", major(st.st_dev), minor(st.st_dev));
   while (std::getline(mountinfo, line)) {
     // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superopts
-    std::istringstream in(line);
-    std::string id, parent, devno;
-    in >> id >> parent >> devno;
-    if (devno != want) continue;
+    std::istringstream head(line);
+    MountEntry e;
+    std::string id, parent, root;
+    head >> id >> parent >> e.devno >> root >> e.mountpoint;
     auto sep = line.find(" - ");
     if (sep == std::string::npos) continue;
     std::istringstream tail(line.substr(sep + 3));
-    std::string fstype;
-    tail >> fstype;
-    return fstype == "fuse.poisonfs";
+    tail >> e.fstype >> e.source;
+    if (e.fstype != "fuse.poisonfs") continue;
+    e.mountpoint = unescape(e.mountpoint);
+    e.source = unescape(e.source);
+    mounts.push_back(std::move(e));
+  }
+  return mounts;
+}
+
+// True when `path` lives on a mounted poisonfs: its filesystem is FUSE and
+// the mount that holds its device number is of type fuse.poisonfs.
+bool on_poisonfs_mount(const std::string& path) {
+  struct statfs sfs {};
+  if (statfs(path.c_str(), &sfs) != 0 || static_cast<uint64_t>(sfs.f_type) != FUSE_SUPER_MAGIC) {
+    return false;
+  }
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return false;
+  char want[32];
+  std::snprintf(want, sizeof want, "%u:%u", major(st.st_dev), minor(st.st_dev));
+  for (const auto& m : poisonfs_mounts()) {
+    if (m.devno == want) return true;
   }
   return false;
+}
+
+// The mountpoint where the image `path` is mounted now (the daemon names
+// the image as the mount's source), or empty. A mounted image is locked, so
+// its live state is asked from the daemon instead.
+std::string mountpoint_of_image(const std::string& path) {
+  struct stat img {};
+  if (stat(path.c_str(), &img) != 0 || S_ISDIR(img.st_mode)) return {};
+  for (const auto& m : poisonfs_mounts()) {
+    struct stat src {};
+    if (stat(m.source.c_str(), &src) == 0 && src.st_dev == img.st_dev && src.st_ino == img.st_ino) {
+      return m.mountpoint;
+    }
+  }
+  return {};
 }
 
 // ---- stat ------------------------------------------------------------------
@@ -107,7 +154,7 @@ Result<FsInfo> info_from_mount(const std::string& path) {
 }
 
 Result<FsInfo> info_from_image(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     return fail(std::errc{errno}, path + ": " + std::strerror(errno));
   }
@@ -115,7 +162,12 @@ Result<FsInfo> info_from_image(const std::string& path) {
     return fail(std::errc::not_supported, path + " is a directory but not on a poisonfs mount");
   }
   auto fs = Filesystem::mount_image(path, OpenOptions{MapMode::kPrivate});
-  if (!fs) return fail(fs.error().code, path + ": " + fs.error().to_string());
+  if (!fs) {
+    // The core's message names the image already when it comes from a check.
+    std::string message = fs.error().to_string();
+    if (!message.starts_with(path + ":")) message = path + ": " + message;
+    return fail(fs.error().code, message);
+  }
   return (*fs)->info();
 }
 
@@ -158,13 +210,24 @@ std::string block_range(uint64_t start, uint64_t count) {
   return buf;
 }
 
-void print_human(const std::string& target, const char* source, const FsInfo& i) {
+// What was asked and where the answer came from.
+struct Target {
+  std::string arg;         // as typed
+  std::string mountpoint;  // the mount that answered, empty for an offline image
+  std::string describe() const {
+    if (mountpoint.empty()) return arg + " (image)";
+    if (mountpoint == arg) return arg + " (mount)";
+    return arg + " (mounted on " + mountpoint + ")";
+  }
+};
+
+void print_human(const Target& target, const FsInfo& i) {
   std::vector<std::pair<std::string, std::string>> rows;
   auto num = [](uint64_t v) { return std::to_string(v); };
   char pct[32];
   std::snprintf(pct, sizeof pct, "%.1f%%", used_percent(i));
   rows = {
-      {"target", target + " (" + source + ")"},
+      {"target", target.describe()},
       {"device size", num(i.device_bytes) + " bytes (" + human_bytes(i.device_bytes) + ")"},
       {"block size", num(i.block_size)},
       {"blocks", num(i.total_blocks)},
@@ -205,12 +268,13 @@ std::string json_string(std::string_view s) {
   return out + "\"";
 }
 
-void print_json(const std::string& target, const char* source, const FsInfo& i) {
+void print_json(const Target& target, const FsInfo& i) {
   char pct[32];
   std::snprintf(pct, sizeof pct, "%.2f", used_percent(i));
   std::vector<std::pair<const char*, std::string>> fields = {
-      {"target", json_string(target)},
-      {"source", json_string(source)},
+      {"target", json_string(target.arg)},
+      {"source", json_string(target.mountpoint.empty() ? "image" : "mount")},
+      {"mountpoint", target.mountpoint.empty() ? "null" : json_string(target.mountpoint)},
       {"device_bytes", std::to_string(i.device_bytes)},
       {"block_size", std::to_string(i.block_size)},
       {"total_blocks", std::to_string(i.total_blocks)},
@@ -266,14 +330,19 @@ int cmd_stat(const std::vector<std::string>& args) {
     std::fprintf(stderr, "usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
     return kExitUsage;
   }
-  bool mounted = on_poisonfs_mount(target);
-  auto info = mounted ? info_from_mount(target) : info_from_image(target);
-  if (!info) return error(info.error().to_string());
-  const char* source = mounted ? "mount" : "image";
-  if (json) {
-    print_json(target, source, *info);
+  Target where{target, {}};
+  if (on_poisonfs_mount(target)) {
+    where.mountpoint = target;
   } else {
-    print_human(target, source, *info);
+    where.mountpoint = mountpoint_of_image(target);
+  }
+  auto info =
+      where.mountpoint.empty() ? info_from_image(target) : info_from_mount(where.mountpoint);
+  if (!info) return error(info.error().to_string());
+  if (json) {
+    print_json(where, *info);
+  } else {
+    print_human(where, *info);
   }
   return 0;
 }

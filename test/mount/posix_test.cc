@@ -243,8 +243,8 @@ TEST_F(PosixMount, MaximumFileSize) {
   EXPECT_EQ(write_at(path("f"), "x", max), EFBIG);
   EXPECT_EQ(stat_of(path("f")).st_size, max);
   ASSERT_EQ(truncate(path("f").c_str(), 0), 0);
-  // The data goes; the core may keep one block of extent-map metadata.
-  EXPECT_LE(stat_of(path("f")).st_blocks, 8);
+  // The data goes, and so does the (now empty) extent record block.
+  EXPECT_EQ(stat_of(path("f")).st_blocks, 0);
 }
 
 TEST_F(PosixMount, SharedMappingsAndDirectIoStayCoherent) {
