@@ -112,6 +112,41 @@ struct ReadSegment {
   size_t length;
 };
 
+// One piece of a file's mapping (`poisonctl bmap`).
+struct BmapEntry {
+  uint64_t file_offset = 0;
+  uint64_t physical = 0;  // device byte offset
+  uint64_t length = 0;    // bytes
+  bool shared = false;    // other owners map these bytes too (reflink)
+  bool unwritten = false; // preallocated, reads as zeros
+  bool poisoned = false;
+};
+
+// Who owns a range of the device (`poisonctl fsmap`). Do not renumber:
+// the values cross the ioctl ABI.
+enum class FsmapOwner : uint32_t {
+  kFree = 0,
+  kSuperblock = 1,
+  kJournal = 2,
+  kInodes = 3,
+  kExtents = 4,    // extent record blocks
+  kDirectory = 5,  // directory blocks
+  kXattrs = 6,     // xattr blocks
+  kData = 7,
+};
+// "free", "superblock", "journal", "inodes", "extents", "directory", "xattr", "data".
+const char* fsmap_owner_name(FsmapOwner owner);
+
+struct FsmapEntry {
+  uint64_t physical = 0;  // device byte offset
+  uint64_t length = 0;    // bytes
+  FsmapOwner owner = FsmapOwner::kFree;
+  Ino ino = 0;            // data and per-inode metadata
+  uint64_t file_offset = 0;  // data
+  bool shared = false;
+  bool poisoned = false;
+};
+
 struct OpenOptions {
   MapMode map_mode = MapMode::kShared;
 };
@@ -192,6 +227,24 @@ class Filesystem {
   virtual Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) = 0;
   virtual Result<std::vector<std::string>> listxattr(Ino ino) = 0;
   virtual Status removexattr(Ino ino, std::string_view name) = 0;
+
+  // Reflink: makes [dst_off, dst_off+len) of dst share the blocks of
+  // [src_off, src_off+len) of src, with FICLONERANGE's rules: offsets block
+  // aligned, len too unless it ends at src's EOF (0 = to EOF), ranges of one
+  // file must not overlap. Grows dst if needed. Nothing changes on error.
+  virtual Status clone_range(Ino src, uint64_t src_off, Ino dst, uint64_t dst_off, uint64_t len) = 0;
+  // copy_file_range(2): shares whole blocks (reflink) where both offsets have
+  // the same alignment, copies bytes for the unaligned head and tail.
+  // Returns bytes copied (short at src's EOF).
+  virtual Result<uint64_t> copy_range(Ino src, uint64_t src_off, Ino dst, uint64_t dst_off,
+                                      uint64_t len) = 0;
+  virtual Result<std::vector<BmapEntry>> bmap(Ino ino) = 0;
+  // Owners of the device bytes [start, start+length), in physical order;
+  // each shared piece once per owner. fn returns false to stop.
+  virtual Status fsmap(uint64_t start, uint64_t length,
+                       const std::function<bool(const FsmapEntry&)>& fn) = 0;
+  // Every path of ino from the root ("/a/b"), one per hard link.
+  virtual Result<std::vector<std::string>> paths(Ino ino) = 0;
 
   virtual StatFs statfs() = 0;
   virtual FsInfo info() = 0;

@@ -29,3 +29,74 @@ struct poisonfs_stat {
 };
 
 #define POISONFS_IOC_STAT _IOR(POISONFS_IOC_MAGIC, 1, struct poisonfs_stat)
+
+// Reflink a range, like FICLONERANGE (which never reaches a FUSE
+// filesystem): issued on the destination file; src_fd is a descriptor of the
+// source file in the calling process. src_length 0 means "to the source's
+// EOF". Errors as FICLONERANGE: EINVAL (unaligned, overlapping, past EOF),
+// EISDIR, EXDEV (source on another filesystem), EBADF.
+struct poisonfs_clone_range {
+  int64_t src_fd;
+  uint64_t src_offset;
+  uint64_t src_length;
+  uint64_t dest_offset;
+};
+#define POISONFS_IOC_CLONE_RANGE _IOW(POISONFS_IOC_MAGIC, 2, struct poisonfs_clone_range)
+
+// A file's extents, paginated: set cursor to 0 (a file offset), call until
+// POISONFS_OF_LAST is set in flags; each call continues from cursor.
+#define POISONFS_BMAP_SHARED 0x1u
+#define POISONFS_BMAP_UNWRITTEN 0x2u
+#define POISONFS_BMAP_POISONED 0x4u
+struct poisonfs_bmap_rec {
+  uint64_t file_offset;
+  uint64_t physical;  // device byte offset
+  uint64_t length;    // bytes
+  uint32_t flags;     // POISONFS_BMAP_*
+  uint32_t reserved;
+};
+#define POISONFS_BMAP_MAX 120
+#define POISONFS_OF_LAST 0x1u
+struct poisonfs_bmap {
+  uint64_t cursor;  // in: continue after this many records; out: next cursor
+  uint32_t count;   // out: records filled
+  uint32_t flags;   // out: POISONFS_OF_LAST
+  uint64_t reserved[2];
+  struct poisonfs_bmap_rec recs[POISONFS_BMAP_MAX];
+};
+#define POISONFS_IOC_BMAP _IOWR(POISONFS_IOC_MAGIC, 3, struct poisonfs_bmap)
+
+// Owners of a device byte range, like GETFSMAP, paginated the same way: a
+// shared piece has one record per owner; the cursor is the physical offset
+// of the last record returned and how many records at that offset were.
+#define POISONFS_FSMAP_SHARED 0x1u
+#define POISONFS_FSMAP_POISONED 0x2u
+struct poisonfs_fsmap_rec {
+  uint64_t physical;  // device byte offset
+  uint64_t length;    // bytes
+  uint64_t inode;     // data, extents, directory, xattr owners
+  uint64_t file_offset;  // data owners
+  uint32_t owner;     // poisonfs::FsmapOwner value
+  uint32_t flags;     // POISONFS_FSMAP_*
+};
+#define POISONFS_FSMAP_MAX 256
+struct poisonfs_fsmap {
+  uint64_t start;   // in: first device byte of the query
+  uint64_t length;  // in: bytes (UINT64_MAX: to the end)
+  uint64_t cursor_physical;  // in/out: 0 on the first call
+  uint32_t cursor_skip;      // in/out: 0 on the first call
+  uint32_t count;            // out
+  uint32_t flags;            // out: POISONFS_OF_LAST
+  uint32_t reserved;
+  struct poisonfs_fsmap_rec recs[POISONFS_FSMAP_MAX];
+};
+#define POISONFS_IOC_FSMAP _IOWR(POISONFS_IOC_MAGIC, 4, struct poisonfs_fsmap)
+
+// Every path of an inode, from the filesystem root, NUL-separated in buf.
+struct poisonfs_paths {
+  uint64_t inode;  // in
+  uint32_t count;  // out: paths in buf
+  uint32_t flags;  // out: 0x1 = truncated (buf too small)
+  char buf[8192];
+};
+#define POISONFS_IOC_PATHS _IOWR(POISONFS_IOC_MAGIC, 5, struct poisonfs_paths)

@@ -27,14 +27,63 @@ uint64_t FsImpl::alloc_hint(Inode& inode, uint64_t fb) {
 
 // Zeroes [off, end of its block) when that block is written data: called
 // before the file grows past off.
-void FsImpl::zero_partial_block(Inode& inode, uint64_t off) {
-  if (off % kBlockSize == 0) return;
-  Extent* e = inode.extents.containing(off / kBlockSize);
-  if (!e || e->unwritten()) return;
-  uint64_t phys = block_offset(e->phys_block + (off / kBlockSize - e->file_block)) + off % kBlockSize;
-  size_t len = kBlockSize - off % kBlockSize;
-  media_->zero(phys, len);
-  media_->flush(phys, len);
+Status FsImpl::zero_partial_block(Inode& inode, uint64_t off, Transaction& tx, std::vector<BlockRange>& dropped) {
+  if (off % kBlockSize == 0) return {};
+  return zero_range_in_place(inode, off, (off / kBlockSize + 1) * kBlockSize, tx, dropped);
+}
+
+std::pair<bool, uint64_t> FsImpl::sharing_run(uint64_t phys, uint64_t max) const {
+  const bool shared = rmap_.refcount(phys) > 1;
+  uint64_t end = phys;  // the run so far is [phys, end)
+  rmap_.query(phys, max, [&](const RmapHit& hit) {
+    if (hit.phys < end) return true;  // another owner of a piece already counted
+    if (hit.phys != end || (hit.sharers > 1) != shared) return false;
+    end = hit.phys + hit.count;
+    return true;
+  });
+  return {shared, std::max<uint64_t>(end - phys, 1)};
+}
+
+// Copy-on-write (see fs_impl.h). The new blocks are written and flushed
+// before the transaction that remaps them commits, so after a crash the
+// file maps either the old shared blocks or its complete private copy.
+Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from, uint64_t keep_to,
+                       Transaction& tx, std::vector<BlockRange>& dropped) {
+  for (uint64_t cur = fb; cur < fb + n;) {
+    Extent* e = inode.extents.at_or_after(cur);
+    if (!e || e->file_block >= fb + n) return {};
+    if (e->file_block > cur) cur = e->file_block;
+    uint64_t stop = std::min(fb + n, e->file_end());
+    if (e->unwritten()) {
+      cur = stop;
+      continue;
+    }
+    uint64_t old_phys = e->phys_block + (cur - e->file_block);
+    auto [shared, run] = sharing_run(old_phys, stop - cur);
+    if (!shared) {
+      cur += run;
+      continue;
+    }
+    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return st;
+    BlockRange fresh = alloc_.allocate(run, alloc_hint(inode, cur));
+    if (fresh.count == 0) return fail(std::errc::no_space_on_device);
+    // Copy what will not be overwritten: whole blocks, minus [keep_from, keep_to).
+    uint64_t span_from = block_offset(cur), span_to = block_offset(cur + fresh.count);
+    auto copy = [&](uint64_t from, uint64_t to) {
+      if (from >= to) return;
+      media_->write(block_offset(fresh.start) + (from - span_from),
+                    media_->at(block_offset(old_phys) + (from - span_from)), to - from);
+    };
+    copy(span_from, std::min(span_to, std::max(span_from, keep_from)));
+    copy(std::max(span_from, std::min(span_to, keep_to)), span_to);
+    media_->flush(block_offset(fresh.start), span_to - span_from);
+    ExtentEdit edit;
+    inode.extents.punch(cur, fresh.count, edit);
+    inode.extents.insert(cur, fresh.count, fresh.start, 0, edit);
+    stage_extent_edit(inode, edit, tx, dropped);
+    cur += fresh.count;
+  }
+  return {};
 }
 
 Result<size_t> FsImpl::_read_segments(Inode& inode, uint64_t off, size_t len, std::vector<ReadSegment>& out) {
@@ -82,7 +131,8 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
   if (data.empty()) return 0;
   if (off >= kMaxFileSize || data.size() > kMaxFileSize - off) return fail(std::errc::file_too_large);
   const uint64_t end = off + data.size();
-  if (end > inode.rec.size) zero_partial_block(inode, inode.rec.size);
+  if (end > inode.rec.size)
+    if (auto st = zero_partial_block(inode, inode.rec.size, tx, dropped); !st) return std::unexpected(st.error());
   auto put = [&](uint64_t phys_off, uint64_t pos, uint64_t n) {
     media_->write(phys_off, data.data() + (pos - off), n);
     media_->flush(phys_off, n);
@@ -92,9 +142,16 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
     const uint64_t fb = pos / kBlockSize;
     Extent* e = inode.extents.at_or_after(fb);
     if (e && e->file_block <= fb && !e->unwritten()) {
-      uint64_t chunk = std::min(end, block_offset(e->file_end())) - pos;
-      put(block_offset(e->phys_block) + (pos - block_offset(e->file_block)), pos, chunk);
-      pos += chunk;
+      uint64_t chunk_end = std::min(end, block_offset(e->file_end()));
+      uint64_t phys = e->phys_block + (fb - e->file_block);
+      auto [shared, run] = sharing_run(phys, (chunk_end - block_offset(fb) + kBlockSize - 1) / kBlockSize);
+      if (shared) {  // copy-on-write, then go round again to write in place
+        if (!unshare(inode, fb, run, pos, end, tx, dropped)) break;
+        continue;
+      }
+      chunk_end = std::min(chunk_end, block_offset(fb + run));
+      put(block_offset(e->phys_block) + (pos - block_offset(e->file_block)), pos, chunk_end - pos);
+      pos = chunk_end;
       continue;
     }
     // New or unwritten blocks: whole blocks are written, the parts outside
@@ -126,11 +183,10 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
 
     ExtentEdit edit;
     if (!fresh) {
-      inode.extents.punch(fb, nblocks, edit);
-      edit.dropped.clear();  // the same blocks are mapped again below
+      inode.extents.punch(fb, nblocks, edit);  // mapped again below: the rmap nets out
     }
     inode.extents.insert(fb, nblocks, phys, 0, edit);
-    stage_extent_edit(inode, edit, tx);
+    stage_extent_edit(inode, edit, tx, dropped);
     pos = wend;
   }
   size_t written = pos - off;
@@ -141,7 +197,6 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
   // Pure in-place overwrites keep their times in memory (written lazily).
   if (!tx.empty() || grew) stage_inode(tx, inode);
   else inode.times_dirty = true;
-  (void)dropped;
   return written;
 }
 
@@ -168,8 +223,7 @@ Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
   if (auto st = reserve_slots(inode, inode.chain, 1, tx); !st) return st;
   ExtentEdit edit;
   inode.extents.punch(fb, n, edit);
-  stage_extent_edit(inode, edit, tx);
-  dropped.insert(dropped.end(), edit.dropped.begin(), edit.dropped.end());
+  stage_extent_edit(inode, edit, tx, dropped);
   return {};
 }
 
@@ -179,7 +233,7 @@ Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vect
     if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
     if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
   } else if (size > inode.rec.size) {
-    zero_partial_block(inode, inode.rec.size);
+    if (auto st = zero_partial_block(inode, inode.rec.size, tx, dropped); !st) return st;
   }
   inode.rec.size = size;
   inode.rec.ctime_ns = now_ns();
@@ -203,18 +257,23 @@ Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& 
     if (r.count == 0) return fail(std::errc::no_space_on_device);
     ExtentEdit edit;
     inode.extents.insert(cur, r.count, r.start, kExtentUnwritten, edit);
-    stage_extent_edit(inode, edit, tx);
+    std::vector<BlockRange> none;  // inserting drops nothing
+    stage_extent_edit(inode, edit, tx, none);
     cur += r.count;
   }
   return {};
 }
 
-// Zeroes the written blocks under [from, to) in place; holes and unwritten
-// extents already read as zeros.
-void FsImpl::zero_range_in_place(Inode& inode, uint64_t from, uint64_t to) {
+// Zeroes the written blocks under [from, to) in place (after giving shared
+// ones a private copy); holes and unwritten extents already read as zeros.
+Status FsImpl::zero_range_in_place(Inode& inode, uint64_t from, uint64_t to, Transaction& tx,
+                                   std::vector<BlockRange>& dropped) {
+  if (from >= to) return {};
+  uint64_t fb = from / kBlockSize, n = (to + kBlockSize - 1) / kBlockSize - fb;
+  if (auto st = unshare(inode, fb, n, from, to, tx, dropped); !st) return st;
   for (uint64_t p = from; p < to;) {
     Extent* e = inode.extents.at_or_after(p / kBlockSize);
-    if (!e) return;
+    if (!e) break;
     if (block_offset(e->file_block) > p) {
       p = block_offset(e->file_block);
       continue;
@@ -227,6 +286,7 @@ void FsImpl::zero_range_in_place(Inode& inode, uint64_t from, uint64_t to) {
     }
     p = stop;
   }
+  return {};
 }
 
 Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
@@ -251,19 +311,19 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
     // Partial blocks at the edges are zeroed in place, whole blocks unmapped.
     uint64_t first_full = div_up(off, kBlockSize), last_full = end / kBlockSize;
     if (first_full >= last_full) {
-      zero_range_in_place(inode, off, end);
+      result = zero_range_in_place(inode, off, end, tx, dropped);
     } else {
-      zero_range_in_place(inode, off, block_offset(first_full));
-      zero_range_in_place(inode, block_offset(last_full), end);
-      result = _punch(inode, first_full, last_full - first_full, tx, dropped);
+      result = zero_range_in_place(inode, off, block_offset(first_full), tx, dropped);
+      if (result) result = zero_range_in_place(inode, block_offset(last_full), end, tx, dropped);
+      if (result) result = _punch(inode, first_full, last_full - first_full, tx, dropped);
     }
   } else {
-    if (mode & kFallocZeroRange) zero_range_in_place(inode, off, end);
-    result = _preallocate(inode, first_block, end_block - first_block, tx);
+    if (mode & kFallocZeroRange) result = zero_range_in_place(inode, off, end, tx, dropped);
+    if (result) result = _preallocate(inode, first_block, end_block - first_block, tx);
   }
   if (result && !(mode & kFallocKeepSize) && end > inode.rec.size) {
-    zero_partial_block(inode, inode.rec.size);
-    inode.rec.size = end;
+    result = zero_partial_block(inode, inode.rec.size, tx, dropped);
+    if (result) inode.rec.size = end;
   }
   inode.rec.ctime_ns = now_ns();
   if (mode & (kFallocPunchHole | kFallocZeroRange)) inode.rec.mtime_ns = inode.rec.ctime_ns;

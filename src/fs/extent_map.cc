@@ -66,7 +66,7 @@ void ExtentMap::erase(Extent* e, ExtentEdit& edit) {
   mapped_ -= e->nblocks;
   if (e->slot.valid()) edit.freed_slots.push_back(e->slot);
   e->erased = true;
-  edit.dropped.push_back({e->phys_block, e->nblocks});
+  edit.dropped.push_back({{e->phys_block, e->nblocks}, e->file_block});
   edit.graveyard.push_back(e);
 }
 
@@ -88,6 +88,7 @@ void ExtentMap::clear(ExtentEdit& edit) {
 
 void ExtentMap::insert(uint64_t fb, uint64_t n, uint64_t phys, uint32_t flags, ExtentEdit& edit) {
   mapped_ += n;
+  edit.added.push_back({{phys, n}, fb});
   Extent* prev = before(fb);
   Extent* cur = nullptr;
   if (prev && prev->file_end() == fb && prev->phys_end() == phys && prev->flags == flags) {

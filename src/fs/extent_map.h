@@ -47,11 +47,17 @@ struct ExtentByFileBlock {
   bool operator()(const Extent& a, uint64_t b) const { return a.file_block < b; }
 };
 
+// A physical range as mapped at a file block (for the reverse map).
+struct MappedRange : BlockRange {
+  uint64_t file_block = 0;
+};
+
 // What one edit changed; see the file comment.
 struct ExtentEdit {
   std::vector<Extent*> dirty;        // record must be (re)written; may lack a slot yet
   std::vector<SlotRef> freed_slots;  // record slots to zero
-  std::vector<BlockRange> dropped;   // physical ranges no longer referenced by this file
+  std::vector<MappedRange> added;    // physical ranges this file now maps
+  std::vector<MappedRange> dropped;  // physical ranges this file no longer maps
   std::vector<Extent*> graveyard;    // erased nodes, deleted by the caller after persisting
   ~ExtentEdit();
 };

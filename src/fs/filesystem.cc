@@ -22,6 +22,15 @@ std::string Error::to_string() const {
   return std::make_error_code(code).message();
 }
 
+OwnerKind owner_kind_of(ChainKind kind) {
+  switch (kind) {
+    case ChainKind::kExtents: return OwnerKind::kExtents;
+    case ChainKind::kDirents: return OwnerKind::kDirents;
+    case ChainKind::kXattrs: return OwnerKind::kXattrs;
+  }
+  return OwnerKind::kExtents;
+}
+
 int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -115,12 +124,10 @@ Status FsImpl::load() {
     if (auto st = load_inode(ino, used); !st) return st;
     if (!inodes_[ino - 1]) free_inos_.push_back(ino);
   }
-  auto bad = alloc_.rebuild(sb_.data_start, sb_.data_end, std::move(used));
-  for (const BlockRange& r : bad) {
-    auto msg = strfmt("blocks {}..{} are owned twice or lie outside the data area", r.start, r.end() - 1);
-    if (!tolerate(msg)) return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
-    if (check_) check_->fatal = true;  // not repaired yet: reported as left uncorrected
-  }
+  // Free space is the complement of everything the reverse map holds.
+  rmap_.for_each_segment([&](uint64_t start, uint64_t count, uint32_t) { used.push_back({start, count}); });
+  alloc_.rebuild(sb_.data_start, sb_.data_end, std::move(used));
+  if (auto st = check_exclusive_metadata(); !st) return st;
   Inode* root = inodes_[kRootIno - 1].get();
   if (!root || !root->is_dir()) {
     if (check_) check_->fatal = true;
@@ -141,6 +148,23 @@ bool FsImpl::tolerate(const std::string& problem, uint64_t bad_off, size_t bad_l
   return true;
 }
 
+// Data blocks may be shared (reflink); a record block belongs to exactly
+// one inode and is never file data at the same time.
+Status FsImpl::check_exclusive_metadata() {
+  Status result;
+  rmap_.query(sb_.data_start, sb_.data_end - sb_.data_start, [&](const RmapHit& hit) {
+    if (hit.sharers < 2 || hit.owner.kind == OwnerKind::kData) return true;
+    auto msg = strfmt("blocks {}..{} are owned by several records", hit.phys, hit.phys + hit.count - 1);
+    if (!tolerate(msg)) {
+      result = fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+      return false;
+    }
+    check_->fatal = true;  // not repaired yet: reported as left uncorrected
+    return true;
+  });
+  return result;
+}
+
 Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
   uint64_t off = inode_offset(sb_, ino);
   auto rec = decode_inode(media_->at(off));
@@ -158,7 +182,8 @@ Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
   inode->xattr_chain.kind = ChainKind::kXattrs;
   if (auto st = load_chain(*inode, inode->chain, inode->rec.chain_head, used); !st) return st;
   if (auto st = load_chain(*inode, inode->xattr_chain, inode->rec.xattr_head, used); !st) return st;
-  for (const Extent& e : inode->extents) used.push_back({e.phys_block, e.nblocks});
+  (void)used;
+  for (const Extent& e : inode->extents) rmap_.add(e.phys_block, e.nblocks, Owner{ino, e.file_block, OwnerKind::kData});
   next_generation_ = std::max(next_generation_, inode->rec.generation + 1);
   ++inodes_used_;
   inodes_[ino - 1] = std::move(inode);
@@ -190,7 +215,8 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector
     }
     auto h = decode_chain_header(media_->at(block_offset(block)));
     chain.blocks.push_back(block);
-    used.push_back({block, 1});
+    rmap_.add(block, 1, Owner{ino, 0, owner_kind_of(chain.kind)});
+    (void)used;
     for (uint32_t i = 0; i < nslots; ++i) {
       const std::byte* p = media_->at(slot_offset(block, i, slot_size));
       SlotRef slot{block, i};
@@ -204,6 +230,11 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector
         auto r = decode_extent(p);
         if (!r) {
           if (auto st = bad(r.error()); !st) return st;
+          chain.free_slots.push_back(slot);
+          continue;
+        }
+        if (r->has_value() && ((*r)->phys_block < sb_.data_start || (*r)->phys_block + (*r)->nblocks > sb_.data_end)) {
+          if (auto st = bad(Error{std::errc::io_error, "extent lies outside the data area"}); !st) return st;
           chain.free_slots.push_back(slot);
           continue;
         }
@@ -265,6 +296,7 @@ Status FsImpl::check_links() {
         continue;
       }
       ++names[d.ino];
+      inodes_[d.ino - 1]->links.push_back(Link{inode->rec.ino, name});
       if (inodes_[d.ino - 1]->is_dir()) ++inode->subdirs;
       ++it;
     }
@@ -366,6 +398,7 @@ Status FsImpl::reserve_slots(Inode& owner, Chain& chain, size_t count, Transacti
                           tx.reserve(block_offset(prev), kChainHeaderSize));
     }
     chain.blocks.push_back(block);
+    rmap_.add(block, 1, Owner{owner.rec.ino, 0, owner_kind_of(chain.kind)});
     for (uint32_t i = per_block; i-- > 0;) chain.free_slots.push_back({block, i});
   }
   return {};
@@ -383,7 +416,7 @@ Result<SlotRef> FsImpl::take_slot(Inode& owner, Chain& chain, Transaction& tx) {
 // truncated to zero keeps no record block).
 void FsImpl::release_chain(Inode& owner, Chain& chain, Transaction& tx, std::vector<BlockRange>& dropped) {
   if (chain.blocks.empty()) return;
-  for (uint64_t b : chain.blocks) dropped.push_back({b, 1});
+  for (uint64_t b : chain.blocks) rmap_.remove(b, 1, Owner{owner.rec.ino, 0, owner_kind_of(chain.kind)}, &dropped);
   chain.blocks.clear();
   chain.free_slots.clear();
   (chain.kind == ChainKind::kXattrs ? owner.rec.xattr_head : owner.rec.chain_head) = 0;
@@ -396,7 +429,16 @@ void FsImpl::free_slot(Chain& chain, SlotRef slot, Transaction& tx) {
   chain.free_slots.push_back(slot);
 }
 
-void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx) {
+void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx,
+                               std::vector<BlockRange>& freed) {
+  // Adds before drops: an edit that maps the same blocks again (unwritten
+  // to written) must never see them unowned in between.
+  for (const MappedRange& r : edit.added)
+    rmap_.add(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData});
+  for (const MappedRange& r : edit.dropped)
+    rmap_.remove(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData}, &freed);
+  edit.added.clear();
+  edit.dropped.clear();
   for (SlotRef s : edit.freed_slots) free_slot(inode.chain, s, tx);
   for (Extent* e : edit.dirty) {
     if (e->erased) continue;

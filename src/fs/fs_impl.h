@@ -21,6 +21,7 @@
 #include "format/layout.h"
 #include "fs/extent_map.h"
 #include "journal/journal.h"
+#include "rmap/rmap.h"
 #include "poisonfs/filesystem.h"
 
 namespace poisonfs {
@@ -43,6 +44,11 @@ struct Xattr {
   SlotRef slot;
 };
 
+struct Link {
+  Ino parent = 0;
+  std::string name;
+};
+
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -58,6 +64,7 @@ struct Inode {
   uint32_t open_count = 0;
   bool times_dirty = false;  // rec times newer than the media copy
   uint32_t subdirs = 0;
+  std::vector<Link> links;  // every name of this inode (for paths)
 
   bool is_dir() const;
   bool is_reg() const;
@@ -65,6 +72,7 @@ struct Inode {
 };
 
 int64_t now_ns();
+OwnerKind owner_kind_of(ChainKind kind);
 
 // fsck state: when a FsImpl loads with one, bad records are reported and
 // skipped instead of failing the mount (see check.cc).
@@ -111,6 +119,11 @@ class FsImpl final : public Filesystem {
   Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) override;
   Result<std::vector<std::string>> listxattr(Ino ino) override;
   Status removexattr(Ino ino, std::string_view name) override;
+  Status clone_range(Ino src, uint64_t src_off, Ino dst, uint64_t dst_off, uint64_t len) override;
+  Result<uint64_t> copy_range(Ino src, uint64_t src_off, Ino dst, uint64_t dst_off, uint64_t len) override;
+  Result<std::vector<BmapEntry>> bmap(Ino ino) override;
+  Status fsmap(uint64_t start, uint64_t length, const std::function<bool(const FsmapEntry&)>& fn) override;
+  Result<std::vector<std::string>> paths(Ino ino) override;
   StatFs statfs() override;
   FsInfo info() override;
 
@@ -127,8 +140,10 @@ class FsImpl final : public Filesystem {
   Status reserve_slots(Inode& owner, Chain& chain, size_t count, Transaction& tx);
   void free_slot(Chain& chain, SlotRef slot, Transaction& tx);
   void release_chain(Inode& owner, Chain& chain, Transaction& tx, std::vector<BlockRange>& dropped);
-  // Writes the records an extent edit changed into tx. REQUIRES: enough free slots reserved.
-  void stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx);
+  // Writes the records an extent edit changed into tx and updates the
+  // reverse map; ranges nobody owns any more go to `freed`.
+  // REQUIRES: enough free slots reserved.
+  void stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx, std::vector<BlockRange>& freed);
   // Commits tx, then releases what it dropped (after the commit, never before).
   Status commit(Transaction& tx, std::vector<BlockRange> dropped = {});
 
@@ -148,8 +163,21 @@ class FsImpl final : public Filesystem {
   Status _truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped);
   Status _punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
   Status _preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx);
-  void zero_partial_block(Inode& inode, uint64_t off);
-  void zero_range_in_place(Inode& inode, uint64_t from, uint64_t to);
+  Status zero_partial_block(Inode& inode, uint64_t off, Transaction& tx, std::vector<BlockRange>& dropped);
+  Status zero_range_in_place(Inode& inode, uint64_t from, uint64_t to, Transaction& tx,
+                             std::vector<BlockRange>& dropped);
+  // Copy-on-write: gives the written blocks of [fb, fb+n) that other owners
+  // share a private copy. Bytes in [keep_from, keep_to) are about to be
+  // overwritten and are not copied.
+  Status unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from, uint64_t keep_to,
+                 Transaction& tx, std::vector<BlockRange>& dropped);
+  // Length of the run starting at phys (at most max blocks) whose blocks are
+  // all shared (true) or all private (false).
+  std::pair<bool, uint64_t> sharing_run(uint64_t phys, uint64_t max) const;
+  Status _clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n, Transaction& tx,
+                std::vector<BlockRange>& dropped);
+  Result<uint64_t> _copy_bytes(Inode& src, uint64_t src_off, Inode& dst, uint64_t dst_off, uint64_t len,
+                               Transaction& tx, std::vector<BlockRange>& dropped);
   uint64_t alloc_hint(Inode& inode, uint64_t fb);
   Result<size_t> _read_segments(Inode& inode, uint64_t off, size_t len, std::vector<ReadSegment>& out);
 
@@ -158,6 +186,7 @@ class FsImpl final : public Filesystem {
   Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
   Status reclaim_orphans();
   Status check_links();
+  Status check_exclusive_metadata();
   // In check mode records the problem and returns true (go on); else false.
   bool tolerate(const std::string& problem, uint64_t bad_off = 0, size_t bad_len = 0);
 
@@ -175,6 +204,7 @@ class FsImpl final : public Filesystem {
   Superblock sb_;
   Journal journal_;
   Allocator alloc_;
+  Rmap rmap_;
   std::vector<std::unique_ptr<Inode>> inodes_;  // [ino - 1]
   std::vector<uint64_t> free_inos_;             // stack, lowest on top
   uint64_t next_generation_ = 1;

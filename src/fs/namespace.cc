@@ -57,6 +57,7 @@ Status FsImpl::add_entry(Inode& dir, std::string_view name, Inode& child, Transa
   DirentRec rec{child.rec.ino, dtype_of(child.rec.mode), std::string(name)};
   encode_dirent(rec, tx.reserve(slot_offset(slot->block, slot->index, kDirentSlotSize), kDirentSlotSize));
   dir.entries.emplace(std::string(name), Dirent{child.rec.ino, rec.type, *slot});
+  child.links.push_back(Link{dir.rec.ino, std::string(name)});
   if (child.is_dir()) {
     ++dir.subdirs;
     ++dir.rec.nlink;
@@ -69,6 +70,8 @@ Status FsImpl::add_entry(Inode& dir, std::string_view name, Inode& child, Transa
 void FsImpl::remove_entry(Inode& dir, std::string_view name, Transaction& tx) {
   auto it = dir.entries.find(name);
   free_slot(dir.chain, it->second.slot, tx);
+  auto& links = inodes_[it->second.ino - 1]->links;
+  std::erase_if(links, [&](const Link& l) { return l.parent == dir.rec.ino && l.name == name; });
   if (inodes_[it->second.ino - 1]->is_dir()) {
     --dir.subdirs;
     --dir.rec.nlink;
@@ -91,9 +94,12 @@ void FsImpl::drop_link(Inode& inode, Transaction& tx, std::vector<BlockRange>& d
 // chains and extents are no longer referenced by any record.
 void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped) {
   uint64_t ino = inode.rec.ino;
-  for (const Extent& e : inode.extents) dropped.push_back({e.phys_block, e.nblocks});
-  for (uint64_t b : inode.chain.blocks) dropped.push_back({b, 1});
-  for (uint64_t b : inode.xattr_chain.blocks) dropped.push_back({b, 1});
+  // Blocks still shared with other files stay theirs: only what nobody
+  // owns any more is freed.
+  for (const Extent& e : inode.extents)
+    rmap_.remove(e.phys_block, e.nblocks, Owner{ino, e.file_block, OwnerKind::kData}, &dropped);
+  for (Chain* chain : {&inode.chain, &inode.xattr_chain})
+    for (uint64_t b : chain->blocks) rmap_.remove(b, 1, Owner{ino, 0, owner_kind_of(chain->kind)}, &dropped);
   std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
   inodes_[ino - 1].reset();
   free_inos_.push_back(ino);

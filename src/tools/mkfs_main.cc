@@ -72,6 +72,7 @@ Options parse_args(int argc, char** argv) {
         break;
       case 'L':
         opt.label = optarg;
+        if (opt.label.size() > 63) die("label '" + opt.label + "' is longer than 63 bytes");
         break;
       case 'N': {
         char* end = nullptr;
@@ -245,6 +246,9 @@ int run(int argc, char** argv) {
   MkfsOptions mkfs;
   mkfs.inode_count = opt.inode_count;
   mkfs.label = opt.label;
+  // Like mke2fs: the root directory belongs to whoever makes the filesystem.
+  mkfs.root_uid = getuid();
+  mkfs.root_gid = getgid();
   if (auto st = Filesystem::format(**media, mkfs); !st) {
     undo_create();
     die(opt.image + ": cannot format: " + st.error().to_string());
@@ -266,6 +270,6 @@ int main(int argc, char** argv) {
     return poisonfs::run(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", poisonfs::kTool, e.what());
-    return 8;
+    return 1;
   }
 }

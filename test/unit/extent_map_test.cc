@@ -36,7 +36,8 @@ std::vector<Piece> pieces(const ExtentMap& m) {
 
 // The blocks of a list of ranges, sorted (a multiset), so that two lists of
 // dropped blocks compare however they are cut.
-std::vector<uint64_t> blocks_of(const std::vector<BlockRange>& v) {
+template <class Range>
+std::vector<uint64_t> blocks_of(const std::vector<Range>& v) {
   std::vector<uint64_t> out;
   for (const BlockRange& r : v)
     for (uint64_t b = r.start; b < r.end(); ++b) out.push_back(b);

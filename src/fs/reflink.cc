@@ -1,0 +1,268 @@
+// Reflink (clone and copy_file_range) and the views built on the reverse
+// map: a file's block map (bmap), the owners of a device range (fsmap), and
+// the paths of an inode.
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "fs/fs_impl.h"
+
+namespace poisonfs {
+namespace {
+
+uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+bool overflows(uint64_t a, uint64_t b) { return b > kMaxFileSize || a > kMaxFileSize - b; }
+
+// One written piece of a source file: a run of blocks to share.
+struct Piece {
+  uint64_t file_block, phys_block, nblocks;
+};
+
+}  // namespace
+
+const char* fsmap_owner_name(FsmapOwner owner) {
+  switch (owner) {
+    case FsmapOwner::kFree: return "free";
+    case FsmapOwner::kSuperblock: return "superblock";
+    case FsmapOwner::kJournal: return "journal";
+    case FsmapOwner::kInodes: return "inodes";
+    case FsmapOwner::kExtents: return "extents";
+    case FsmapOwner::kDirectory: return "directory";
+    case FsmapOwner::kXattrs: return "xattr";
+    case FsmapOwner::kData: return "data";
+  }
+  return "unknown";
+}
+
+// Maps [dst_fb, dst_fb+n) of dst to the written blocks of [src_fb, src_fb+n)
+// of src. Unwritten source extents become holes (both read as zeros, and a
+// preallocated block must stay private to be converted in place).
+Status FsImpl::_clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n,
+                      Transaction& tx, std::vector<BlockRange>& dropped) {
+  std::vector<Piece> pieces;
+  for (Extent* e = src.extents.at_or_after(src_fb); e && e->file_block < src_fb + n;) {
+    uint64_t from = std::max(src_fb, e->file_block), to = std::min(src_fb + n, e->file_end());
+    if (!e->unwritten()) pieces.push_back({from, e->phys_block + (from - e->file_block), to - from});
+    auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
+    e = next == src.extents.end() ? nullptr : &*next;
+  }
+  if (auto st = reserve_slots(dst, dst.chain, pieces.size() + 2, tx); !st) return st;
+  ExtentEdit edit;
+  dst.extents.punch(dst_fb, n, edit);
+  for (const Piece& p : pieces) dst.extents.insert(dst_fb + (p.file_block - src_fb), p.nblocks, p.phys_block, 0, edit);
+  stage_extent_edit(dst, edit, tx, dropped);
+  return {};
+}
+
+Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
+  std::unique_lock lock(mutex_);
+  auto src = get(src_ino);
+  if (!src) return std::unexpected(src.error());
+  auto dst = get(dst_ino);
+  if (!dst) return std::unexpected(dst.error());
+  Inode &s = **src, &d = **dst;
+  if (s.is_dir() || d.is_dir()) return fail(std::errc::is_a_directory);
+  if (!s.is_reg() || !d.is_reg()) return fail(std::errc::invalid_argument);
+  if (src_off > s.rec.size) return fail(std::errc::invalid_argument, "source offset past EOF");
+  if (len == 0) len = s.rec.size - src_off;
+  if (overflows(src_off, len) || overflows(dst_off, len)) return fail(std::errc::invalid_argument, "range overflows");
+  if (src_off + len > s.rec.size) return fail(std::errc::invalid_argument, "source range past EOF");
+  if (src_off % kBlockSize || dst_off % kBlockSize) return fail(std::errc::invalid_argument, "offsets not block aligned");
+  // An unaligned length may only end at the source's EOF, and then must not
+  // cut into bytes of dst that lie past the clone.
+  if (len % kBlockSize && (src_off + len != s.rec.size || dst_off + len < d.rec.size))
+    return fail(std::errc::invalid_argument, "length not block aligned");
+  if (&s == &d && src_off < dst_off + len && dst_off < src_off + len)
+    return fail(std::errc::invalid_argument, "overlapping ranges of one file");
+  if (len == 0) return {};
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  Status st;
+  if (dst_off + len > d.rec.size) st = zero_partial_block(d, d.rec.size, tx, dropped);
+  if (st) st = _clone(s, src_off / kBlockSize, d, dst_off / kBlockSize, div_up(len, kBlockSize), tx, dropped);
+  if (st) {
+    d.rec.size = std::max(d.rec.size, dst_off + len);
+    d.rec.mtime_ns = d.rec.ctime_ns = now_ns();
+    stage_inode(tx, d);
+  }
+  // Whatever was staged is consistent: commit it even on failure.
+  auto committed = commit(tx, std::move(dropped));
+  if (!st) return st;
+  return committed;
+}
+
+// Copies bytes through a bounce buffer (the source may be this same file).
+Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, uint64_t dst_off, uint64_t len,
+                                     Transaction& tx, std::vector<BlockRange>& dropped) {
+  std::vector<std::byte> buf(std::min<uint64_t>(len, 1 << 20));
+  uint64_t done = 0;
+  while (done < len) {
+    size_t chunk = std::min<uint64_t>(buf.size(), len - done);
+    std::vector<ReadSegment> segs;
+    auto got = _read_segments(src, src_off + done, chunk, segs);
+    if (!got) return std::unexpected(got.error());
+    size_t at = 0;
+    for (const ReadSegment& seg : segs) {
+      if (seg.data) std::memcpy(buf.data() + at, seg.data, seg.length);
+      else std::memset(buf.data() + at, 0, seg.length);
+      at += seg.length;
+    }
+    auto n = _write(dst, dst_off + done, std::span(buf.data(), *got), tx, dropped);
+    if (!n) return done > 0 ? Result<uint64_t>(done) : std::unexpected(n.error());
+    done += *n;
+    if (*n < *got || *got < chunk) break;
+  }
+  return done;
+}
+
+Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
+  std::unique_lock lock(mutex_);
+  auto src = get(src_ino);
+  if (!src) return std::unexpected(src.error());
+  auto dst = get(dst_ino);
+  if (!dst) return std::unexpected(dst.error());
+  Inode &s = **src, &d = **dst;
+  if (s.is_dir() || d.is_dir()) return fail(std::errc::is_a_directory);
+  if (!s.is_reg() || !d.is_reg()) return fail(std::errc::invalid_argument);
+  if (src_off >= s.rec.size || len == 0) return 0;
+  len = std::min(len, s.rec.size - src_off);
+  if (overflows(dst_off, len)) return fail(std::errc::file_too_large);
+  if (&s == &d && src_off < dst_off + len && dst_off < src_off + len) return fail(std::errc::invalid_argument);
+
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  Result<uint64_t> copied = 0;
+  if (src_off % kBlockSize != dst_off % kBlockSize) {
+    copied = _copy_bytes(s, src_off, d, dst_off, len, tx, dropped);
+  } else {
+    // Head bytes up to a block boundary, whole blocks shared, tail bytes.
+    uint64_t head = std::min(len, (kBlockSize - src_off % kBlockSize) % kBlockSize);
+    uint64_t blocks = (len - head) / kBlockSize;
+    uint64_t tail = len - head - blocks * kBlockSize;
+    // A partial last block at the source's EOF is shared whole when the
+    // bytes after it in dst are past dst's EOF anyway.
+    uint64_t end = dst_off + len;
+    if (tail && src_off + len == s.rec.size && end >= d.rec.size) {
+      ++blocks;
+      tail = 0;
+    }
+    if (head) copied = _copy_bytes(s, src_off, d, dst_off, head, tx, dropped);
+    if (copied && *copied == head && blocks) {
+      uint64_t so = src_off + head, doff = dst_off + head;
+      Status st;
+      if (doff > d.rec.size) st = zero_partial_block(d, d.rec.size, tx, dropped);
+      if (st) st = _clone(s, so / kBlockSize, d, doff / kBlockSize, blocks, tx, dropped);
+      if (st) {
+        uint64_t shared = std::min(blocks * kBlockSize, len - head);
+        d.rec.size = std::max(d.rec.size, doff + shared);
+        *copied += shared;
+      } else if (*copied == 0) {
+        copied = std::unexpected(st.error());
+      }
+    }
+    if (copied && tail && *copied == len - tail) {
+      auto more = _copy_bytes(s, src_off + len - tail, d, dst_off + len - tail, tail, tx, dropped);
+      if (more) *copied += *more;
+    }
+  }
+  d.rec.mtime_ns = d.rec.ctime_ns = now_ns();
+  stage_inode(tx, d);
+  auto committed = commit(tx, std::move(dropped));
+  if (!committed) return std::unexpected(committed.error());
+  return copied;
+}
+
+Result<std::vector<BmapEntry>> FsImpl::bmap(Ino ino) {
+  std::shared_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  Inode& inode = **got;
+  std::vector<BmapEntry> out;
+  for (const Extent& e : inode.extents) {
+    // Cut the extent where its sharing changes.
+    for (uint64_t b = 0; b < e.nblocks;) {
+      auto [shared, run] = sharing_run(e.phys_block + b, e.nblocks - b);
+      run = std::min(run, e.nblocks - b);
+      out.push_back(BmapEntry{block_offset(e.file_block + b), block_offset(e.phys_block + b), run * kBlockSize,
+                              shared, e.unwritten(), false});
+      b += run;
+    }
+  }
+  return out;
+}
+
+Status FsImpl::fsmap(uint64_t start, uint64_t length, const std::function<bool(const FsmapEntry&)>& fn) {
+  std::shared_lock lock(mutex_);
+  const uint64_t dev_end = block_offset(sb_.total_blocks);
+  const uint64_t end = length > dev_end ? dev_end : std::min(dev_end, start + length);
+  bool go_on = true;
+  auto emit = [&](uint64_t from, uint64_t to, FsmapEntry e) {
+    from = std::max(from, start);
+    to = std::min(to, end);
+    if (!go_on || from >= to) return;
+    e.physical = from;
+    e.length = to - from;
+    go_on = fn(e);
+  };
+  auto region = [&](uint64_t first, uint64_t count, FsmapOwner owner) {
+    emit(block_offset(first), block_offset(first + count), FsmapEntry{0, 0, owner, 0, 0, false, false});
+  };
+  region(0, 1, FsmapOwner::kSuperblock);
+  region(sb_.journal_start, sb_.journal_blocks, FsmapOwner::kJournal);
+  region(sb_.inode_start, sb_.inode_blocks, FsmapOwner::kInodes);
+  // The data area: what the reverse map holds, free space between.
+  uint64_t lo = std::max(sb_.data_start, start / kBlockSize);
+  uint64_t hi = std::min(sb_.data_end, div_up(end, kBlockSize));
+  uint64_t cursor = lo;
+  if (lo < hi) {
+    rmap_.query(lo, hi - lo, [&](const RmapHit& hit) {
+      if (hit.phys > cursor) emit(block_offset(cursor), block_offset(hit.phys), FsmapEntry{});
+      FsmapEntry e;
+      e.ino = hit.owner.ino;
+      e.shared = hit.sharers > 1;
+      switch (hit.owner.kind) {
+        case OwnerKind::kData:
+          e.owner = FsmapOwner::kData;
+          e.file_offset = block_offset(hit.owner.offset);
+          break;
+        case OwnerKind::kExtents: e.owner = FsmapOwner::kExtents; break;
+        case OwnerKind::kDirents: e.owner = FsmapOwner::kDirectory; break;
+        case OwnerKind::kXattrs: e.owner = FsmapOwner::kXattrs; break;
+      }
+      uint64_t from = block_offset(hit.phys);
+      if (e.owner == FsmapOwner::kData && from < start) e.file_offset += start - from;
+      emit(from, block_offset(hit.phys + hit.count), e);
+      cursor = std::max(cursor, hit.phys + hit.count);
+      return go_on;
+    });
+    if (cursor < hi) emit(block_offset(cursor), block_offset(hi), FsmapEntry{});
+  }
+  region(sb_.copy_block(), 1, FsmapOwner::kSuperblock);
+  return {};
+}
+
+Result<std::vector<std::string>> FsImpl::paths(Ino ino) {
+  std::shared_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  if (ino == kRootIno) return std::vector<std::string>{"/"};
+  std::vector<std::string> out;
+  for (const Link& link : (*got)->links) {
+    std::string path = "/" + link.name;
+    // Directories have one name, so walking up by `parent` is exact.
+    for (Ino dir = link.parent; dir != kRootIno;) {
+      Inode* d = inodes_[dir - 1].get();
+      if (!d || d->links.empty()) {
+        path = "?" + path;  // detached (an open, unlinked directory)
+        break;
+      }
+      path = "/" + d->links.front().name + path;
+      dir = d->links.front().parent;
+    }
+    out.push_back(std::move(path));
+  }
+  return out;
+}
+
+}  // namespace poisonfs
