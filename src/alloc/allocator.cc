@@ -175,6 +175,15 @@ void Allocator::release_pending() {
 
 size_t Allocator::free_extents() const { return impl_ ? impl_->by_start.size() : 0; }
 
+bool Allocator::any_free(uint64_t start, uint64_t count) const {
+  if (!impl_ || count == 0) return false;
+  if (is_free(start)) return true;
+  Node key;
+  key.start = start;
+  auto it = impl_->by_start.upper_bound(key);
+  return it != impl_->by_start.end() && it->start < start + count;
+}
+
 bool Allocator::is_free(uint64_t block) const {
   return impl_ && impl_->containing(block) != impl_->by_start.end();
 }

@@ -52,6 +52,8 @@ class Allocator {
   uint64_t pending_blocks() const { return pending_blocks_; }
   size_t free_extents() const;
   bool is_free(uint64_t block) const;
+  // True if any block of [start, start+count) is free.
+  bool any_free(uint64_t start, uint64_t count) const;
   uint64_t data_lo() const { return lo_; }
   uint64_t data_hi() const { return hi_; }
 

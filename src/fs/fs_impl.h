@@ -193,6 +193,8 @@ class FsImpl final : public Filesystem {
  public:
   void set_check(CheckState* check) { check_ = check; }
   Status repair_checked();
+  // Problems found cross-checking the in-memory indexes (fsck, tests).
+  std::vector<std::string> verify_derived_state();
   uint64_t count_extents() const;
 
  private:
