@@ -464,6 +464,7 @@ int daemon_main(int argc, char** argv) {
     (void)fs->unmount();
     return 1;
   }
+  context.mountpoint = mountpoint;
   if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "%s: cannot mount on '%s'\n", prog, mountpoint.c_str());
     fuse_remove_signal_handlers(se);

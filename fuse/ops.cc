@@ -120,6 +120,8 @@ void set_open_flags(fuse_file_info* fi) {
   // valid because every change goes through this daemon.
   fi->direct_io = (fi->flags & O_DIRECT) != 0;
   fi->keep_cache = 1;
+  // The open flags, for ioctls that need to know (a reflink target must be writable).
+  fi->fh = static_cast<uint64_t>(fi->flags);
   // No locks are kept here, so a close needs no FLUSH round trip.
   fi->noflush = 1;
 }
@@ -577,54 +579,34 @@ void pfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 // ---------------------------------------------------------------------------
 // Control ioctls
 
-void fill_stat(const FsInfo& info, poisonfs_stat* st) {
-  *st = poisonfs_stat{};
-  st->device_bytes = info.device_bytes;
-  st->block_size = info.block_size;
-  st->total_blocks = info.total_blocks;
-  st->journal_start = info.journal_start;
-  st->journal_blocks = info.journal_blocks;
-  st->inode_start = info.inode_start;
-  st->inode_blocks = info.inode_blocks;
-  st->inode_count = info.inode_count;
-  st->data_start = info.data_start;
-  st->data_blocks = info.data_blocks;
-  st->free_blocks = info.free_blocks;
-  st->pending_free = info.pending_free;
-  st->inodes_used = info.inodes_used;
-  st->extent_records = info.extent_records;
-  st->journal_commits = info.journal_commits;
-  st->version = info.version;
-  st->byte_granular = info.byte_granular ? 1 : 0;
-  size_t n = std::min(info.uuid.size(), sizeof st->uuid - 1);
-  std::memcpy(st->uuid, info.uuid.data(), n);
-}
-
-void pfs_ioctl(fuse_req_t req, fuse_ino_t /*ino*/, unsigned int cmd, void* /*arg*/,
-               fuse_file_info* /*fi*/, unsigned flags, const void* /*in_buf*/,
-               size_t /*in_bufsz*/, size_t out_bufsz) {
+void pfs_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, void* /*arg*/, fuse_file_info* fi,
+               unsigned flags, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   guarded(req, [&] {
     if (flags & FUSE_IOCTL_COMPAT) {
       fuse_reply_err(req, ENOSYS);
       return;
     }
-    if (cmd != static_cast<unsigned int>(POISONFS_IOC_STAT)) {
-      fuse_reply_err(req, ENOTTY);
-      return;
-    }
-    // A control operation: only root and the user who mounted.
-    uid_t uid = fuse_req_ctx(req)->uid;
-    if (uid != 0 && uid != context(req)->owner_uid) {
-      fuse_reply_err(req, EPERM);
-      return;
-    }
-    if (out_bufsz < sizeof(poisonfs_stat)) {
+    handle_ioctl(req, ino, cmd, fi, in_buf, in_bufsz, out_bufsz);
+  });
+}
+
+// The kernel hands copy_file_range(2) (and so cp) to us; the core shares
+// whole blocks (reflink) and copies only unaligned heads and tails.
+void pfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* /*fi_in*/,
+                         fuse_ino_t ino_out, off_t off_out, fuse_file_info* /*fi_out*/, size_t len,
+                         int flags) {
+  guarded(req, [&] {
+    if (flags != 0) {
       fuse_reply_err(req, EINVAL);
       return;
     }
-    poisonfs_stat st;
-    fill_stat(filesystem(req).info(), &st);
-    fuse_reply_ioctl(req, 0, &st, sizeof st);
+    Result<uint64_t> n = filesystem(req).copy_range(ino_in, static_cast<uint64_t>(off_in), ino_out,
+                                                    static_cast<uint64_t>(off_out), len);
+    if (!n) {
+      reply_error(req, n.error());
+      return;
+    }
+    fuse_reply_write(req, *n);
   });
 }
 
@@ -664,6 +646,7 @@ fuse_lowlevel_ops make_poisonfs_ops() {
   ops.access = pfs_access;
   ops.create = pfs_create;
   ops.ioctl = pfs_ioctl;
+  ops.copy_file_range = pfs_copy_file_range;
   ops.fallocate = pfs_fallocate;
   return ops;
 }

@@ -11,6 +11,8 @@
 #include <fuse_lowlevel.h>
 #include <sys/types.h>
 
+#include <string>
+
 #include "poisonfs/filesystem.h"
 
 namespace poisonfs::fuse {
@@ -34,6 +36,8 @@ struct MountContext {
   // (libfuse refuses the INIT otherwise).
   unsigned max_read = 1u << 20;
   ReadReply read_reply = ReadReply::kIov;
+  // Absolute mountpoint: finds this mount's id in /proc/self/mountinfo.
+  std::string mountpoint;
 };
 
 // Entry and attribute timeouts in seconds: every change goes through this
@@ -47,5 +51,10 @@ inline constexpr unsigned kMaxIo = 1u << 20;
 // Fills the low-level op table. The session's userdata must be a
 // MountContext*.
 fuse_lowlevel_ops make_poisonfs_ops();
+
+// The poisonfs ioctls (include/poisonfs/ioctl.h), in control.cc. fi->fh
+// holds the file's open flags. Replies exactly once.
+void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi,
+                  const void* in_buf, size_t in_bufsz, size_t out_bufsz);
 
 }  // namespace poisonfs::fuse

@@ -1,0 +1,249 @@
+// The control surface of the daemon: the poisonfs ioctls (see
+// include/poisonfs/ioctl.h). Restricted FUSE ioctls carry fixed-size records
+// whose size is in the command, so the kernel copies them in and out.
+//
+// Who may call what: STAT, FSMAP and PATHS show the whole device and every
+// name, so only root and the user who mounted may use them (like GETFSMAP,
+// which needs CAP_SYS_ADMIN). BMAP shows a file the caller has open.
+// CLONE_RANGE needs the destination open for writing and the source open
+// for reading by the calling process, as FICLONERANGE does.
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "ops.h"
+#include "poisonfs/ioctl.h"
+
+namespace poisonfs::fuse {
+namespace {
+
+MountContext& context(fuse_req_t req) { return *static_cast<MountContext*>(fuse_req_userdata(req)); }
+
+bool may_control(fuse_req_t req) {
+  uid_t uid = fuse_req_ctx(req)->uid;
+  return uid == 0 || uid == context(req).owner_uid;
+}
+
+template <class Record>
+void reply_record(fuse_req_t req, const Record& rec, size_t out_bufsz) {
+  if (out_bufsz < sizeof rec) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  fuse_reply_ioctl(req, 0, &rec, sizeof rec);
+}
+
+// Copies the request's input record; false (and EINVAL replied) if short.
+template <class Record>
+bool take_input(fuse_req_t req, const void* in_buf, size_t in_bufsz, Record* rec) {
+  if (in_bufsz < sizeof *rec) {
+    fuse_reply_err(req, EINVAL);
+    return false;
+  }
+  std::memcpy(rec, in_buf, sizeof *rec);
+  return true;
+}
+
+void reply_stat(fuse_req_t req, size_t out_bufsz) {
+  FsInfo info = context(req).fs->info();
+  poisonfs_stat st{};
+  st.device_bytes = info.device_bytes;
+  st.block_size = info.block_size;
+  st.total_blocks = info.total_blocks;
+  st.journal_start = info.journal_start;
+  st.journal_blocks = info.journal_blocks;
+  st.inode_start = info.inode_start;
+  st.inode_blocks = info.inode_blocks;
+  st.inode_count = info.inode_count;
+  st.data_start = info.data_start;
+  st.data_blocks = info.data_blocks;
+  st.free_blocks = info.free_blocks;
+  st.pending_free = info.pending_free;
+  st.inodes_used = info.inodes_used;
+  st.extent_records = info.extent_records;
+  st.journal_commits = info.journal_commits;
+  st.version = info.version;
+  st.byte_granular = info.byte_granular ? 1 : 0;
+  std::memcpy(st.uuid, info.uuid.data(), std::min(info.uuid.size(), sizeof st.uuid - 1));
+  reply_record(req, st, out_bufsz);
+}
+
+// The kernel's view of a descriptor of the calling process, read from
+// /proc without touching the file itself (a stat could call back into this
+// very daemon).
+struct FdInfo {
+  unsigned flags = 0;
+  long mnt_id = -1;
+  uint64_t ino = 0;
+};
+
+bool read_fdinfo(pid_t pid, int64_t fd, FdInfo* out) {
+  if (fd < 0 || fd > INT32_MAX) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/fdinfo/" + std::to_string(fd));
+  if (!in) return false;
+  std::string key;
+  bool have_ino = false;
+  while (in >> key) {
+    if (key == "flags:") in >> std::oct >> out->flags >> std::dec;
+    else if (key == "mnt_id:") in >> out->mnt_id;
+    else if (key == "ino:") have_ino = static_cast<bool>(in >> out->ino);
+    else in.ignore(4096, '\n');
+  }
+  return have_ino && out->mnt_id >= 0;
+}
+
+// This mount's id (the first field of its /proc/self/mountinfo line).
+long own_mount_id(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    long id;
+    std::string parent, devno, root, point;
+    fields >> id >> parent >> devno >> root >> point;
+    if (point == mountpoint && line.find(" fuse.poisonfs ") != std::string::npos) return id;
+  }
+  return -1;
+}
+
+void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void* in_buf, size_t in_bufsz) {
+  poisonfs_clone_range args;
+  if (!take_input(req, in_buf, in_bufsz, &args)) return;
+  if ((fi->fh & O_ACCMODE) == O_RDONLY) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  FdInfo src;
+  if (!read_fdinfo(fuse_req_ctx(req)->pid, args.src_fd, &src) || (src.flags & O_ACCMODE) == O_WRONLY) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  if (src.mnt_id != own_mount_id(context(req).mountpoint)) {
+    fuse_reply_err(req, EXDEV);
+    return;
+  }
+  Status st = context(req).fs->clone_range(src.ino, args.src_offset, dst, args.dest_offset, args.src_length);
+  if (!st) {
+    fuse_reply_err(req, st.error().errno_value());
+    return;
+  }
+  fuse_reply_ioctl(req, 0, nullptr, 0);
+}
+
+void bmap(fuse_req_t req, fuse_ino_t ino, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto page = std::make_unique<poisonfs_bmap>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  auto entries = context(req).fs->bmap(ino);
+  if (!entries) {
+    fuse_reply_err(req, entries.error().errno_value());
+    return;
+  }
+  uint64_t first = page->cursor;
+  std::memset(page.get(), 0, sizeof *page);
+  for (uint64_t i = first; i < entries->size() && page->count < POISONFS_BMAP_MAX; ++i) {
+    const BmapEntry& e = (*entries)[i];
+    poisonfs_bmap_rec& r = page->recs[page->count++];
+    r.file_offset = e.file_offset;
+    r.physical = e.physical;
+    r.length = e.length;
+    r.flags = (e.shared ? POISONFS_BMAP_SHARED : 0) | (e.unwritten ? POISONFS_BMAP_UNWRITTEN : 0) |
+              (e.poisoned ? POISONFS_BMAP_POISONED : 0);
+  }
+  page->cursor = first + page->count;
+  if (page->cursor >= entries->size()) page->flags = POISONFS_OF_LAST;
+  reply_record(req, *page, out_bufsz);
+}
+
+void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto page = std::make_unique<poisonfs_fsmap>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  // Resume at the cursor: skip the records already returned at its offset.
+  uint64_t from = std::max(page->start, page->cursor_physical);
+  uint64_t end = page->length > UINT64_MAX - page->start ? UINT64_MAX : page->start + page->length;
+  uint32_t skip = page->cursor_physical >= page->start ? page->cursor_skip : 0;
+  page->count = 0;
+  page->flags = POISONFS_OF_LAST;
+  Status st = context(req).fs->fsmap(from, end - from, [&](const FsmapEntry& e) {
+    if (skip > 0 && e.physical == from) {
+      --skip;
+      return true;
+    }
+    if (page->count == POISONFS_FSMAP_MAX) {
+      page->flags = 0;
+      return false;
+    }
+    poisonfs_fsmap_rec& r = page->recs[page->count++];
+    r.physical = e.physical;
+    r.length = e.length;
+    r.inode = e.ino;
+    r.file_offset = e.file_offset;
+    r.owner = static_cast<uint32_t>(e.owner);
+    r.flags = (e.shared ? POISONFS_FSMAP_SHARED : 0) | (e.poisoned ? POISONFS_FSMAP_POISONED : 0);
+    return true;
+  });
+  if (!st) {
+    fuse_reply_err(req, st.error().errno_value());
+    return;
+  }
+  if (page->count > 0) {
+    uint64_t last = page->recs[page->count - 1].physical;
+    uint32_t same = 0;
+    for (uint32_t i = page->count; i > 0 && page->recs[i - 1].physical == last; --i) ++same;
+    // Records at `last` from an earlier page count too.
+    page->cursor_skip = (last == page->cursor_physical ? page->cursor_skip : 0) + same;
+    page->cursor_physical = last;
+  }
+  reply_record(req, *page, out_bufsz);
+}
+
+void paths(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto rec = std::make_unique<poisonfs_paths>();
+  if (!take_input(req, in_buf, in_bufsz, rec.get())) return;
+  auto names = context(req).fs->paths(rec->inode);
+  if (!names) {
+    fuse_reply_err(req, names.error().errno_value());
+    return;
+  }
+  size_t at = 0;
+  rec->count = 0;
+  rec->flags = 0;
+  for (const std::string& p : *names) {
+    if (at + p.size() + 1 > sizeof rec->buf) {
+      rec->flags = 1;
+      break;
+    }
+    std::memcpy(rec->buf + at, p.c_str(), p.size() + 1);
+    at += p.size() + 1;
+    ++rec->count;
+  }
+  reply_record(req, *rec, out_bufsz);
+}
+
+}  // namespace
+
+void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi, const void* in_buf,
+                  size_t in_bufsz, size_t out_bufsz) {
+  const bool control = cmd == static_cast<unsigned>(POISONFS_IOC_STAT) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_PATHS);
+  if (control && !may_control(req)) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  switch (cmd) {
+    case POISONFS_IOC_STAT: return reply_stat(req, out_bufsz);
+    case POISONFS_IOC_CLONE_RANGE: return clone_range(req, ino, fi, in_buf, in_bufsz);
+    case POISONFS_IOC_BMAP: return bmap(req, ino, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_FSMAP: return fsmap(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_PATHS: return paths(req, in_buf, in_bufsz, out_bufsz);
+    default: fuse_reply_err(req, ENOTTY);
+  }
+}
+
+}  // namespace poisonfs::fuse
