@@ -29,6 +29,13 @@ class BorrowedMedia final : public Media {
 
 }  // namespace
 
+uint64_t FsImpl::count_directories() const {
+  uint64_t n = 0;
+  for (auto& inode : inodes_)
+    if (inode && inode->is_dir()) ++n;
+  return n;
+}
+
 uint64_t FsImpl::count_extents() const {
   uint64_t n = 0;
   for (auto& inode : inodes_)
@@ -110,6 +117,7 @@ Result<CheckReport> check_filesystem(Media& media, bool repair) {
   FsInfo info = (*fs)->info();
   report.inodes = info.inodes_used;
   report.extents = info.extent_records;
+  report.directories = (*fs)->count_directories();
   report.used_blocks = info.data_blocks - info.free_blocks - info.pending_free;
   report.problems = std::move(state.problems);
   report.repairs = std::move(state.repairs);

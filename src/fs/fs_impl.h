@@ -196,6 +196,7 @@ class FsImpl final : public Filesystem {
   // Problems found cross-checking the in-memory indexes (fsck, tests).
   std::vector<std::string> verify_derived_state();
   uint64_t count_extents() const;
+  uint64_t count_directories() const;
 
  private:
   CheckState* check_ = nullptr;
