@@ -11,8 +11,8 @@ set -euo pipefail
 PACKAGES=(
   # toolchain
   build-essential cmake pkg-config g++
-  # libraries: FUSE (low-level API), PMDK libpmem2, Boost.Intrusive, tests, benchmarks
-  libfuse3-dev fuse3 libpmem2-dev libboost-dev googletest libgtest-dev libbenchmark-dev
+  # libraries: FUSE (low-level API), PMDK libpmem2, Boost.Intrusive, tests, benchmarks, {fmt} (g++ 12 has no <format>)
+  libfuse3-dev fuse3 libpmem2-dev libboost-dev googletest libgtest-dev libbenchmark-dev libfmt-dev
   # what the tests, the demo and the benchmark drivers run
   fio xfsprogs strace util-linux procps psmisc kmod file tar diffutils coreutils findutils
   attr acl
