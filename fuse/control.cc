@@ -6,7 +6,9 @@
 // name, so only root and the user who mounted may use them (like GETFSMAP,
 // which needs CAP_SYS_ADMIN). BMAP shows a file the caller has open.
 // CLONE_RANGE needs the destination open for writing and the source open
-// for reading by the calling process, as FICLONERANGE does.
+// for reading by the calling process, as FICLONERANGE does. INJECT,
+// BADBLOCKS and EVENTS change or show the device: root and the mounting user
+// only. FILE_POISON shows a file the caller has open; STATUS is for all.
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -120,7 +122,10 @@ void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void*
     return;
   }
   FdInfo src;
-  if (!read_fdinfo(fuse_req_ctx(req)->pid, args.src_fd, &src) || (src.flags & O_ACCMODE) == O_WRONLY) {
+  // An O_PATH descriptor has access mode "O_RDONLY" but grants no reading:
+  // anyone who may search the directory gets one, even of a 0600 file.
+  if (!read_fdinfo(fuse_req_ctx(req)->pid, args.src_fd, &src) || (src.flags & O_ACCMODE) == O_WRONLY ||
+      (src.flags & O_PATH)) {
     fuse_reply_err(req, EBADF);
     return;
   }
@@ -133,6 +138,10 @@ void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void*
     fuse_reply_err(req, st.error().errno_value());
     return;
   }
+  // The kernel cannot know that dst changed (unlike copy_file_range, which
+  // it invalidates itself): drop its cached size and pages before the
+  // caller returns, or it reads the old bytes (keep_cache) and the old size.
+  if (context(req).session) fuse_lowlevel_notify_inval_inode(context(req).session, dst, 0, 0);
   fuse_reply_ioctl(req, 0, nullptr, 0);
 }
 
@@ -225,13 +234,100 @@ void paths(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz
   reply_record(req, *rec, out_bufsz);
 }
 
+void inject(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  poisonfs_inject args;
+  if (!take_input(req, in_buf, in_bufsz, &args)) return;
+  auto r = context(req).fs->inject_poison(args.offset, args.length, args.flags & POISONFS_POISON_LATENT);
+  if (!r) {
+    fuse_reply_err(req, r.error().errno_value());
+    return;
+  }
+  args.out_offset = r->offset;
+  args.out_length = r->length;
+  reply_record(req, args, out_bufsz);
+}
+
+// Fills one page of ranges from `all`, continuing at the cursor.
+template <class Range, class Fill>
+void reply_ranges(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz,
+                  const std::vector<Range>& all, Fill fill) {
+  auto page = std::make_unique<poisonfs_ranges>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  uint64_t first = page->cursor;
+  page->count = 0;
+  page->flags = 0;
+  for (uint64_t i = first; i < all.size() && page->count < POISONFS_RANGES_MAX; ++i)
+    fill(all[i], &page->recs[page->count++]);
+  page->cursor = first + page->count;
+  if (page->cursor >= all.size()) page->flags = POISONFS_OF_LAST;
+  reply_record(req, *page, out_bufsz);
+}
+
+void badblocks(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  reply_ranges(req, in_buf, in_bufsz, out_bufsz, context(req).fs->badblocks(),
+               [](const PoisonRange& r, poisonfs_range* out) {
+                 *out = poisonfs_range{r.offset, r.length, r.latent ? POISONFS_POISON_LATENT : 0u, 0};
+               });
+}
+
+void file_poison(fuse_req_t req, fuse_ino_t ino, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto ranges = context(req).fs->file_poison(ino);
+  if (!ranges) {
+    fuse_reply_err(req, ranges.error().errno_value());
+    return;
+  }
+  reply_ranges(req, in_buf, in_bufsz, out_bufsz, *ranges, [](const FilePoison& r, poisonfs_range* out) {
+    *out = poisonfs_range{r.file_offset, r.length, 0, 0};
+  });
+}
+
+void events(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto page = std::make_unique<poisonfs_events>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  uint64_t dropped = 0;
+  auto list = context(req).fs->events(page->after_seq, 256, &dropped);
+  size_t at = 0;
+  page->count = 0;
+  page->flags = POISONFS_OF_LAST;
+  page->dropped = dropped;
+  page->last_seq = page->after_seq;
+  for (const Event& e : list) {
+    std::string line = event_to_json(e) + "\n";
+    if (at + line.size() + 1 > sizeof page->buf) {
+      page->flags = 0;
+      break;
+    }
+    std::memcpy(page->buf + at, line.data(), line.size());
+    at += line.size();
+    page->last_seq = e.seq;
+    ++page->count;
+  }
+  page->buf[at] = '\0';
+  reply_record(req, *page, out_bufsz);
+}
+
+void status(fuse_req_t req, size_t out_bufsz) {
+  Health h = context(req).fs->health();
+  poisonfs_status st{};
+  st.shutdown = h.shutdown ? 1 : 0;
+  st.known_poison_bytes = h.known_poison_bytes;
+  st.latent_poison_bytes = h.latent_poison_bytes;
+  st.quarantined_bytes = h.quarantined_bytes;
+  st.events = h.events;
+  std::memcpy(st.reason, h.reason.data(), std::min(h.reason.size(), sizeof st.reason - 1));
+  reply_record(req, st, out_bufsz);
+}
+
 }  // namespace
 
 void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi, const void* in_buf,
                   size_t in_bufsz, size_t out_bufsz) {
   const bool control = cmd == static_cast<unsigned>(POISONFS_IOC_STAT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP) ||
-                       cmd == static_cast<unsigned>(POISONFS_IOC_PATHS);
+                       cmd == static_cast<unsigned>(POISONFS_IOC_PATHS) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_INJECT) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_BADBLOCKS) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_EVENTS);
   if (control && !may_control(req)) {
     fuse_reply_err(req, EPERM);
     return;
@@ -242,6 +338,11 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
     case POISONFS_IOC_BMAP: return bmap(req, ino, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_FSMAP: return fsmap(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS: return paths(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_INJECT: return inject(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_BADBLOCKS: return badblocks(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_FILE_POISON: return file_poison(req, ino, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_EVENTS: return events(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_STATUS: return status(req, out_bufsz);
     default: fuse_reply_err(req, ENOTTY);
   }
 }

@@ -31,6 +31,7 @@
 #include <string_view>
 #include <thread>
 
+#include "invalidator.h"
 #include "ops.h"
 #include "poisonfs/filesystem.h"
 
@@ -475,7 +476,13 @@ int daemon_main(int argc, char** argv) {
   report_ready();
   pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
 
-  int res = run_loop(se, cmd);
+  int res;
+  {
+    CacheInvalidator invalidator(se);
+    fs->set_invalidate_hook([&invalidator](Ino ino, uint64_t off, uint64_t len) { invalidator.push(ino, off, len); });
+    res = run_loop(se, cmd);
+    fs->set_invalidate_hook(nullptr);
+  }
 
   fuse_remove_signal_handlers(se);
   fuse_session_unmount(se);

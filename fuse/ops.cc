@@ -386,17 +386,22 @@ void reply_read(fuse_req_t req, ReadReply how, std::span<const ReadSegment> segm
                   how == ReadReply::kSplice ? FUSE_BUF_SPLICE_MOVE : fuse_buf_copy_flags{});
 }
 
-void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* /*fi*/) {
+void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   bool replied = false;
   try {
     ReadReply how = context(req)->read_reply;
     // The core holds its lock while the sink runs, so the reply must leave
     // before the sink returns: the mapping under it may be reused after.
-    Result<size_t> n = filesystem(req).read(ino, static_cast<uint64_t>(off), size,
-                                            [&](std::span<const ReadSegment> segments) {
-                                              reply_read(req, how, segments);
-                                              replied = true;
-                                            });
+    auto sink = [&](std::span<const ReadSegment> segments) {
+      reply_read(req, how, segments);
+      replied = true;
+    };
+    // O_DIRECT readers get every clean byte before a poisoned one (a short
+    // read, then EIO); a page-cache read of a range with poison fails whole,
+    // and the kernel then retries page by page, losing only poisoned pages.
+    Filesystem& fs = filesystem(req);
+    Result<size_t> n = fi->direct_io ? fs.read_direct(ino, static_cast<uint64_t>(off), size, sink)
+                                     : fs.read(ino, static_cast<uint64_t>(off), size, sink);
     if (replied) return;
     if (!n) {
       reply_error(req, n.error());

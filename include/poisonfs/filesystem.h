@@ -20,6 +20,7 @@
 
 #include "poisonfs/error.h"
 #include "poisonfs/media.h"
+#include "poisonfs/poison.h"
 
 namespace poisonfs {
 
@@ -147,6 +148,56 @@ struct FsmapEntry {
   bool poisoned = false;
 };
 
+// notify_failure flags (the kernel's MF_* meanings).
+inline constexpr int kMfActionRequired = 1;  // found by a consuming access (a read)
+inline constexpr int kMfMemPreRemove = 2;    // the device is going away
+
+// A file's poisoned bytes, in file coordinates.
+struct FilePoison {
+  uint64_t file_offset = 0;
+  uint64_t length = 0;
+};
+
+enum class EventKind : uint32_t {
+  kFailure = 0,     // poison reported or found; owners hit
+  kRepair = 1,      // metadata rewritten from a good copy
+  kQuarantine = 2,  // poisoned free space kept from the allocator
+  kShutdown = 3,    // no good copy: every call fails with EIO
+  kRecovery = 4,    // a write cleared poison in place
+  kHeal = 5,        // one recovery healed every sharer
+};
+const char* event_kind_name(EventKind kind);  // "failure", "repair", ...
+
+struct EventOwner {
+  std::string what;  // "data", "inodes", "extents", "directory", "xattr", "journal", "superblock", "free"
+  Ino ino = 0;
+  std::string path;  // data owners: the first path, "" if none
+  uint64_t file_offset = 0;
+  uint64_t length = 0;
+};
+
+struct Event {
+  uint64_t seq = 0;
+  int64_t time_ns = 0;
+  EventKind kind = EventKind::kFailure;
+  uint64_t device_offset = 0;
+  uint64_t length = 0;
+  std::string action;  // what was done, in words
+  std::vector<EventOwner> owners;
+};
+// One JSON object (no newline) with keys seq, time, kind, device_offset,
+// length, action, owners[{what, inode, path, file_offset, length}].
+std::string event_to_json(const Event& e);
+
+struct Health {
+  bool shutdown = false;
+  std::string reason;
+  uint64_t known_poison_bytes = 0;
+  uint64_t latent_poison_bytes = 0;
+  uint64_t quarantined_bytes = 0;
+  uint64_t events = 0;  // ever recorded
+};
+
 struct OpenOptions {
   MapMode map_mode = MapMode::kShared;
 };
@@ -245,6 +296,29 @@ class Filesystem {
                        const std::function<bool(const FsmapEntry&)>& fn) = 0;
   // Every path of ino from the root ("/a/b"), one per hard link.
   virtual Result<std::vector<std::string>> paths(Ino ino) = 0;
+
+  // --- media failure (DESIGN.md section 2)
+  // A media error at device bytes [offset, offset+length): every owner is
+  // told (file data: recorded and its cached pages invalidated through the
+  // hook; metadata: rewritten from memory; free space: quarantined).
+  virtual Status notify_failure(uint64_t offset, uint64_t length, int flags) = 0;
+  // Injects poison (rounded out to 64-byte units); known poison is notified
+  // at once, latent poison only when a read or a scrub finds it.
+  virtual Result<PoisonRange> inject_poison(uint64_t offset, uint64_t length, bool latent) = 0;
+  virtual std::vector<PoisonRange> badblocks() = 0;
+  // The known poisoned bytes of a file, in file offsets.
+  virtual Result<std::vector<FilePoison>> file_poison(Ino ino) = 0;
+  // Events after `after_seq` (at most max); *dropped: how many older events
+  // the bounded history no longer holds.
+  virtual std::vector<Event> events(uint64_t after_seq, size_t max, uint64_t* dropped) = 0;
+  virtual Health health() = 0;
+  // Called (from the failing thread, with no lock held) for every cached
+  // file range the kernel must drop. The daemon sets it.
+  virtual void set_invalidate_hook(std::function<void(Ino, uint64_t offset, uint64_t length)> hook) = 0;
+  // Like read(), but stops short at the first poisoned byte (O_DIRECT):
+  // returns the clean bytes before it, or EIO when it is at `off`.
+  virtual Result<size_t> read_direct(Ino ino, uint64_t off, size_t len,
+                                     const std::function<void(std::span<const ReadSegment>)>& sink) = 0;
 
   virtual StatFs statfs() = 0;
   virtual FsInfo info() = 0;

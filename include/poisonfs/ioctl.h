@@ -100,3 +100,63 @@ struct poisonfs_paths {
   char buf[8192];
 };
 #define POISONFS_IOC_PATHS _IOWR(POISONFS_IOC_MAGIC, 5, struct poisonfs_paths)
+
+// --- media failure (control operations: root or the mounting user, except
+// FILE_POISON on a file the caller has open, and STATUS)
+
+#define POISONFS_POISON_LATENT 0x1u
+
+// Injects poison at device bytes [offset, offset+length), rounded out to
+// 64-byte units; the rounded range comes back. Known poison is notified at
+// once; POISONFS_POISON_LATENT poison waits for a read or a scrub.
+struct poisonfs_inject {
+  uint64_t offset;
+  uint64_t length;
+  uint32_t flags;  // POISONFS_POISON_LATENT
+  uint32_t reserved;
+  uint64_t out_offset;
+  uint64_t out_length;
+};
+#define POISONFS_IOC_INJECT _IOWR(POISONFS_IOC_MAGIC, 6, struct poisonfs_inject)
+
+struct poisonfs_range {
+  uint64_t offset;  // device bytes (FILE_POISON: file offset)
+  uint64_t length;
+  uint32_t flags;   // POISONFS_POISON_LATENT
+  uint32_t reserved;
+};
+#define POISONFS_RANGES_MAX 256
+
+// The device poison list (BADBLOCKS) or a file's known poisoned ranges
+// (FILE_POISON), paginated: cursor 0 first, until POISONFS_OF_LAST.
+struct poisonfs_ranges {
+  uint64_t cursor;
+  uint32_t count;
+  uint32_t flags;  // POISONFS_OF_LAST
+  struct poisonfs_range recs[POISONFS_RANGES_MAX];
+};
+#define POISONFS_IOC_BADBLOCKS _IOWR(POISONFS_IOC_MAGIC, 7, struct poisonfs_ranges)
+#define POISONFS_IOC_FILE_POISON _IOWR(POISONFS_IOC_MAGIC, 8, struct poisonfs_ranges)
+
+// The event log, as JSON lines after sequence number after_seq; dropped is
+// how many older events the bounded history no longer holds.
+struct poisonfs_events {
+  uint64_t after_seq;  // in
+  uint64_t dropped;    // out
+  uint64_t last_seq;   // out: seq of the last event in buf (continue from it)
+  uint32_t count;      // out: events in buf
+  uint32_t flags;      // out: POISONFS_OF_LAST when no newer event is left
+  char buf[12288];     // NUL-terminated JSON lines
+};
+#define POISONFS_IOC_EVENTS _IOWR(POISONFS_IOC_MAGIC, 9, struct poisonfs_events)
+
+struct poisonfs_status {
+  uint32_t shutdown;  // 1: every call fails with EIO
+  uint32_t reserved;
+  uint64_t known_poison_bytes;
+  uint64_t latent_poison_bytes;
+  uint64_t quarantined_bytes;
+  uint64_t events;  // recorded since mount
+  char reason[256];
+};
+#define POISONFS_IOC_STATUS _IOR(POISONFS_IOC_MAGIC, 10, struct poisonfs_status)

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "poisonfs/error.h"
+#include "poisonfs/poison.h"
 
 namespace poisonfs {
 
@@ -39,7 +40,24 @@ class Media {
     drain();
   }
   const std::byte* at(uint64_t off) const { return base() + off; }
+
+  // The device's poison list (see poisonfs/poison.h). Virtual so that a
+  // wrapper can lend the list of the media it wraps.
+  virtual PoisonList& poison() { return poison_; }
+  // Poisons [off, off+len) rounded out to units, and destroys the data there
+  // (filled with kPoisonPattern, so a leak of poisoned bytes is visible).
+  // Fails on an empty, overflowing or out-of-device range, changing nothing.
+  Result<PoisonRange> inject_poison(uint64_t off, uint64_t len, bool latent);
+  // The ACPI clear-error analogue: clears the whole units inside
+  // [off, off+len) and leaves them zeroed. Returns what was cleared.
+  std::vector<PoisonRange> clear_poison(uint64_t off, uint64_t len);
+
+ protected:
+  PoisonList poison_;
 };
+
+// What an injected range holds afterwards: 8 bytes repeated.
+inline constexpr char kPoisonPattern[8] = {'#', 'P', 'O', 'I', 'S', 'O', 'N', '#'};
 
 enum class MapMode {
   kShared,   // read-write, stores reach the image

@@ -173,6 +173,36 @@ void Allocator::release_pending() {
   for (const BlockRange& r : ranges) release(r);
 }
 
+std::vector<BlockRange> Allocator::withdraw(BlockRange r) {
+  std::vector<BlockRange> taken;
+  for (uint64_t b = r.start; impl_ && b < r.end();) {
+    auto it = impl_->containing(b);
+    if (it == impl_->by_start.end()) {
+      ++b;
+      continue;
+    }
+    uint64_t count = std::min(r.end(), it->start + it->count) - b;
+    take(&*it, b, count);
+    taken.push_back({b, count});
+    b += count;
+  }
+  // Pending ranges: cut r out of them.
+  std::vector<BlockRange> kept;
+  for (const BlockRange& p : pending_) {
+    uint64_t lo = std::max(p.start, r.start), hi = std::min(p.end(), r.end());
+    if (lo >= hi) {
+      kept.push_back(p);
+      continue;
+    }
+    if (p.start < lo) kept.push_back({p.start, lo - p.start});
+    if (hi < p.end()) kept.push_back({hi, p.end() - hi});
+    taken.push_back({lo, hi - lo});
+    pending_blocks_ -= hi - lo;
+  }
+  pending_.swap(kept);
+  return taken;
+}
+
 size_t Allocator::free_extents() const { return impl_ ? impl_->by_start.size() : 0; }
 
 bool Allocator::any_free(uint64_t start, uint64_t count) const {

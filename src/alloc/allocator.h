@@ -47,6 +47,9 @@ class Allocator {
   void defer_free(BlockRange r);
   // Called at a journal checkpoint: pending ranges become allocatable.
   void release_pending();
+  // Takes every free or pending block inside r out of circulation (poisoned
+  // free space is quarantined); returns the blocks taken.
+  std::vector<BlockRange> withdraw(BlockRange r);
 
   uint64_t free_blocks() const { return free_blocks_; }
   uint64_t pending_blocks() const { return pending_blocks_; }

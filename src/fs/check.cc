@@ -22,6 +22,7 @@ class BorrowedMedia final : public Media {
   void zero(uint64_t off, size_t len) override { m_.zero(off, len); }
   void flush(uint64_t off, size_t len) override { m_.flush(off, len); }
   void drain() override { m_.drain(); }
+  PoisonList& poison() override { return m_.poison(); }
 
  private:
   Media& m_;

@@ -49,6 +49,21 @@ std::pair<bool, uint64_t> FsImpl::sharing_run(uint64_t phys, uint64_t max) const
 // file maps either the old shared blocks or its complete private copy.
 Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from, uint64_t keep_to,
                        Transaction& tx, std::vector<BlockRange>& dropped) {
+  // Pieces already remapped whose [keep_from, keep_to) was not copied. If a
+  // later piece fails, the caller overwrites nothing (yet commits what was
+  // staged): those bytes then get the old content after all, never what the
+  // new blocks held as free space.
+  struct Skipped {
+    uint64_t to, from, len;  // device bytes
+  };
+  std::vector<Skipped> skipped;
+  auto give_up = [&](Status st) {
+    for (const Skipped& s : skipped) {
+      media_->write(s.to, media_->at(s.from), s.len);
+      media_->flush(s.to, s.len);
+    }
+    return st;
+  };
   for (uint64_t cur = fb; cur < fb + n;) {
     Extent* e = inode.extents.at_or_after(cur);
     if (!e || e->file_block >= fb + n) return {};
@@ -64,9 +79,11 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
       cur += run;
       continue;
     }
-    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return st;
+    // A copy-on-write never copies poisoned bytes.
+    if (media_->poison().first(block_offset(old_phys), run * kBlockSize)) return give_up(fail(std::errc::io_error));
+    if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return give_up(st);
     BlockRange fresh = alloc_.allocate(run, alloc_hint(inode, cur));
-    if (fresh.count == 0) return fail(std::errc::no_space_on_device);
+    if (fresh.count == 0) return give_up(fail(std::errc::no_space_on_device));
     // Copy what will not be overwritten: whole blocks, minus [keep_from, keep_to).
     uint64_t span_from = block_offset(cur), span_to = block_offset(cur + fresh.count);
     auto copy = [&](uint64_t from, uint64_t to) {
@@ -77,6 +94,11 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
     copy(span_from, std::min(span_to, std::max(span_from, keep_from)));
     copy(std::max(span_from, std::min(span_to, keep_to)), span_to);
     media_->flush(block_offset(fresh.start), span_to - span_from);
+    uint64_t skip_from = std::min(span_to, std::max(span_from, keep_from));
+    uint64_t skip_to = std::max(skip_from, std::min(span_to, keep_to));
+    if (skip_from < skip_to)
+      skipped.push_back({block_offset(fresh.start) + (skip_from - span_from),
+                         block_offset(old_phys) + (skip_from - span_from), skip_to - skip_from});
     ExtentEdit edit;
     inode.extents.punch(cur, fresh.count, edit);
     inode.extents.insert(cur, fresh.count, fresh.start, 0, edit);
@@ -110,18 +132,6 @@ Result<size_t> FsImpl::_read_segments(Inode& inode, uint64_t off, size_t len, st
   return end - off;
 }
 
-Result<size_t> FsImpl::read(Ino ino, uint64_t off, size_t len,
-                            const std::function<void(std::span<const ReadSegment>)>& sink) {
-  std::shared_lock lock(mutex_);
-  auto inode = get(ino);
-  if (!inode) return std::unexpected(inode.error());
-  if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
-  std::vector<ReadSegment> segs;
-  auto n = _read_segments(**inode, off, len, segs);
-  if (!n) return n;
-  sink(segs);
-  return n;
-}
 
 // Writes data at off: in place over written blocks, into the existing blocks
 // of unwritten extents (then marked written), into new blocks over holes.

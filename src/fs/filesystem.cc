@@ -135,7 +135,8 @@ Status FsImpl::load() {
     return fail(std::errc::io_error, "root directory is missing; run fsck.poisonfs");
   }
   if (auto st = check_links(); !st) return st;
-  return reclaim_orphans();
+  if (auto st = reclaim_orphans(); !st) return st;
+  return check_ ? Status{} : replay_poison_list();
 }
 
 bool FsImpl::tolerate(const std::string& problem, uint64_t bad_off, size_t bad_len) {
@@ -465,6 +466,7 @@ Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
 // ---------------------------------------------------------------- attributes
 
 Result<Inode*> FsImpl::get(Ino ino) {
+  if (shutdown_.load(std::memory_order_relaxed)) return fail(std::errc::io_error, "filesystem is shut down");
   if (ino == 0 || ino > inodes_.size() || !inodes_[ino - 1]) return fail(std::errc::no_such_file_or_directory);
   return inodes_[ino - 1].get();
 }

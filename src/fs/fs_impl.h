@@ -9,6 +9,8 @@
 // leading underscore or taking a Transaction& assume the lock is held.
 #pragma once
 
+#include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -72,6 +74,9 @@ struct Inode {
 };
 
 int64_t now_ns();
+// The read-only xattr that shows a file's known poison.
+inline constexpr std::string_view kPoisonXattr = "user.poisonfs.poison";
+std::string file_poison_json(const std::vector<FilePoison>& ranges);
 OwnerKind owner_kind_of(ChainKind kind);
 
 // fsck state: when a FsImpl loads with one, bad records are reported and
@@ -124,6 +129,15 @@ class FsImpl final : public Filesystem {
   Result<std::vector<BmapEntry>> bmap(Ino ino) override;
   Status fsmap(uint64_t start, uint64_t length, const std::function<bool(const FsmapEntry&)>& fn) override;
   Result<std::vector<std::string>> paths(Ino ino) override;
+  Status notify_failure(uint64_t offset, uint64_t length, int flags) override;
+  Result<PoisonRange> inject_poison(uint64_t offset, uint64_t length, bool latent) override;
+  std::vector<PoisonRange> badblocks() override;
+  Result<std::vector<FilePoison>> file_poison(Ino ino) override;
+  std::vector<Event> events(uint64_t after_seq, size_t max, uint64_t* dropped) override;
+  Health health() override;
+  void set_invalidate_hook(std::function<void(Ino, uint64_t, uint64_t)> hook) override;
+  Result<size_t> read_direct(Ino ino, uint64_t off, size_t len,
+                             const std::function<void(std::span<const ReadSegment>)>& sink) override;
   StatFs statfs() override;
   FsInfo info() override;
 
@@ -181,6 +195,32 @@ class FsImpl final : public Filesystem {
   uint64_t alloc_hint(Inode& inode, uint64_t fb);
   Result<size_t> _read_segments(Inode& inode, uint64_t off, size_t len, std::vector<ReadSegment>& out);
 
+  // --- media failure (poison.cc)
+  struct Invalidation {
+    Ino ino;
+    uint64_t offset, length;
+  };
+  // notify_failure with the lock held; cache invalidations are returned,
+  // to be sent once the lock is dropped.
+  Status _notify_failure(uint64_t offset, uint64_t length, int flags, std::vector<Invalidation>& inval);
+  void run_invalidations(const std::vector<Invalidation>& inval);
+  void repair_chain_block(Inode& inode, Chain& chain, uint64_t block);
+  void repair_inode_block(uint64_t block);
+  void repair_journal();
+  void quarantine(BlockRange r);
+  void record_event(Event e);
+  void shutdown(const std::string& reason);
+  std::string first_path(Ino ino);
+  // Read with the poison check: EIO if [off, off+len) holds known or latent
+  // poison (latent found here is reported in *found), or with short_at_poison
+  // the clean bytes before the first poisoned one.
+  Result<size_t> _read(Ino ino, uint64_t off, size_t len, const std::function<void(std::span<const ReadSegment>)>& sink,
+                       bool short_at_poison);
+  // The first poisoned device byte under segs (and the file position of it).
+  std::optional<std::pair<PoisonRange, size_t>> first_poisoned(std::span<const ReadSegment> segs);
+  Status replay_poison_list();
+  std::vector<FilePoison> _file_poison(Inode& inode);
+
   // --- load (filesystem.cc)
   Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
   Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
@@ -212,6 +252,16 @@ class FsImpl final : public Filesystem {
   std::vector<uint64_t> free_inos_;             // stack, lowest on top
   uint64_t next_generation_ = 1;
   uint64_t inodes_used_ = 0;
+
+  // Media failure state. events_ has its own lock: a failure found by a
+  // reader (shared lock) records events too.
+  std::function<void(Ino, uint64_t, uint64_t)> invalidate_;
+  std::vector<BlockRange> quarantine_;  // poisoned free space, kept from the allocator
+  std::atomic<bool> shutdown_{false};
+  std::string shutdown_reason_;
+  std::mutex events_mutex_;
+  std::deque<Event> events_;
+  uint64_t next_event_seq_ = 1;
 };
 
 // Mount-time helper used by the public factories.

@@ -298,7 +298,13 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
     if (inode.is_dir()) return fail(std::errc::is_a_directory);
     if (!inode.is_reg()) return fail(std::errc::invalid_argument);
     if (set.size > kMaxFileSize) return fail(std::errc::file_too_large);
-    if (auto st = _truncate(inode, set.size, tx, dropped); !st) return std::unexpected(st.error());
+    if (auto st = _truncate(inode, set.size, tx, dropped); !st) {
+      // Committed even on failure, as write() and fallocate() do: what was
+      // staged (a record block linked into the chain in memory, blocks
+      // already given a private copy) must reach the media too.
+      (void)commit(tx, std::move(dropped));
+      return std::unexpected(st.error());
+    }
     inode.rec.mtime_ns = now;
   }
   if (set.valid & SetAttr::kMode) inode.rec.mode = (inode.rec.mode & S_IFMT) | (set.mode & 07777);

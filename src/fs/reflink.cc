@@ -102,6 +102,11 @@ Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, u
     std::vector<ReadSegment> segs;
     auto got = _read_segments(src, src_off + done, chunk, segs);
     if (!got) return std::unexpected(got.error());
+    // Poisoned bytes never leave the media: the copy stops before them.
+    if (!media_->poison().empty() && first_poisoned(segs)) {
+      if (done > 0) return done;
+      return fail(std::errc::io_error);
+    }
     size_t at = 0;
     for (const ReadSegment& seg : segs) {
       if (seg.data) std::memcpy(buf.data() + at, seg.data, seg.length);

@@ -22,6 +22,11 @@ Result<std::string> FsImpl::getxattr(Ino ino, std::string_view name) {
   std::shared_lock lock(mutex_);
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
+  if (name == kPoisonXattr) {
+    auto ranges = _file_poison(**inode);
+    if (ranges.empty()) return fail(std::errc::no_message_available);
+    return file_poison_json(ranges);
+  }
   auto it = (*inode)->xattrs.find(name);
   if (it == (*inode)->xattrs.end()) return fail(std::errc::no_message_available);  // ENODATA
   return it->second.value;
@@ -29,6 +34,7 @@ Result<std::string> FsImpl::getxattr(Ino ino, std::string_view name) {
 
 Status FsImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
   if (auto st = check_xattr_name(name); !st) return st;
+  if (name == kPoisonXattr) return fail(std::errc::operation_not_permitted);
   if (value.size() > kXattrValueMax) return fail(std::errc::argument_list_too_long);
   std::unique_lock lock(mutex_);
   auto got = get(ino);
@@ -60,11 +66,13 @@ Result<std::vector<std::string>> FsImpl::listxattr(Ino ino) {
   if (!inode) return std::unexpected(inode.error());
   std::vector<std::string> names;
   for (const auto& [name, x] : (*inode)->xattrs) names.push_back(name);
+  if (!_file_poison(**inode).empty()) names.emplace_back(kPoisonXattr);
   return names;
 }
 
 Status FsImpl::removexattr(Ino ino, std::string_view name) {
   if (auto st = check_xattr_name(name); !st) return st;
+  if (name == kPoisonXattr) return fail(std::errc::operation_not_permitted);
   std::unique_lock lock(mutex_);
   auto got = get(ino);
   if (!got) return std::unexpected(got.error());

@@ -11,6 +11,9 @@
 #include <unistd.h>
 
 #include <cassert>
+#include <cstdio>
+#include <cstring>
+#include <vector>
 #include <cerrno>
 #include <system_error>
 
@@ -69,6 +72,9 @@ class PmemMedia final : public Media {
   // The two steps of open_pmem_media; map() requires open_and_lock().
   Status open_and_lock(const std::string& path);
   Status map(const std::string& path);
+  Status load_poison(const std::string& path);
+  void add_device_badblocks(std::vector<PoisonRange>& ranges);
+  void save_poison(const std::vector<PoisonRange>& all);
 
   uint64_t size() const override { return size_; }
   const std::byte* base() const override { return base_; }
@@ -104,6 +110,7 @@ class PmemMedia final : public Media {
   pmem2_memset_fn memset_fn_ = nullptr;
   pmem2_flush_fn flush_fn_ = nullptr;
   pmem2_drain_fn drain_fn_ = nullptr;
+  std::string sidecar_;  // IMAGE.badblocks
 };
 
 Status PmemMedia::map(const std::string& path) {
@@ -156,7 +163,57 @@ Status PmemMedia::map(const std::string& path) {
     // them all now. Best effort; older kernels or odd files may refuse.
     (void)madvise(base_, size_, MADV_POPULATE_WRITE);
   }
+  return load_poison(path);
+}
+
+// The simulated DIMM's error record lives beside the image, in
+// IMAGE.badblocks (one "OFFSET LENGTH known|latent" line per range), where
+// the filesystem cannot overwrite it and mkfs keeps it, as a DIMM keeps its
+// own record. A real pmem device reports its bad blocks through libpmem2
+// (none on a plain file).
+Status PmemMedia::load_poison(const std::string& path) {
+  sidecar_ = path + ".badblocks";
+  std::vector<PoisonRange> ranges;
+  if (FILE* f = std::fopen(sidecar_.c_str(), "r")) {
+    unsigned long long off, len;
+    char kind[16];
+    while (std::fscanf(f, "%llu %llu %15s", &off, &len, kind) == 3)
+      if (len > 0 && off < size_) ranges.push_back({off, std::min<uint64_t>(len, size_ - off), std::strcmp(kind, "latent") == 0});
+    std::fclose(f);
+  }
+  if (byte_granular_) add_device_badblocks(ranges);
+  poison_.replace_all(ranges);
+  if (mode_ == MapMode::kShared) {
+    poison_.set_on_change([this](const std::vector<PoisonRange>& all) { save_poison(all); });
+  }
   return {};
+}
+
+void PmemMedia::add_device_badblocks(std::vector<PoisonRange>& ranges) {
+  pmem2_badblock_context* ctx = nullptr;
+  if (pmem2_badblock_context_new(&ctx, src_) != 0) return;  // not supported here
+  pmem2_badblock bb;
+  while (pmem2_badblock_next(ctx, &bb) == 0) ranges.push_back({bb.offset, bb.length, false});
+  pmem2_badblock_context_delete(&ctx);
+}
+
+// Written to a temporary file and renamed, so a crash leaves the old or the
+// new record, never half of one.
+void PmemMedia::save_poison(const std::vector<PoisonRange>& all) {
+  std::string tmp = sidecar_ + ".tmp";
+  if (all.empty()) {
+    std::remove(sidecar_.c_str());
+    return;
+  }
+  FILE* f = std::fopen(tmp.c_str(), "w");
+  if (!f) return;
+  for (const PoisonRange& r : all)
+    std::fprintf(f, "%llu %llu %s\n", static_cast<unsigned long long>(r.offset),
+                 static_cast<unsigned long long>(r.length), r.latent ? "latent" : "known");
+  std::fflush(f);
+  fsync(fileno(f));
+  std::fclose(f);
+  std::rename(tmp.c_str(), sidecar_.c_str());
 }
 
 Status PmemMedia::open_and_lock(const std::string& path) {

@@ -1,0 +1,69 @@
+// The device's poison list: the simulated DIMM's own error record (or, on a
+// real pmem device, what libpmem2's badblock API reports). Poison is tracked
+// at the device's clear unit, 64 bytes (a cache line): an injected or
+// reported range is rounded out to whole units.
+//
+// Known poison has been reported (like `ndctl inject-error`, or found by a
+// read); latent poison (`--no-notify`) is found only when a read consumes
+// it or a scrub walks over it. Thread-safe; `empty()` is one atomic load, the
+// read path's fast check.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <shared_mutex>
+#include <vector>
+
+namespace poisonfs {
+
+inline constexpr uint64_t kPoisonUnit = 64;
+
+struct PoisonRange {
+  uint64_t offset = 0;  // device bytes, unit aligned
+  uint64_t length = 0;  // bytes, whole units
+  bool latent = false;
+  uint64_t end() const { return offset + length; }
+  bool operator==(const PoisonRange&) const = default;
+};
+
+class PoisonList {
+ public:
+  // Adds [off, off+len) rounded out to units (known wins over latent where
+  // they overlap). Returns the rounded range. REQUIRES: len > 0, no overflow.
+  PoisonRange add(uint64_t off, uint64_t len, bool latent);
+  // Removes the whole units inside [off, off+len); returns what was removed.
+  std::vector<PoisonRange> clear(uint64_t off, uint64_t len);
+  // Every range overlapping [off, off+len), clipped to it, in order.
+  std::vector<PoisonRange> overlapping(uint64_t off, uint64_t len) const;
+  // The first poisoned byte in [off, off+len), if any (and its range).
+  std::optional<PoisonRange> first(uint64_t off, uint64_t len) const;
+  // Marks the latent ranges overlapping [off, off+len) known; returns them.
+  std::vector<PoisonRange> make_known(uint64_t off, uint64_t len);
+  std::vector<PoisonRange> all() const;
+  void replace_all(const std::vector<PoisonRange>& ranges);
+  bool empty() const { return count_.load(std::memory_order_acquire) == 0; }
+  uint64_t known_bytes() const;
+  uint64_t latent_bytes() const;
+  // Called (outside the lock) after every change with the whole list: the
+  // media persists its error record there.
+  void set_on_change(std::function<void(const std::vector<PoisonRange>&)> fn) { on_change_ = std::move(fn); }
+
+ private:
+  struct Entry {
+    uint64_t end;
+    bool latent;
+  };
+  void insert_locked(uint64_t off, uint64_t end, bool latent);
+  void merge_locked(uint64_t lo, uint64_t hi);
+  void changed();
+
+  mutable std::shared_mutex mutex_;
+  std::map<uint64_t, Entry> ranges_;  // start -> (end, latent); disjoint
+  std::atomic<size_t> count_{0};
+  std::function<void(const std::vector<PoisonRange>&)> on_change_;
+};
+
+}  // namespace poisonfs

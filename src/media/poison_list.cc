@@ -1,0 +1,179 @@
+// The device's poison list (see include/poisonfs/poison.h): disjoint ranges
+// in a map keyed by start; neighbours of the same kind merge.
+#include <algorithm>
+#include <mutex>
+
+#include "poisonfs/poison.h"
+
+namespace poisonfs {
+namespace {
+
+uint64_t round_down(uint64_t v) { return v / kPoisonUnit * kPoisonUnit; }
+uint64_t round_up(uint64_t v) { return (v + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit; }
+
+}  // namespace
+
+
+void PoisonList::insert_locked(uint64_t off, uint64_t end, bool latent) {
+  // Split ranges that straddle the edges, then replace the inside.
+  auto split = [&](uint64_t at) {
+    auto it = ranges_.upper_bound(at);
+    if (it == ranges_.begin()) return;
+    --it;
+    if (it->first < at && at < it->second.end) {
+      ranges_[at] = Entry{it->second.end, it->second.latent};
+      it->second.end = at;
+    }
+  };
+  split(off);
+  split(end);
+  // Inside [off, end): existing known ranges stay known; gaps and latent
+  // ranges take the new kind (known wins).
+  uint64_t cur = off;
+  std::vector<std::pair<uint64_t, Entry>> fresh;
+  for (auto it = ranges_.lower_bound(off); it != ranges_.end() && it->first < end;) {
+    if (it->first > cur) fresh.push_back({cur, Entry{it->first, latent}});
+    bool keep_known = !it->second.latent;
+    fresh.push_back({it->first, Entry{it->second.end, keep_known ? false : latent}});
+    cur = it->second.end;
+    it = ranges_.erase(it);
+  }
+  if (cur < end) fresh.push_back({cur, Entry{end, latent}});
+  for (auto& [start, e] : fresh) ranges_[start] = e;
+  merge_locked(off, end);
+}
+
+// Merges adjacent ranges of the same kind around [lo, hi].
+void PoisonList::merge_locked(uint64_t lo, uint64_t hi) {
+  auto it = ranges_.upper_bound(lo);
+  for (int back = 0; back < 2 && it != ranges_.begin(); ++back) --it;
+  while (it != ranges_.end() && it->first <= hi) {
+    auto next = std::next(it);
+    if (next != ranges_.end() && it->second.end == next->first && it->second.latent == next->second.latent) {
+      it->second.end = next->second.end;
+      ranges_.erase(next);
+      continue;
+    }
+    it = next;
+  }
+  count_.store(ranges_.size(), std::memory_order_release);
+}
+
+void PoisonList::changed() {
+  if (on_change_) on_change_(all());
+}
+
+PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
+  PoisonRange r{round_down(off), round_up(off + len) - round_down(off), latent};
+  {
+    std::unique_lock lock(mutex_);
+    insert_locked(r.offset, r.end(), latent);
+  }
+  changed();
+  return r;
+}
+
+std::vector<PoisonRange> PoisonList::clear(uint64_t off, uint64_t len) {
+  uint64_t lo = round_up(off), hi = round_down(off + len);
+  std::vector<PoisonRange> removed;
+  if (lo >= hi) return removed;
+  {
+    std::unique_lock lock(mutex_);
+    auto it = ranges_.upper_bound(lo);
+    if (it != ranges_.begin()) --it;
+    while (it != ranges_.end() && it->first < hi) {
+      uint64_t s = it->first, e = it->second.end;
+      bool latent = it->second.latent;
+      if (e <= lo) {
+        ++it;
+        continue;
+      }
+      it = ranges_.erase(it);
+      if (s < lo) ranges_[s] = Entry{lo, latent};
+      if (e > hi) ranges_[hi] = Entry{e, latent};
+      removed.push_back({std::max(s, lo), std::min(e, hi) - std::max(s, lo), latent});
+      if (e > hi) break;
+    }
+    count_.store(ranges_.size(), std::memory_order_release);
+  }
+  if (!removed.empty()) changed();
+  return removed;
+}
+
+std::vector<PoisonRange> PoisonList::overlapping(uint64_t off, uint64_t len) const {
+  std::vector<PoisonRange> out;
+  if (empty() || len == 0) return out;
+  uint64_t end = off + len < off ? UINT64_MAX : off + len;
+  std::shared_lock lock(mutex_);
+  auto it = ranges_.upper_bound(off);
+  if (it != ranges_.begin()) --it;
+  for (; it != ranges_.end() && it->first < end; ++it) {
+    if (it->second.end <= off) continue;
+    uint64_t s = std::max(off, it->first), e = std::min(end, it->second.end);
+    out.push_back({s, e - s, it->second.latent});
+  }
+  return out;
+}
+
+std::optional<PoisonRange> PoisonList::first(uint64_t off, uint64_t len) const {
+  if (empty()) return std::nullopt;
+  auto v = overlapping(off, len);
+  if (v.empty()) return std::nullopt;
+  return v.front();
+}
+
+std::vector<PoisonRange> PoisonList::make_known(uint64_t off, uint64_t len) {
+  std::vector<PoisonRange> found;
+  for (const PoisonRange& r : overlapping(off, len))
+    if (r.latent) found.push_back(r);
+  if (found.empty()) return found;
+  {
+    std::unique_lock lock(mutex_);
+    // Whole latent ranges become known: the read found the DIMM's record.
+    for (PoisonRange& r : found) {
+      auto it = ranges_.upper_bound(r.offset);
+      --it;
+      r.offset = it->first;
+      r.length = it->second.end - it->first;
+      it->second.latent = false;
+      r.latent = false;
+    }
+    for (const PoisonRange& r : found) merge_locked(r.offset, r.end());
+  }
+  changed();
+  return found;
+}
+
+std::vector<PoisonRange> PoisonList::all() const {
+  std::shared_lock lock(mutex_);
+  std::vector<PoisonRange> out;
+  out.reserve(ranges_.size());
+  for (auto& [s, e] : ranges_) out.push_back({s, e.end - s, e.latent});
+  return out;
+}
+
+void PoisonList::replace_all(const std::vector<PoisonRange>& ranges) {
+  std::unique_lock lock(mutex_);
+  ranges_.clear();
+  for (const PoisonRange& r : ranges)
+    if (r.length > 0) insert_locked(round_down(r.offset), round_up(r.end()), r.latent);
+  count_.store(ranges_.size(), std::memory_order_release);
+}
+
+uint64_t PoisonList::known_bytes() const {
+  std::shared_lock lock(mutex_);
+  uint64_t n = 0;
+  for (auto& [s, e] : ranges_)
+    if (!e.latent) n += e.end - s;
+  return n;
+}
+
+uint64_t PoisonList::latent_bytes() const {
+  std::shared_lock lock(mutex_);
+  uint64_t n = 0;
+  for (auto& [s, e] : ranges_)
+    if (e.latent) n += e.end - s;
+  return n;
+}
+
+}  // namespace poisonfs
