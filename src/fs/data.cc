@@ -79,8 +79,17 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
       cur += run;
       continue;
     }
-    // A copy-on-write never copies poisoned bytes.
-    if (media_->poison().first(block_offset(old_phys), run * kBlockSize)) return give_up(fail(std::errc::io_error));
+    // A copy-on-write never copies poisoned bytes; the bytes about to be
+    // overwritten are not copied, so poison there does not matter (that is
+    // how a recovery write to a shared poisoned block gets its own copy).
+    {
+      uint64_t span_from = block_offset(cur), span_to = block_offset(cur + run);
+      uint64_t hole_from = std::clamp(keep_from, span_from, span_to), hole_to = std::clamp(keep_to, hole_from, span_to);
+      auto poisoned = [&](uint64_t from, uint64_t to) {
+        return from < to && media_->poison().first(block_offset(old_phys) + (from - span_from), to - from);
+      };
+      if (poisoned(span_from, hole_from) || poisoned(hole_to, span_to)) return give_up(fail(std::errc::io_error));
+    }
     if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return give_up(st);
     BlockRange fresh = alloc_.allocate(run, alloc_hint(inode, cur));
     if (fresh.count == 0) return give_up(fail(std::errc::no_space_on_device));
@@ -210,20 +219,86 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
   return written;
 }
 
+// The poison under the bytes [off, end) of inode as the file maps them now,
+// each piece unclipped to whole units. Empty when the device has none.
+std::vector<PoisonRange> FsImpl::poison_under(Inode& inode, uint64_t off, uint64_t end) {
+  std::vector<PoisonRange> out;
+  if (media_->poison().empty()) return out;
+  for (Extent* e = inode.extents.at_or_after(off / kBlockSize); e && block_offset(e->file_block) < end;) {
+    uint64_t lo = std::max(off, block_offset(e->file_block)), hi = std::min(end, block_offset(e->file_end()));
+    uint64_t phys = block_offset(e->phys_block) + (lo - block_offset(e->file_block));
+    uint64_t unit_lo = phys / kPoisonUnit * kPoisonUnit;
+    uint64_t unit_hi = (phys + (hi - lo) + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit;
+    for (const PoisonRange& p : media_->poison().overlapping(unit_lo, unit_hi - unit_lo)) out.push_back(p);
+    auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
+    e = next == inode.extents.end() ? nullptr : &*next;
+  }
+  return out;
+}
+
+// Recovery (DESIGN.md section 3): a plain write over known poison. It must
+// cover every poisoned unit it touches completely (else EIO, nothing
+// changed). Shared blocks get a private copy as usual (copy-on-write skips
+// the bytes being written, so the poison is not copied) and the other
+// sharers stay poisoned; blocks this file owns alone are written in place,
+// and only then, after the transaction commits, is their poison cleared: a
+// crash before leaves the range poisoned (EIO), never stale bytes.
+Status FsImpl::check_recovery_write(Inode& inode, uint64_t off, uint64_t end) {
+  for (const PoisonRange& p : poison_under(inode, off, end)) {
+    // Device bytes of p must lie inside the device bytes of [off, end).
+    bool covered = false;
+    for (Extent* e = inode.extents.at_or_after(off / kBlockSize); e && block_offset(e->file_block) < end;) {
+      uint64_t lo = std::max(off, block_offset(e->file_block)), hi = std::min(end, block_offset(e->file_end()));
+      uint64_t phys = block_offset(e->phys_block) + (lo - block_offset(e->file_block));
+      if (p.offset >= phys && p.end() <= phys + (hi - lo)) covered = true;
+      auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
+      e = next == inode.extents.end() ? nullptr : &*next;
+    }
+    if (!covered)
+      return fail(std::errc::io_error, "a recovery write must cover every poisoned 64-byte unit it touches");
+  }
+  return {};
+}
+
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
-  std::unique_lock lock(mutex_);
-  auto inode = get(ino);
-  if (!inode) return std::unexpected(inode.error());
-  if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
-  if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
-  Transaction tx;
-  std::vector<BlockRange> dropped;
-  auto n = _write(**inode, off, data, tx, dropped);
-  // Committed even when nothing was written: a record block linked into
-  // the inode's chain (in memory already) must reach the media too.
-  auto committed = commit(tx, std::move(dropped));
-  if (!n) return n;
-  if (!committed) return std::unexpected(committed.error());
+  std::vector<PoisonRange> recovered;
+  Result<size_t> n;
+  {
+    std::unique_lock lock(mutex_);
+    auto inode = get(ino);
+    if (!inode) return std::unexpected(inode.error());
+    if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
+    if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
+    const uint64_t end = off + data.size();
+    // The hot path: one atomic load when the device has no poison.
+    const bool recovery = !media_->poison().empty() && !data.empty() && end > off &&
+                          !poison_under(**inode, off, end).empty();
+    if (recovery)
+      if (auto st = check_recovery_write(**inode, off, end); !st) return std::unexpected(st.error());
+    Transaction tx;
+    std::vector<BlockRange> dropped;
+    n = _write(**inode, off, data, tx, dropped);
+    // Committed even when nothing was written: a record block linked into
+    // the inode's chain (in memory already) must reach the media too.
+    auto committed = commit(tx, std::move(dropped));
+    if (n && !committed) n = std::unexpected(committed.error());
+    if (n && recovery) {
+      // What is still poisoned under the written bytes was written in place.
+      for (const PoisonRange& p : poison_under(**inode, off, off + *n)) {
+        media_->poison().clear(p.offset, p.length);
+        recovered.push_back(p);
+      }
+      Event e;
+      e.kind = EventKind::kRecovery;
+      e.device_offset = recovered.empty() ? 0 : recovered.front().offset;
+      e.length = 0;
+      for (const PoisonRange& p : recovered) e.length += p.length;
+      e.action = recovered.empty() ? "recovery write: the writer got its own copy; other sharers stay poisoned"
+                                   : "recovery write: poison cleared in place";
+      e.owners.push_back(EventOwner{"data", ino, first_path(ino), off, *n});
+      record_event(std::move(e));
+    }
+  }
   return n;
 }
 

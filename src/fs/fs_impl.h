@@ -220,6 +220,8 @@ class FsImpl final : public Filesystem {
   std::optional<std::pair<PoisonRange, size_t>> first_poisoned(std::span<const ReadSegment> segs);
   Status replay_poison_list();
   std::vector<FilePoison> _file_poison(Inode& inode);
+  std::vector<PoisonRange> poison_under(Inode& inode, uint64_t off, uint64_t end);
+  Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end);
 
   // --- load (filesystem.cc)
   Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
