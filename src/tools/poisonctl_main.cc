@@ -4,6 +4,9 @@
 // a private mapping, so the image is never written by a query).
 //
 //   poisonctl stat [--json] MOUNTPOINT|IMAGE
+//   poisonctl reflink SRC DST [--range SRC_OFF DST_OFF LEN]
+//   poisonctl bmap [--json] FILE | --image IMAGE PATH
+//   poisonctl fsmap [--json] MOUNTPOINT|IMAGE [START [LENGTH]]
 //
 // Subcommands live in one table (kCommands); a new one is a function plus a
 // row there.
@@ -15,11 +18,18 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cerrno>
+#include <charconv>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <new>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -153,7 +163,9 @@ Result<FsInfo> info_from_mount(const std::string& path) {
   return info;
 }
 
-Result<FsInfo> info_from_image(const std::string& path) {
+// Opens an unmounted image through the core on a private mapping: queries
+// never write it.
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& path) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     return fail(std::errc{errno}, path + ": " + std::strerror(errno));
@@ -168,6 +180,12 @@ Result<FsInfo> info_from_image(const std::string& path) {
     if (!message.starts_with(path + ":")) message = path + ": " + message;
     return fail(fs.error().code, message);
   }
+  return std::move(*fs);
+}
+
+Result<FsInfo> info_from_image(const std::string& path) {
+  auto fs = open_image(path);
+  if (!fs) return std::unexpected(fs.error());
   return (*fs)->info();
 }
 
@@ -220,6 +238,20 @@ struct Target {
     return arg + " (mounted on " + mountpoint + ")";
   }
 };
+
+// Decides between the mount and the image for a MOUNTPOINT|IMAGE argument:
+// a path on a mounted poisonfs is asked through the mount; an image that is
+// mounted now is asked through its mount (it is locked, and the daemon has
+// the live state); anything else is opened offline.
+Target resolve_target(const std::string& arg) {
+  Target where{arg, {}};
+  if (on_poisonfs_mount(arg)) {
+    where.mountpoint = arg;
+  } else {
+    where.mountpoint = mountpoint_of_image(arg);
+  }
+  return where;
+}
 
 void print_human(const Target& target, const FsInfo& i) {
   std::vector<std::pair<std::string, std::string>> rows;
@@ -330,12 +362,7 @@ int cmd_stat(const std::vector<std::string>& args) {
     std::fprintf(stderr, "usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
     return kExitUsage;
   }
-  Target where{target, {}};
-  if (on_poisonfs_mount(target)) {
-    where.mountpoint = target;
-  } else {
-    where.mountpoint = mountpoint_of_image(target);
-  }
+  Target where = resolve_target(target);
   auto info =
       where.mountpoint.empty() ? info_from_image(target) : info_from_mount(where.mountpoint);
   if (!info) return error(info.error().to_string());
@@ -345,6 +372,802 @@ int cmd_stat(const std::vector<std::string>& args) {
     print_human(where, *info);
   }
   return 0;
+}
+
+// ---- shared by reflink, bmap and fsmap ---------------------------------------
+
+// Closes a descriptor at scope exit.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int get() const { return fd_; }
+  explicit operator bool() const { return fd_ >= 0; }
+
+ private:
+  int fd_;
+};
+
+// "Invalid argument (EINVAL)": the text and the name, so that both a reader
+// and a script find what they look for.
+std::string errno_text(int err) {
+  std::string text = std::strerror(err);
+  if (const char* name = strerrorname_np(err)) text += std::string(" (") + name + ")";
+  return text;
+}
+
+int usage_error(std::string_view command, const std::string& message, std::string_view synopsis) {
+  std::fprintf(stderr, "%s: %.*s: %s\n", kTool, static_cast<int>(command.size()), command.data(),
+               message.c_str());
+  std::fprintf(stderr, "usage: %s %.*s\n", kTool, static_cast<int>(synopsis.size()), synopsis.data());
+  return kExitUsage;
+}
+
+void append_u64(std::string& out, uint64_t v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, end);
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  size_t plain = 0;  // start of the run of bytes that need no escape
+  for (size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + plain, i - plain);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    }
+    plain = i + 1;
+  }
+  out.append(s.data() + plain, s.size() - plain);
+  out += '"';
+}
+
+// An output buffer filled through a cursor: a hot loop makes room for one
+// record at once, then copies its pieces with no capacity check per piece.
+class OutBuf {
+ public:
+  OutBuf() = default;
+  OutBuf(const OutBuf&) = delete;
+  OutBuf& operator=(const OutBuf&) = delete;
+  ~OutBuf() { std::free(buf_); }
+
+  void room(size_t n) {
+    if (static_cast<size_t>(end_ - at_) >= n) return;
+    size_t used = static_cast<size_t>(at_ - buf_);
+    size_t cap = std::max<size_t>({2 * static_cast<size_t>(end_ - buf_), used + n, 1 << 16});
+    char* grown = static_cast<char*>(std::realloc(buf_, cap));
+    if (!grown) throw std::bad_alloc();
+    buf_ = grown;
+    at_ = buf_ + used;
+    end_ = buf_ + cap;
+  }
+  template <size_t N>
+  void lit(const char (&s)[N]) {
+    std::memcpy(at_, s, N - 1);
+    at_ += N - 1;
+  }
+  void raw(std::string_view s) {
+    std::memcpy(at_, s.data(), s.size());
+    at_ += s.size();
+  }
+  void u64(uint64_t v) { at_ = std::to_chars(at_, at_ + 20, v).ptr; }
+  void pad(size_t n) {
+    std::memset(at_, ' ', n);
+    at_ += n;
+  }
+  std::string_view view() const { return {buf_, static_cast<size_t>(at_ - buf_)}; }
+
+ private:
+  char* buf_ = nullptr;
+  char* at_ = nullptr;
+  char* end_ = nullptr;
+};
+
+int write_stdout(std::string_view out) {
+  if (!out.empty() && std::fwrite(out.data(), 1, out.size(), stdout) != out.size()) {
+    return error(std::string("write error: ") + std::strerror(errno));
+  }
+  if (std::fflush(stdout) != 0) return error(std::string("write error: ") + std::strerror(errno));
+  return 0;
+}
+
+Result<uint64_t> parse_size_arg(const std::string& what, const std::string& text) {
+  auto v = parse_size(text);
+  if (!v) return fail(v.error().code, what + ": " + v.error().to_string());
+  return v;
+}
+
+std::string parent_dir(const std::string& path) {
+  auto end = path.find_last_not_of('/');
+  if (end == std::string::npos) return "/";
+  auto slash = path.rfind('/', end);
+  if (slash == std::string::npos) return ".";
+  auto keep = path.find_last_not_of('/', slash);
+  return keep == std::string::npos ? "/" : path.substr(0, keep + 1);
+}
+
+// ---- reflink -----------------------------------------------------------------
+
+constexpr std::string_view kReflinkSynopsis = "reflink SRC DST [--range SRC_OFF DST_OFF LEN]";
+
+// One POISONFS_IOC_CLONE_RANGE on dst: 0 or the errno.
+int clone_range_ioctl(int dst_fd, int src_fd, uint64_t src_off, uint64_t len, uint64_t dst_off) {
+  poisonfs_clone_range args{};
+  args.src_fd = src_fd;
+  args.src_offset = src_off;
+  args.src_length = len;
+  args.dest_offset = dst_off;
+  return ioctl(dst_fd, POISONFS_IOC_CLONE_RANGE, &args) == 0 ? 0 : errno;
+}
+
+std::string reflink_hint(int err) {
+  switch (err) {
+    case EINVAL:
+      return "offsets (and LEN, unless the range ends at SRC's end) must be multiples of 4096, the "
+             "range must lie inside SRC, and two ranges of one file must not overlap";
+    case EXDEV: return "SRC and DST must be on the same poisonfs mount";
+    case EBADF: return "SRC must be open for reading and DST for writing";
+    case EISDIR: return "directories cannot be reflinked";
+    case ENOTTY:
+    case EOPNOTSUPP: return "not a poisonfs file";
+    default: return {};
+  }
+}
+
+int reflink_failed(const std::string& src, const std::string& dst, const char* what, int err) {
+  std::string message = "reflink " + src + " -> " + dst + ": " + what + errno_text(err);
+  std::string hint = reflink_hint(err);
+  if (!hint.empty()) message += ": " + hint;
+  return error(message);
+}
+
+int cmd_reflink(const std::vector<std::string>& args) {
+  std::vector<std::string> names;
+  std::vector<std::string> range;
+  bool ranged = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kReflinkSynopsis.size()), kReflinkSynopsis.data());
+      return 0;
+    } else if (a == "--range") {
+      if (ranged) return usage_error("reflink", "--range given twice", kReflinkSynopsis);
+      if (args.size() - i - 1 < 3) {
+        return usage_error("reflink", "--range needs SRC_OFF DST_OFF LEN", kReflinkSynopsis);
+      }
+      ranged = true;
+      range.assign(args.begin() + static_cast<long>(i) + 1, args.begin() + static_cast<long>(i) + 4);
+      i += 3;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("reflink", "unknown option '" + a + "'", kReflinkSynopsis);
+    } else {
+      names.push_back(a);
+    }
+  }
+  if (names.size() != 2) return usage_error("reflink", "expected SRC and DST", kReflinkSynopsis);
+  const std::string& src = names[0];
+  const std::string& dst = names[1];
+  uint64_t src_off = 0, dst_off = 0, len = 0;
+  if (ranged) {
+    auto so = parse_size_arg("SRC_OFF", range[0]);
+    auto doff = parse_size_arg("DST_OFF", range[1]);
+    auto ln = parse_size_arg("LEN", range[2]);
+    for (auto* r : {&so, &doff, &ln}) {
+      if (!*r) return usage_error("reflink", r->error().to_string(), kReflinkSynopsis);
+    }
+    src_off = *so;
+    dst_off = *doff;
+    len = *ln;
+  }
+
+  // The clone happens in the daemon: both files must be reached through a
+  // mount (an image is locked by its daemon, and offline there is no
+  // descriptor to hand over).
+  struct stat dst_st {};
+  const bool dst_exists = stat(dst.c_str(), &dst_st) == 0;
+  const int dst_errno = dst_exists ? 0 : errno;
+  if (!on_poisonfs_mount(dst_exists ? dst : parent_dir(dst))) {
+    if (!dst_exists && (dst_errno != ENOENT || ranged)) {
+      return error("reflink: " + dst + ": cannot open: " + errno_text(dst_errno));
+    }
+    return error("reflink: " + dst +
+                 " is not on a mounted poisonfs: reflink works only through a mount (mount the "
+                 "image with poisonfs and name files inside the mount)");
+  }
+  Fd src_fd(open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!src_fd) return error("reflink: " + src + ": cannot open: " + errno_text(errno));
+
+  if (ranged) {
+    Fd dst_fd(open(dst.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY));
+    if (!dst_fd) return error("reflink: " + dst + ": cannot open: " + errno_text(errno));
+    if (int err = clone_range_ioctl(dst_fd.get(), src_fd.get(), src_off, len, dst_off)) {
+      return reflink_failed(src, dst, "", err);
+    }
+    return 0;
+  }
+
+  // Whole file, like FICLONE plus cp's truncation: DST ends up with SRC's
+  // bytes and size. A new DST is removed again when the clone fails.
+  bool created = true;
+  int raw = open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOCTTY, 0666);
+  if (raw < 0 && errno == EEXIST) {
+    created = false;
+    raw = open(dst.c_str(), O_WRONLY | O_CLOEXEC | O_NOCTTY);
+  }
+  Fd dst_fd(raw);
+  if (!dst_fd) return error("reflink: " + dst + ": cannot open: " + errno_text(errno));
+  struct stat s_st {}, d_st {};
+  if (fstat(src_fd.get(), &s_st) != 0 || fstat(dst_fd.get(), &d_st) != 0) {
+    int err = errno;
+    if (created) unlink(dst.c_str());
+    return error("reflink: fstat: " + errno_text(err));
+  }
+  const uint64_t src_size = static_cast<uint64_t>(s_st.st_size);
+  const uint64_t dst_size = static_cast<uint64_t>(d_st.st_size);
+  int err = 0;
+  const char* step = "";
+  if (S_ISREG(s_st.st_mode) && dst_size > src_size && src_size % kBlockSize != 0) {
+    // A clone may end in a partial block only where DST ends too: clone the
+    // whole blocks first (this also checks everything else before DST is
+    // touched), cut DST to SRC's size, then clone the last partial block.
+    // With no whole block, the checks the daemon would make are made here,
+    // so that a clone bound to fail does not cut DST first.
+    const uint64_t whole = src_size - src_size % kBlockSize;
+    if (s_st.st_dev != d_st.st_dev) err = EXDEV;
+    else if (whole > 0) err = clone_range_ioctl(dst_fd.get(), src_fd.get(), 0, whole, 0);
+    if (!err && ftruncate(dst_fd.get(), static_cast<off_t>(src_size)) != 0) {
+      err = errno;
+      step = "truncate: ";
+    }
+    if (!err) err = clone_range_ioctl(dst_fd.get(), src_fd.get(), whole, 0, whole);
+  } else {
+    err = clone_range_ioctl(dst_fd.get(), src_fd.get(), 0, 0, 0);
+    if (!err && dst_size > src_size && ftruncate(dst_fd.get(), static_cast<off_t>(src_size)) != 0) {
+      err = errno;
+      step = "truncate: ";
+    }
+  }
+  if (err) {
+    if (created) unlink(dst.c_str());
+    return reflink_failed(src, dst, step, err);
+  }
+  return 0;
+}
+
+// ---- bmap --------------------------------------------------------------------
+
+constexpr std::string_view kBmapSynopsis = "bmap [--json] FILE | --image IMAGE PATH";
+
+Result<std::vector<BmapEntry>> bmap_from_mount(const std::string& file) {
+  Fd fd(open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) return fail(std::errc{errno}, file + ": cannot open: " + errno_text(errno));
+  auto page = std::make_unique<poisonfs_bmap>();
+  std::vector<BmapEntry> out;
+  uint64_t cursor = 0;
+  for (;;) {
+    std::memset(page.get(), 0, offsetof(poisonfs_bmap, recs));
+    page->cursor = cursor;
+    if (ioctl(fd.get(), POISONFS_IOC_BMAP, page.get()) != 0) {
+      int err = errno;
+      return fail(std::errc{err}, file + ": POISONFS_IOC_BMAP failed: " + errno_text(err));
+    }
+    if (page->count > POISONFS_BMAP_MAX) return fail(std::errc::io_error, file + ": bad POISONFS_IOC_BMAP reply");
+    for (uint32_t i = 0; i < page->count; ++i) {
+      const poisonfs_bmap_rec& r = page->recs[i];
+      out.push_back(BmapEntry{r.file_offset, r.physical, r.length, (r.flags & POISONFS_BMAP_SHARED) != 0,
+                              (r.flags & POISONFS_BMAP_UNWRITTEN) != 0, (r.flags & POISONFS_BMAP_POISONED) != 0});
+    }
+    if (page->flags & POISONFS_OF_LAST) break;
+    if (page->count == 0 || page->cursor <= cursor) {
+      return fail(std::errc::io_error, file + ": POISONFS_IOC_BMAP made no progress");
+    }
+    cursor = page->cursor;
+  }
+  return out;
+}
+
+Result<std::vector<BmapEntry>> bmap_from_image(const std::string& image, const std::string& path) {
+  auto fs = open_image(image);
+  if (!fs) return std::unexpected(fs.error());
+  Ino ino = kRootIno;
+  std::string_view rest = path;
+  while (!rest.empty()) {
+    size_t slash = rest.find('/');
+    std::string_view name = rest.substr(0, slash);
+    rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+    if (name.empty() || name == ".") continue;
+    auto attr = (*fs)->lookup(ino, name);
+    if (!attr) return fail(attr.error().code, image + ": " + path + ": " + attr.error().to_string());
+    ino = attr->ino;
+  }
+  auto entries = (*fs)->bmap(ino);
+  if (!entries) return fail(entries.error().code, image + ": " + path + ": " + entries.error().to_string());
+  return entries;
+}
+
+std::string bmap_flags(const BmapEntry& e) {
+  std::string f;
+  if (e.shared) f += "shared";
+  if (e.unwritten) f += f.empty() ? "unwritten" : ",unwritten";
+  if (e.poisoned) f += f.empty() ? "poisoned" : ",poisoned";
+  return f.empty() ? "-" : f;
+}
+
+void print_bmap_human(const std::string& name, const std::vector<BmapEntry>& entries) {
+  const char* heads[] = {"FILE_OFFSET", "PHYSICAL", "LENGTH", "FLAGS"};
+  std::vector<std::array<std::string, 4>> rows;
+  uint64_t mapped = 0, shared = 0, unwritten = 0, poisoned = 0;
+  for (const BmapEntry& e : entries) {
+    rows.push_back({std::to_string(e.file_offset), std::to_string(e.physical), std::to_string(e.length), bmap_flags(e)});
+    mapped += e.length;
+    if (e.shared) shared += e.length;
+    if (e.unwritten) unwritten += e.length;
+    if (e.poisoned) poisoned += e.length;
+  }
+  size_t w[4];
+  for (int c = 0; c < 4; ++c) {
+    w[c] = std::strlen(heads[c]);
+    for (const auto& r : rows) w[c] = std::max(w[c], r[c].size());
+  }
+  std::string out;
+  char line[256];
+  std::snprintf(line, sizeof line, "%*s  %*s  %*s  %s\n", static_cast<int>(w[0]), heads[0], static_cast<int>(w[1]),
+                heads[1], static_cast<int>(w[2]), heads[2], heads[3]);
+  out += line;
+  for (const auto& r : rows) {
+    std::snprintf(line, sizeof line, "%*s  %*s  %*s  %s\n", static_cast<int>(w[0]), r[0].c_str(),
+                  static_cast<int>(w[1]), r[1].c_str(), static_cast<int>(w[2]), r[2].c_str(), r[3].c_str());
+    out += line;
+  }
+  out += name + ": " + std::to_string(entries.size()) + (entries.size() == 1 ? " extent, " : " extents, ") +
+         std::to_string(mapped) + " bytes mapped, " + std::to_string(shared) + " shared, " +
+         std::to_string(unwritten) + " unwritten, " + std::to_string(poisoned) + " poisoned\n";
+  std::fputs(out.c_str(), stdout);
+}
+
+std::string bmap_json(const std::vector<BmapEntry>& entries) {
+  std::string out;
+  out.reserve(32 + entries.size() * 128);
+  out += '[';
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const BmapEntry& e = entries[i];
+    out += i ? ",\n{\"file_offset\": " : "\n{\"file_offset\": ";
+    append_u64(out, e.file_offset);
+    out += ", \"physical\": ";
+    append_u64(out, e.physical);
+    out += ", \"length\": ";
+    append_u64(out, e.length);
+    out += e.shared ? ", \"shared\": true" : ", \"shared\": false";
+    out += e.poisoned ? ", \"poisoned\": true" : ", \"poisoned\": false";
+    out += e.unwritten ? ", \"unwritten\": true}" : ", \"unwritten\": false}";
+  }
+  out += entries.empty() ? "]\n" : "\n]\n";
+  return out;
+}
+
+int cmd_bmap(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string image, file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--json") {
+      json = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kBmapSynopsis.size()), kBmapSynopsis.data());
+      return 0;
+    } else if (a == "--image") {
+      if (i + 1 >= args.size()) return usage_error("bmap", "--image needs IMAGE", kBmapSynopsis);
+      if (!image.empty()) return usage_error("bmap", "--image given twice", kBmapSynopsis);
+      image = args[++i];
+      if (image.empty()) return usage_error("bmap", "empty IMAGE", kBmapSynopsis);
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("bmap", "unknown option '" + a + "'", kBmapSynopsis);
+    } else if (!file.empty()) {
+      return usage_error("bmap", "expected one FILE", kBmapSynopsis);
+    } else {
+      file = a;
+    }
+  }
+  if (file.empty()) return usage_error("bmap", image.empty() ? "missing FILE" : "missing PATH", kBmapSynopsis);
+  Result<std::vector<BmapEntry>> entries;
+  std::string name = file;
+  if (!image.empty()) {
+    name = image + ":" + file;
+    // A mounted image is locked by its daemon: ask through the mount.
+    std::string mp = on_poisonfs_mount(image) ? std::string{} : mountpoint_of_image(image);
+    if (!mp.empty()) {
+      entries = bmap_from_mount(mp + (file.starts_with("/") ? "" : "/") + file);
+    } else {
+      entries = bmap_from_image(image, file);
+    }
+  } else if (on_poisonfs_mount(file)) {
+    entries = bmap_from_mount(file);
+  } else {
+    struct stat st {};
+    if (stat(file.c_str(), &st) != 0) return error(file + ": " + errno_text(errno));
+    return error(file + " is not on a mounted poisonfs (for a file of an unmounted image: " + kTool +
+                 " bmap --image IMAGE PATH)");
+  }
+  if (!entries) return error(entries.error().to_string());
+  if (json) return write_stdout(bmap_json(*entries));
+  print_bmap_human(name, *entries);
+  return 0;
+}
+
+// ---- fsmap -------------------------------------------------------------------
+
+constexpr std::string_view kFsmapSynopsis = "fsmap [--json] MOUNTPOINT|IMAGE [START [LENGTH]]";
+
+bool is_data(const FsmapEntry& e) { return e.owner == FsmapOwner::kData; }
+bool has_inode(const FsmapEntry& e) {
+  return e.owner == FsmapOwner::kData || e.owner == FsmapOwner::kExtents ||
+         e.owner == FsmapOwner::kDirectory || e.owner == FsmapOwner::kXattrs;
+}
+
+// The paths of the data owners of a listing, fetched once per inode and
+// kept as the JSON fragment every record of that inode repeats.
+class PathTable {
+ public:
+  // Collects the distinct data inodes of `entries`.
+  explicit PathTable(const std::vector<FsmapEntry>& entries) {
+    for (const FsmapEntry& e : entries) {
+      if (is_data(e) && (inos_.empty() || inos_.back() != e.ino)) inos_.push_back(e.ino);
+    }
+    std::sort(inos_.begin(), inos_.end());
+    inos_.erase(std::unique(inos_.begin(), inos_.end()), inos_.end());
+    first_.reserve(inos_.size() + 1);
+    json_at_.reserve(inos_.size() + 1);
+  }
+  const std::vector<Ino>& inos() const { return inos_; }
+
+  // Appends the paths of inos()[first_.size()]. Sorted: the core lists
+  // hard links in an order that a remount may change.
+  void add(std::vector<std::string_view>& paths) {
+    std::sort(paths.begin(), paths.end());
+    first_.push_back(static_cast<uint32_t>(names_.size()));
+    json_at_.push_back(json_.size());
+    for (std::string_view p : paths) names_.emplace_back(p);
+    if (paths.empty()) {
+      json_ += ", \"path\": null";
+      return;
+    }
+    json_ += ", \"path\": ";
+    append_json_string(json_, paths.front());
+    if (paths.size() > 1) {
+      json_ += ", \"paths\": [";
+      for (size_t i = 0; i < paths.size(); ++i) {
+        if (i) json_ += ", ";
+        append_json_string(json_, paths[i]);
+      }
+      json_ += ']';
+    }
+  }
+  void finish() {
+    std::vector<std::string_view> none;
+    while (first_.size() < inos_.size()) add(none);
+    first_.push_back(static_cast<uint32_t>(names_.size()));
+    json_at_.push_back(json_.size());
+  }
+
+  std::string_view json(Ino ino) const {
+    size_t i = index(ino);
+    if (i == npos) return ", \"path\": null";
+    return std::string_view(json_).substr(json_at_[i], json_at_[i + 1] - json_at_[i]);
+  }
+  // The first path and how many there are.
+  std::pair<std::string_view, size_t> first_path(Ino ino) const {
+    size_t i = index(ino);
+    if (i == npos || first_[i] == first_[i + 1]) return {{}, 0};
+    return {names_[first_[i]], first_[i + 1] - first_[i]};
+  }
+
+ private:
+  static constexpr size_t npos = SIZE_MAX;
+  size_t index(Ino ino) const {
+    // Consecutive records usually name the same inode.
+    if (last_ < inos_.size() && inos_[last_] == ino) return last_;
+    auto it = std::lower_bound(inos_.begin(), inos_.end(), ino);
+    if (it == inos_.end() || *it != ino) return npos;
+    last_ = static_cast<size_t>(it - inos_.begin());
+    return last_;
+  }
+  std::vector<Ino> inos_;
+  std::vector<uint32_t> first_;  // per inode: its first name in names_
+  std::vector<std::string> names_;
+  std::string json_;
+  std::vector<size_t> json_at_;
+  mutable size_t last_ = npos;
+};
+
+Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64_t length,
+                        std::vector<FsmapEntry>& out) {
+  auto page = std::make_unique<poisonfs_fsmap>();
+  uint64_t cursor_physical = 0;
+  uint32_t cursor_skip = 0;
+  for (;;) {
+    std::memset(page.get(), 0, offsetof(poisonfs_fsmap, recs));
+    page->start = start;
+    page->length = length;
+    page->cursor_physical = cursor_physical;
+    page->cursor_skip = cursor_skip;
+    if (ioctl(fd, POISONFS_IOC_FSMAP, page.get()) != 0) {
+      int err = errno;
+      std::string hint = err == EPERM ? " (only root and the user who mounted may list the device)" : "";
+      return fail(std::errc{err}, where + ": POISONFS_IOC_FSMAP failed: " + errno_text(err) + hint);
+    }
+    if (page->count > POISONFS_FSMAP_MAX) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_FSMAP reply");
+    for (uint32_t i = 0; i < page->count; ++i) {
+      const poisonfs_fsmap_rec& r = page->recs[i];
+      FsmapEntry e;
+      e.physical = r.physical;
+      e.length = r.length;
+      e.owner = static_cast<FsmapOwner>(r.owner);
+      e.ino = r.inode;
+      e.file_offset = r.file_offset;
+      e.shared = (r.flags & POISONFS_FSMAP_SHARED) != 0;
+      e.poisoned = (r.flags & POISONFS_FSMAP_POISONED) != 0;
+      out.push_back(e);
+    }
+    if (page->flags & POISONFS_OF_LAST) break;
+    if (page->count == 0) return fail(std::errc::io_error, where + ": POISONFS_IOC_FSMAP made no progress");
+    cursor_physical = page->cursor_physical;
+    cursor_skip = page->cursor_skip;
+  }
+  return {};
+}
+
+Status paths_from_mount(int fd, const std::string& where, PathTable& table) {
+  auto rec = std::make_unique<poisonfs_paths>();
+  std::vector<std::string_view> names;
+  for (Ino ino : table.inos()) {
+    std::memset(rec.get(), 0, offsetof(poisonfs_paths, buf));
+    rec->inode = ino;
+    names.clear();
+    if (ioctl(fd, POISONFS_IOC_PATHS, rec.get()) != 0) {
+      int err = errno;
+      // Gone since the listing (unlinked and closed): no name to give.
+      if (err == ENOENT || err == ESTALE) {
+        table.add(names);
+        continue;
+      }
+      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS failed: " + errno_text(err));
+    }
+    std::string_view buf(rec->buf, sizeof rec->buf);
+    size_t at = 0;
+    for (uint32_t i = 0; i < rec->count && at < buf.size(); ++i) {
+      size_t end = buf.find('\0', at);
+      if (end == std::string_view::npos) break;
+      names.push_back(buf.substr(at, end - at));
+      at = end + 1;
+    }
+    table.add(names);
+  }
+  table.finish();
+  return {};
+}
+
+Status paths_from_core(Filesystem& fs, PathTable& table) {
+  std::vector<std::string_view> names;
+  for (Ino ino : table.inos()) {
+    names.clear();
+    auto got = fs.paths(ino);
+    if (!got && got.error().code != std::errc::no_such_file_or_directory) {
+      return fail(got.error().code, "paths of inode " + std::to_string(ino) + ": " + got.error().to_string());
+    }
+    if (got) names.assign(got->begin(), got->end());
+    table.add(names);
+  }
+  table.finish();
+  return {};
+}
+
+// The longest record but for its path fragment.
+constexpr size_t kFsmapJsonFixed = 256;
+
+void fsmap_json(const std::vector<FsmapEntry>& entries, const PathTable& paths, OutBuf& out) {
+  out.room(entries.size() * 120 + 8);
+  out.lit("[");
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const FsmapEntry& e = entries[i];
+    std::string_view path = is_data(e) ? paths.json(e.ino) : std::string_view{};
+    out.room(kFsmapJsonFixed + path.size());
+    if (i) out.lit(",");
+    out.lit("\n{\"physical\": ");
+    out.u64(e.physical);
+    out.lit(", \"length\": ");
+    out.u64(e.length);
+    switch (e.owner) {
+      case FsmapOwner::kFree: out.lit(", \"owner\": \"free\""); break;
+      case FsmapOwner::kSuperblock: out.lit(", \"owner\": \"superblock\""); break;
+      case FsmapOwner::kJournal: out.lit(", \"owner\": \"journal\""); break;
+      case FsmapOwner::kInodes: out.lit(", \"owner\": \"inodes\""); break;
+      case FsmapOwner::kExtents: out.lit(", \"owner\": \"extents\""); break;
+      case FsmapOwner::kDirectory: out.lit(", \"owner\": \"directory\""); break;
+      case FsmapOwner::kXattrs: out.lit(", \"owner\": \"xattr\""); break;
+      case FsmapOwner::kData: out.lit(", \"owner\": \"data\""); break;
+      default:
+        out.lit(", \"owner\": \"");
+        out.raw(fsmap_owner_name(e.owner));  // short: "unknown"
+        out.lit("\"");
+    }
+    if (has_inode(e)) {
+      out.lit(", \"inode\": ");
+      out.u64(e.ino);
+    }
+    if (is_data(e)) {
+      out.raw(path);
+      out.lit(", \"file_offset\": ");
+      out.u64(e.file_offset);
+      if (e.shared) out.lit(", \"shared\": true");
+      else out.lit(", \"shared\": false");
+    }
+    if (e.poisoned) out.lit(", \"poisoned\": true}");
+    else out.lit(", \"poisoned\": false}");
+  }
+  out.room(8);
+  if (entries.empty()) out.lit("]\n");
+  else out.lit("\n]\n");
+}
+
+// The aligned table of `poisonctl fsmap`, like `xfs_io -c 'fsmap -v'` but in
+// device bytes: one row per record, ranges inclusive.
+void print_fsmap_human(const Target& where, const std::vector<FsmapEntry>& entries, const PathTable& paths,
+                       OutBuf& out) {
+  constexpr int kCols = 7;
+  static const char* const kHeads[kCols] = {"EXT", "PHYSICAL", "OWNER", "INODE", "FILE_OFFSET", "PATH", "FLAGS"};
+  // Each cell is rendered into a small buffer (paths are viewed in place):
+  // once to measure the columns, once to print.
+  char scratch[96];
+  std::string more;
+  auto cell = [&](size_t i, int c) -> std::string_view {
+    const FsmapEntry& e = entries[i];
+    char* p = scratch;
+    auto range = [&](uint64_t from, uint64_t len) {
+      *p++ = '[';
+      p = std::to_chars(p, p + 20, from).ptr;
+      *p++ = '.';
+      *p++ = '.';
+      p = std::to_chars(p, p + 20, from + len - 1).ptr;
+      *p++ = ']';
+    };
+    switch (c) {
+      case 0:
+        p = std::to_chars(p, p + 20, static_cast<uint64_t>(i)).ptr;
+        *p++ = ':';
+        break;
+      case 1: range(e.physical, e.length); break;
+      case 2: return fsmap_owner_name(e.owner);
+      case 3:
+        if (!has_inode(e)) return "-";
+        p = std::to_chars(p, p + 20, e.ino).ptr;
+        break;
+      case 4:
+        if (!is_data(e)) return "-";
+        range(e.file_offset, e.length);
+        break;
+      case 5: {
+        if (!is_data(e)) return "-";
+        auto [first, count] = paths.first_path(e.ino);
+        if (count == 0) return "-";
+        if (count == 1) return first;
+        more.assign(first);
+        more += " (+" + std::to_string(count - 1) + " more)";
+        return more;
+      }
+      default:
+        if (e.shared && e.poisoned) return "shared,poisoned";
+        if (e.shared) return "shared";
+        if (e.poisoned) return "poisoned";
+        return "-";
+    }
+    return {scratch, static_cast<size_t>(p - scratch)};
+  };
+  size_t w[kCols];
+  for (int c = 0; c < kCols; ++c) w[c] = std::strlen(kHeads[c]);
+  uint64_t data = 0, meta = 0, free = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    for (int c = 0; c < kCols - 1; ++c) w[c] = std::max(w[c], cell(i, c).size());
+    const FsmapEntry& e = entries[i];
+    if (is_data(e)) data += e.length;
+    else if (e.owner == FsmapOwner::kFree) free += e.length;
+    else meta += e.length;
+  }
+  // Numbers right-aligned, text left-aligned, the last column unpadded.
+  static const bool kRight[kCols] = {true, false, false, true, false, false, false};
+  auto row = [&](auto&& text) {
+    size_t need = 1;
+    for (int c = 0; c < kCols; ++c) need += std::max(w[c], text(c).size()) + 2;
+    out.room(need);
+    for (int c = 0; c < kCols; ++c) {
+      std::string_view v = text(c);
+      size_t pad = c + 1 < kCols && v.size() < w[c] ? w[c] - v.size() : 0;
+      if (kRight[c]) out.pad(pad);
+      out.raw(v);
+      if (c + 1 < kCols) {
+        if (!kRight[c]) out.pad(pad);
+        out.lit("  ");
+      }
+    }
+    out.lit("\n");
+  };
+  row([&](int c) { return std::string_view(kHeads[c]); });
+  for (size_t i = 0; i < entries.size(); ++i) row([&](int c) { return cell(i, c); });
+  std::string summary = where.describe() + ": " + std::to_string(entries.size()) +
+                        (entries.size() == 1 ? " record: " : " records: ") + std::to_string(data) +
+                        " bytes in data records, " + std::to_string(meta) + " metadata, " + std::to_string(free) +
+                        " free\n";
+  out.room(summary.size());
+  out.raw(summary);
+}
+
+int cmd_fsmap(const std::vector<std::string>& args) {
+  bool json = false;
+  std::vector<std::string> pos;
+  for (const auto& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kFsmapSynopsis.size()), kFsmapSynopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("fsmap", "unknown option '" + a + "'", kFsmapSynopsis);
+    } else {
+      pos.push_back(a);
+    }
+  }
+  if (pos.empty()) return usage_error("fsmap", "missing MOUNTPOINT or IMAGE", kFsmapSynopsis);
+  if (pos.size() > 3) return usage_error("fsmap", "too many arguments", kFsmapSynopsis);
+  uint64_t start = 0, length = UINT64_MAX;
+  if (pos.size() > 1) {
+    auto v = parse_size_arg("START", pos[1]);
+    if (!v) return usage_error("fsmap", v.error().to_string(), kFsmapSynopsis);
+    start = *v;
+  }
+  if (pos.size() > 2) {
+    auto v = parse_size_arg("LENGTH", pos[2]);
+    if (!v) return usage_error("fsmap", v.error().to_string(), kFsmapSynopsis);
+    length = *v;
+  }
+  Target where = resolve_target(pos[0]);
+  std::vector<FsmapEntry> entries;
+  std::unique_ptr<PathTable> paths;
+  if (!where.mountpoint.empty()) {
+    Fd fd(open(where.mountpoint.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
+    if (auto st = fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries); !st) {
+      return error(st.error().to_string());
+    }
+    paths = std::make_unique<PathTable>(entries);
+    if (auto st = paths_from_mount(fd.get(), where.mountpoint, *paths); !st) return error(st.error().to_string());
+  } else {
+    auto fs = open_image(where.arg);
+    if (!fs) return error(fs.error().to_string());
+    Status st = (*fs)->fsmap(start, length, [&](const FsmapEntry& e) {
+      entries.push_back(e);
+      return true;
+    });
+    if (!st) return error(where.arg + ": " + st.error().to_string());
+    paths = std::make_unique<PathTable>(entries);
+    if (auto ps = paths_from_core(**fs, *paths); !ps) return error(where.arg + ": " + ps.error().to_string());
+  }
+  // The output is built whole and written at once: nothing is printed when
+  // a query fails half-way.
+  OutBuf out;
+  if (json) fsmap_json(entries, *paths, out);
+  else print_fsmap_human(where, entries, *paths, out);
+  return write_stdout(out.view());
 }
 
 // ---- the subcommand table ---------------------------------------------------
@@ -358,12 +1181,15 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"stat", "stat [--json] MOUNTPOINT|IMAGE", "geometry and usage of a filesystem", cmd_stat},
+    {"reflink", kReflinkSynopsis, "share SRC's blocks with DST (through a mount)", cmd_reflink},
+    {"bmap", kBmapSynopsis, "a file's extents: physical place, sharing", cmd_bmap},
+    {"fsmap", kFsmapSynopsis, "owners of a device range, with paths", cmd_fsmap},
 };
 
 void usage(FILE* out) {
   std::fprintf(out, "usage: %s COMMAND [ARGS]\n", kTool);
   for (const auto& c : kCommands) {
-    std::fprintf(out, "  %-36.*s %.*s\n", static_cast<int>(c.synopsis.size()), c.synopsis.data(),
+    std::fprintf(out, "  %-50.*s %.*s\n", static_cast<int>(c.synopsis.size()), c.synopsis.data(),
                  static_cast<int>(c.summary.size()), c.summary.data());
   }
 }
