@@ -188,6 +188,7 @@ class FsImpl final : public Filesystem {
   // Length of the run starting at phys (at most max blocks) whose blocks are
   // all shared (true) or all private (false).
   std::pair<bool, uint64_t> sharing_run(uint64_t phys, uint64_t max) const;
+  Result<std::pair<Inode*, Inode*>> get_regular_pair(Ino src, Ino dst);
   Status _clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n, Transaction& tx,
                 std::vector<BlockRange>& dropped);
   Result<uint64_t> _copy_bytes(Inode& src, uint64_t src_off, Inode& dst, uint64_t dst_off, uint64_t len,

@@ -55,15 +55,22 @@ Status FsImpl::_clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, 
   return {};
 }
 
-Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
-  std::unique_lock lock(mutex_);
+// The source and destination of a clone or copy: both regular files.
+Result<std::pair<Inode*, Inode*>> FsImpl::get_regular_pair(Ino src_ino, Ino dst_ino) {
   auto src = get(src_ino);
   if (!src) return std::unexpected(src.error());
   auto dst = get(dst_ino);
   if (!dst) return std::unexpected(dst.error());
-  Inode &s = **src, &d = **dst;
-  if (s.is_dir() || d.is_dir()) return fail(std::errc::is_a_directory);
-  if (!s.is_reg() || !d.is_reg()) return fail(std::errc::invalid_argument);
+  if ((*src)->is_dir() || (*dst)->is_dir()) return fail(std::errc::is_a_directory);
+  if (!(*src)->is_reg() || !(*dst)->is_reg()) return fail(std::errc::invalid_argument);
+  return std::pair{*src, *dst};
+}
+
+Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
+  std::unique_lock lock(mutex_);
+  auto files = get_regular_pair(src_ino, dst_ino);
+  if (!files) return std::unexpected(files.error());
+  Inode &s = *files->first, &d = *files->second;
   if (src_off > s.rec.size) return fail(std::errc::invalid_argument, "source offset past EOF");
   if (len == 0) len = s.rec.size - src_off;
   if (overflows(src_off, len) || overflows(dst_off, len)) return fail(std::errc::invalid_argument, "range overflows");
@@ -123,13 +130,9 @@ Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, u
 
 Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
   std::unique_lock lock(mutex_);
-  auto src = get(src_ino);
-  if (!src) return std::unexpected(src.error());
-  auto dst = get(dst_ino);
-  if (!dst) return std::unexpected(dst.error());
-  Inode &s = **src, &d = **dst;
-  if (s.is_dir() || d.is_dir()) return fail(std::errc::is_a_directory);
-  if (!s.is_reg() || !d.is_reg()) return fail(std::errc::invalid_argument);
+  auto files = get_regular_pair(src_ino, dst_ino);
+  if (!files) return std::unexpected(files.error());
+  Inode &s = *files->first, &d = *files->second;
   if (src_off >= s.rec.size || len == 0) return 0;
   len = std::min(len, s.rec.size - src_off);
   if (overflows(dst_off, len)) return fail(std::errc::file_too_large);
