@@ -315,8 +315,18 @@ Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
 Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped) {
   if (size < inode.rec.size) {
     uint64_t keep = div_up(size, kBlockSize);
-    if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
-    if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
+    if (keep == 0) {
+      // Everything goes: unlink the whole record chain instead of clearing
+      // each record, one small transaction however fragmented the file.
+      ExtentEdit edit;
+      inode.extents.clear(edit);
+      for (const MappedRange& r : edit.dropped)
+        rmap_.remove(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData}, &dropped);
+      release_chain(inode, inode.chain, tx, dropped);
+    } else {
+      if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
+      if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
+    }
   } else if (size > inode.rec.size) {
     if (auto st = zero_partial_block(inode, inode.rec.size, tx, dropped); !st) return st;
   }
