@@ -165,7 +165,12 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
       uint64_t phys = e->phys_block + (fb - e->file_block);
       auto [shared, run] = sharing_run(phys, (chunk_end - block_offset(fb) + kBlockSize - 1) / kBlockSize);
       if (shared) {  // copy-on-write, then go round again to write in place
-        if (!unshare(inode, fb, run, pos, end, tx, dropped)) break;
+        // With nothing written yet, its error is the write's (EIO when the
+        // copy would carry poison), not the generic ENOSPC below.
+        if (auto st = unshare(inode, fb, run, pos, end, tx, dropped); !st) {
+          if (pos == off) return std::unexpected(st.error());
+          break;
+        }
         continue;
       }
       chunk_end = std::min(chunk_end, block_offset(fb + run));

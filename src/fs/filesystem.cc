@@ -458,6 +458,24 @@ void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx,
 Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
   if (auto st = journal_.commit(tx); !st) return st;
   for (const BlockRange& r : dropped) alloc_.defer_free(r);
+  // Freed blocks under known poison are poisoned free space: quarantined
+  // now, as notify_failure and the next mount would do, so the allocator
+  // never hands them to a new owner (DESIGN.md section 3). Not in fsck,
+  // whose space accounting knows no quarantine.
+  if (!check_ && !media_->poison().empty()) {
+    for (const BlockRange& r : dropped) {
+      for (const PoisonRange& p : media_->poison().overlapping(block_offset(r.start), r.count * kBlockSize)) {
+        if (p.latent) continue;
+        quarantine({p.offset / kBlockSize, (p.end() + kBlockSize - 1) / kBlockSize - p.offset / kBlockSize});
+        Event q;
+        q.kind = EventKind::kQuarantine;
+        q.device_offset = p.offset;
+        q.length = p.length;
+        q.action = "freed poisoned blocks quarantined until cleared";
+        record_event(std::move(q));
+      }
+    }
+  }
   // Running low while freed space waits for a checkpoint: take one now.
   if (alloc_.pending_blocks() > alloc_.free_blocks()) journal_.checkpoint();
   return {};

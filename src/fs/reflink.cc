@@ -14,6 +14,22 @@ namespace {
 uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 bool overflows(uint64_t a, uint64_t b) { return b > kMaxFileSize || a > kMaxFileSize - b; }
 
+// The piece of device bytes [from, to) that starts at from, cut at block
+// boundaries, whose blocks all hold known poison (true) or none does
+// (false), and its length: bmap and fsmap mark poisoned blocks with it.
+std::pair<bool, uint64_t> poison_piece(const PoisonList& list, uint64_t from, uint64_t to) {
+  if (list.empty()) return {false, to - from};
+  const uint64_t lo_all = from / kBlockSize * kBlockSize, hi_all = div_up(to, kBlockSize) * kBlockSize;
+  uint64_t at = from;  // end of the poisoned piece so far
+  for (const PoisonRange& p : list.overlapping(lo_all, hi_all - lo_all)) {
+    if (p.latent) continue;
+    uint64_t lo = p.offset / kBlockSize * kBlockSize, hi = div_up(p.end(), kBlockSize) * kBlockSize;
+    if (lo > at) return at == from ? std::pair{false, lo - from} : std::pair{true, at - from};
+    at = std::max(at, hi);
+  }
+  return at == from ? std::pair{false, to - from} : std::pair{true, std::min(at, to) - from};
+}
+
 // One written piece of a source file: a run of blocks to share.
 struct Piece {
   uint64_t file_block, phys_block, nblocks;
@@ -192,8 +208,12 @@ Result<std::vector<BmapEntry>> FsImpl::bmap(Ino ino) {
     for (uint64_t b = 0; b < e.nblocks;) {
       auto [shared, run] = sharing_run(e.phys_block + b, e.nblocks - b);
       run = std::min(run, e.nblocks - b);
+      // And where known poison starts or ends.
+      auto [poisoned, bytes] = poison_piece(media_->poison(), block_offset(e.phys_block + b),
+                                            block_offset(e.phys_block + b + run));
+      run = bytes / kBlockSize;
       out.push_back(BmapEntry{block_offset(e.file_block + b), block_offset(e.phys_block + b), run * kBlockSize,
-                              shared, e.unwritten(), false});
+                              shared, e.unwritten(), poisoned});
       b += run;
     }
   }
@@ -208,10 +228,17 @@ Status FsImpl::fsmap(uint64_t start, uint64_t length, const std::function<bool(c
   auto emit = [&](uint64_t from, uint64_t to, FsmapEntry e) {
     from = std::max(from, start);
     to = std::min(to, end);
-    if (!go_on || from >= to) return;
-    e.physical = from;
-    e.length = to - from;
-    go_on = fn(e);
+    // In pieces where known poison starts or ends (e.file_offset is from's).
+    for (uint64_t at = from; go_on && at < to;) {
+      auto [poisoned, n] = poison_piece(media_->poison(), at, to);
+      FsmapEntry piece = e;
+      piece.physical = at;
+      piece.length = n;
+      piece.poisoned = poisoned;
+      if (piece.owner == FsmapOwner::kData) piece.file_offset += at - from;
+      go_on = fn(piece);
+      at += n;
+    }
   };
   auto region = [&](uint64_t first, uint64_t count, FsmapOwner owner) {
     emit(block_offset(first), block_offset(first + count), FsmapEntry{0, 0, owner, 0, 0, false, false});

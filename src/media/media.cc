@@ -24,15 +24,24 @@ Result<PoisonRange> Media::inject_poison(uint64_t off, uint64_t len, bool latent
   return r;
 }
 
+// Zeroes first, then drops the units from the record: a crash in between
+// leaves them poisoned (and zero), never the pattern under a range the
+// record calls clean.
 std::vector<PoisonRange> Media::clear_poison(uint64_t off, uint64_t len) {
-  std::vector<PoisonRange> cleared = poison().clear(off, len);
-  for (const PoisonRange& r : cleared) {
+  const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+  const uint64_t lo = off % kPoisonUnit ? off - off % kPoisonUnit + kPoisonUnit : off;
+  const uint64_t hi = end - end % kPoisonUnit;
+  if (off > UINT64_MAX - (kPoisonUnit - 1) || lo >= hi) return {};
+  bool zeroed = false;
+  for (const PoisonRange& r : poison().overlapping(lo, hi - lo)) {
     uint64_t n = std::min<uint64_t>(r.length, size() - std::min(size(), r.offset));
+    if (n == 0) continue;
     zero(r.offset, n);
     flush(r.offset, n);
+    zeroed = true;
   }
-  if (!cleared.empty()) drain();
-  return cleared;
+  if (zeroed) drain();
+  return poison().clear(off, len);
 }
 
 }  // namespace poisonfs

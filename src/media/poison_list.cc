@@ -59,8 +59,14 @@ void PoisonList::merge_locked(uint64_t lo, uint64_t hi) {
   count_.store(ranges_.size(), std::memory_order_release);
 }
 
+// Serialized, snapshot and call together: with two changes racing, the
+// callback that runs last must not save the older snapshot (the record
+// would lose the newer change), nor may two saves interleave.
 void PoisonList::changed() {
-  if (on_change_) on_change_(all());
+  if (!on_change_) return;
+  static std::mutex order;
+  std::lock_guard lock(order);
+  on_change_(all());
 }
 
 PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
@@ -74,8 +80,12 @@ PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
 }
 
 std::vector<PoisonRange> PoisonList::clear(uint64_t off, uint64_t len) {
-  uint64_t lo = round_up(off), hi = round_down(off + len);
+  // An end past the address space is clipped to it, and a start in the
+  // last partial unit has no whole unit after it (round_up would wrap).
   std::vector<PoisonRange> removed;
+  const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+  if (off > UINT64_MAX - (kPoisonUnit - 1) && off % kPoisonUnit) return removed;
+  uint64_t lo = round_up(off), hi = round_down(end);
   if (lo >= hi) return removed;
   {
     std::unique_lock lock(mutex_);
@@ -124,23 +134,23 @@ std::optional<PoisonRange> PoisonList::first(uint64_t off, uint64_t len) const {
 
 std::vector<PoisonRange> PoisonList::make_known(uint64_t off, uint64_t len) {
   std::vector<PoisonRange> found;
-  for (const PoisonRange& r : overlapping(off, len))
-    if (r.latent) found.push_back(r);
-  if (found.empty()) return found;
+  if (empty() || len == 0) return found;
+  const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
   {
+    // Found and marked under one lock: two readers consuming the same
+    // latent range race here, and only one of them may report it.
     std::unique_lock lock(mutex_);
+    auto it = ranges_.upper_bound(off);
+    if (it != ranges_.begin()) --it;
     // Whole latent ranges become known: the read found the DIMM's record.
-    for (PoisonRange& r : found) {
-      auto it = ranges_.upper_bound(r.offset);
-      --it;
-      r.offset = it->first;
-      r.length = it->second.end - it->first;
+    for (; it != ranges_.end() && it->first < end; ++it) {
+      if (it->second.end <= off || !it->second.latent) continue;
       it->second.latent = false;
-      r.latent = false;
+      found.push_back({it->first, it->second.end - it->first, false});
     }
     for (const PoisonRange& r : found) merge_locked(r.offset, r.end());
   }
-  changed();
+  if (!found.empty()) changed();
   return found;
 }
 
