@@ -234,6 +234,29 @@ void paths(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz
   reply_record(req, *rec, out_bufsz);
 }
 
+void paths_batch(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto rec = std::make_unique<poisonfs_paths_batch>();
+  if (!take_input(req, in_buf, in_bufsz, rec.get())) return;
+  uint32_t count = std::min<uint32_t>(rec->count, POISONFS_PATHS_BATCH_MAX);
+  size_t at = 0;
+  rec->done = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    auto names = context(req).fs->paths(rec->inodes[i]);
+    size_t need = 1;
+    if (names)
+      for (const std::string& p : *names) need += p.size() + 1;
+    if (at + need > sizeof rec->buf) break;
+    if (names)
+      for (const std::string& p : *names) {
+        std::memcpy(rec->buf + at, p.c_str(), p.size() + 1);
+        at += p.size() + 1;
+      }
+    rec->buf[at++] = '\0';
+    ++rec->done;
+  }
+  reply_record(req, *rec, out_bufsz);
+}
+
 void inject(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   poisonfs_inject args;
   if (!take_input(req, in_buf, in_bufsz, &args)) return;
@@ -325,6 +348,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
   const bool control = cmd == static_cast<unsigned>(POISONFS_IOC_STAT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_PATHS_BATCH) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_INJECT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_BADBLOCKS) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_EVENTS);
@@ -338,6 +362,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
     case POISONFS_IOC_BMAP: return bmap(req, ino, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_FSMAP: return fsmap(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS: return paths(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_PATHS_BATCH: return paths_batch(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_INJECT: return inject(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_BADBLOCKS: return badblocks(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_FILE_POISON: return file_poison(req, ino, in_buf, in_bufsz, out_bufsz);

@@ -160,3 +160,16 @@ struct poisonfs_status {
   char reason[256];
 };
 #define POISONFS_IOC_STATUS _IOR(POISONFS_IOC_MAGIC, 10, struct poisonfs_status)
+
+// The paths of many inodes in one call (fsmap output names every owner).
+// In: count inodes. Out: done = how many of them have their paths in buf,
+// in order, each as its paths NUL-terminated followed by one empty string;
+// call again with the rest when done < count.
+#define POISONFS_PATHS_BATCH_MAX 128
+struct poisonfs_paths_batch {
+  uint32_t count;
+  uint32_t done;
+  uint64_t inodes[POISONFS_PATHS_BATCH_MAX];
+  char buf[14336];
+};
+#define POISONFS_IOC_PATHS_BATCH _IOWR(POISONFS_IOC_MAGIC, 11, struct poisonfs_paths_batch)
