@@ -3,6 +3,7 @@
 // libpmem2. libpmem2 picks the store functions for the mapping it got: cache
 // flushes on real pmem, msync on a page-granular file. An flock on the image
 // keeps a second mount (or a tool) from mapping it at the same time.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <libpmem2.h>
 #include <sys/file.h>
@@ -25,6 +26,45 @@
 
 namespace poisonfs {
 namespace {
+
+// libpmem2 is loaded on first use, not linked: it pulls in libndctl,
+// libdaxctl, libkmod, libcrypto and more, whose loading costs about 2.5 ms
+// at every process start - most of the run time of a `poisonctl` that only
+// talks to a mount and never maps anything itself.
+#define POISONFS_PMEM2_FUNCTIONS(X)                                                         \
+  X(source_from_fd) X(source_size) X(source_delete) X(config_new) X(config_delete)          \
+  X(config_set_required_store_granularity) X(config_set_sharing) X(map_new) X(map_delete) \
+  X(map_get_address) X(map_get_size) X(map_get_store_granularity) X(get_memcpy_fn)        \
+  X(get_memset_fn) X(get_flush_fn) X(get_drain_fn) X(errormsg) X(badblock_context_new)   \
+  X(badblock_next) X(badblock_context_delete)
+
+struct Pmem2 {
+#define POISONFS_DECLARE(name) decltype(&::pmem2_##name) name = nullptr;
+  POISONFS_PMEM2_FUNCTIONS(POISONFS_DECLARE)
+#undef POISONFS_DECLARE
+  std::string error;  // why it could not be loaded
+};
+
+const Pmem2& load_pmem2() {
+  static const Pmem2 api = [] {
+    Pmem2 a;
+    void* handle = dlopen("libpmem2.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+      a.error = std::string("cannot load libpmem2: ") + dlerror();
+      return a;
+    }
+#define POISONFS_RESOLVE(name)                                                          \
+  a.name = reinterpret_cast<decltype(a.name)>(dlsym(handle, "pmem2_" #name));          \
+  if (!a.name && a.error.empty()) a.error = "libpmem2 lacks pmem2_" #name;
+    POISONFS_PMEM2_FUNCTIONS(POISONFS_RESOLVE)
+#undef POISONFS_RESOLVE
+    return a;
+  }();
+  return api;
+}
+
+// REQUIRES: open_pmem_media checked load_pmem2().error is empty.
+const Pmem2& lib() { return load_pmem2(); }
 
 constexpr const char* kNotAnImage = ": not a regular file or a device";
 
@@ -52,7 +92,7 @@ std::errc pmem2_errc(int ret) {
 }
 
 std::unexpected<Error> pmem2_fail(const std::string& path, const char* what, int ret) {
-  return fail(pmem2_errc(ret), path + ": " + what + ": " + pmem2_errormsg());
+  return fail(pmem2_errc(ret), path + ": " + what + ": " + lib().errormsg());
 }
 
 class PmemMedia final : public Media {
@@ -63,9 +103,9 @@ class PmemMedia final : public Media {
 
   // Releases whatever the open got as far as acquiring.
   ~PmemMedia() override {
-    if (map_ != nullptr) pmem2_map_delete(&map_);
-    if (cfg_ != nullptr) pmem2_config_delete(&cfg_);
-    if (src_ != nullptr) pmem2_source_delete(&src_);
+    if (map_ != nullptr) lib().map_delete(&map_);
+    if (cfg_ != nullptr) lib().config_delete(&cfg_);
+    if (src_ != nullptr) lib().source_delete(&src_);
     if (fd_ >= 0) close(fd_);  // drops the flock
   }
 
@@ -114,21 +154,21 @@ class PmemMedia final : public Media {
 };
 
 Status PmemMedia::map(const std::string& path) {
-  if (int ret = pmem2_source_from_fd(&src_, fd_); ret != 0) {
+  if (int ret = lib().source_from_fd(&src_, fd_); ret != 0) {
     return pmem2_fail(path, "cannot use as a pmem2 source", ret);
   }
   size_t source_size = 0;
-  if (int ret = pmem2_source_size(src_, &source_size); ret != 0) {
+  if (int ret = lib().source_size(src_, &source_size); ret != 0) {
     return pmem2_fail(path, "cannot read the size", ret);
   }
   if (source_size == 0) return fail(std::errc::invalid_argument, path + ": empty file");
 
-  if (int ret = pmem2_config_new(&cfg_); ret != 0) {
+  if (int ret = lib().config_new(&cfg_); ret != 0) {
     return pmem2_fail(path, "cannot create a pmem2 config", ret);
   }
   // Accept page granularity so that plain files (and tmpfs) map too; the
   // flush functions then msync.
-  if (int ret = pmem2_config_set_required_store_granularity(cfg_, PMEM2_GRANULARITY_PAGE);
+  if (int ret = lib().config_set_required_store_granularity(cfg_, PMEM2_GRANULARITY_PAGE);
       ret != 0) {
     return pmem2_fail(path, "cannot set store granularity", ret);
   }
@@ -136,21 +176,21 @@ Status PmemMedia::map(const std::string& path) {
     // libpmem2 (checked with 1.12) maps a read-only fd MAP_PRIVATE with
     // PROT_WRITE, so no O_RDWR retry or plain-mmap fallback is needed.
     // Device-dax refuses private mappings (PMEM2_E_SRC_DEVDAX_PRIVATE).
-    if (int ret = pmem2_config_set_sharing(cfg_, PMEM2_PRIVATE); ret != 0) {
+    if (int ret = lib().config_set_sharing(cfg_, PMEM2_PRIVATE); ret != 0) {
       return pmem2_fail(path, "cannot request a private mapping", ret);
     }
   }
-  if (int ret = pmem2_map_new(&map_, cfg_, src_); ret != 0) {
+  if (int ret = lib().map_new(&map_, cfg_, src_); ret != 0) {
     return pmem2_fail(path, "cannot map", ret);
   }
 
-  base_ = static_cast<std::byte*>(pmem2_map_get_address(map_));
-  size_ = pmem2_map_get_size(map_);
-  byte_granular_ = pmem2_map_get_store_granularity(map_) != PMEM2_GRANULARITY_PAGE;
-  memcpy_fn_ = pmem2_get_memcpy_fn(map_);
-  memset_fn_ = pmem2_get_memset_fn(map_);
-  flush_fn_ = pmem2_get_flush_fn(map_);
-  drain_fn_ = pmem2_get_drain_fn(map_);
+  base_ = static_cast<std::byte*>(lib().map_get_address(map_));
+  size_ = lib().map_get_size(map_);
+  byte_granular_ = lib().map_get_store_granularity(map_) != PMEM2_GRANULARITY_PAGE;
+  memcpy_fn_ = lib().get_memcpy_fn(map_);
+  memset_fn_ = lib().get_memset_fn(map_);
+  flush_fn_ = lib().get_flush_fn(map_);
+  drain_fn_ = lib().get_drain_fn(map_);
   // On a page-granular mapping libpmem2's memcpy/memset msync the range even
   // with NODRAIN (seen with strace), and flush() msyncs it again. Every store
   // is followed by flush() anyway (the Media contract), so NOFLUSH saves one
@@ -191,10 +231,10 @@ Status PmemMedia::load_poison(const std::string& path) {
 
 void PmemMedia::add_device_badblocks(std::vector<PoisonRange>& ranges) {
   pmem2_badblock_context* ctx = nullptr;
-  if (pmem2_badblock_context_new(&ctx, src_) != 0) return;  // not supported here
+  if (lib().badblock_context_new(&ctx, src_) != 0) return;  // not supported here
   pmem2_badblock bb;
-  while (pmem2_badblock_next(ctx, &bb) == 0) ranges.push_back({bb.offset, bb.length, false});
-  pmem2_badblock_context_delete(&ctx);
+  while (lib().badblock_next(ctx, &bb) == 0) ranges.push_back({bb.offset, bb.length, false});
+  lib().badblock_context_delete(&ctx);
 }
 
 // Written to a temporary file and renamed, so a crash leaves the old or the
@@ -254,6 +294,7 @@ Status PmemMedia::open_and_lock(const std::string& path) {
 }  // namespace
 
 Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode) {
+  if (const Pmem2& api = load_pmem2(); !api.error.empty()) return fail(std::errc::not_supported, api.error);
   // A failed step just returns: the destructor releases what was acquired.
   auto media = std::make_unique<PmemMedia>(mode);
   if (Status s = media->open_and_lock(path); !s) return std::unexpected(std::move(s.error()));
