@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 
+#include "invalidator.h"
 #include "ops.h"
 #include "poisonfs/ioctl.h"
 
@@ -265,6 +266,7 @@ void inject(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufs
     fuse_reply_err(req, r.error().errno_value());
     return;
   }
+  if (context(req).invalidator) context(req).invalidator->wait_idle();
   args.out_offset = r->offset;
   args.out_length = r->length;
   reply_record(req, args, out_bufsz);

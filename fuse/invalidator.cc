@@ -18,8 +18,15 @@ void CacheInvalidator::push(uint64_t ino, uint64_t offset, uint64_t length) {
   {
     std::lock_guard lock(mutex_);
     queue_.push_back({ino, offset, length});
+    ++pushed_;
   }
   wake_.notify_one();
+}
+
+void CacheInvalidator::wait_idle() {
+  std::unique_lock lock(mutex_);
+  uint64_t target = pushed_;
+  idle_.wait(lock, [&] { return sent_ >= target || stopping_; });
 }
 
 void CacheInvalidator::run() {
@@ -34,6 +41,8 @@ void CacheInvalidator::run() {
     (void)fuse_lowlevel_notify_inval_inode(se_, item.ino, static_cast<off_t>(item.offset),
                                            static_cast<off_t>(item.length));
     lock.lock();
+    ++sent_;
+    idle_.notify_all();
   }
 }
 

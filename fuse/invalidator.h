@@ -23,6 +23,10 @@ class CacheInvalidator {
   ~CacheInvalidator();  // sends what is queued, then stops
 
   void push(uint64_t ino, uint64_t offset, uint64_t length);
+  // Returns once everything pushed before the call has been sent (a control
+  // request that injected poison replies only after the kernel dropped the
+  // cached pages, so the caller's next read sees EIO).
+  void wait_idle();
 
  private:
   struct Item {
@@ -35,6 +39,8 @@ class CacheInvalidator {
   std::condition_variable wake_;
   std::deque<Item> queue_;
   bool stopping_ = false;
+  uint64_t pushed_ = 0, sent_ = 0;
+  std::condition_variable idle_;
   std::thread thread_;
 };
 

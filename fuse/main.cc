@@ -479,9 +479,11 @@ int daemon_main(int argc, char** argv) {
   int res;
   {
     CacheInvalidator invalidator(se);
+    context.invalidator = &invalidator;
     fs->set_invalidate_hook([&invalidator](Ino ino, uint64_t off, uint64_t len) { invalidator.push(ino, off, len); });
     res = run_loop(se, cmd);
     fs->set_invalidate_hook(nullptr);
+    context.invalidator = nullptr;
   }
 
   fuse_remove_signal_handlers(se);

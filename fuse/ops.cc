@@ -400,8 +400,9 @@ void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
     // read, then EIO); a page-cache read of a range with poison fails whole,
     // and the kernel then retries page by page, losing only poisoned pages.
     Filesystem& fs = filesystem(req);
-    Result<size_t> n = fi->direct_io ? fs.read_direct(ino, static_cast<uint64_t>(off), size, sink)
-                                     : fs.read(ino, static_cast<uint64_t>(off), size, sink);
+    // (fi->direct_io is set only for the OPEN reply; reads carry the flags.)
+    Result<size_t> n = (fi->flags & O_DIRECT) ? fs.read_direct(ino, static_cast<uint64_t>(off), size, sink)
+                                              : fs.read(ino, static_cast<uint64_t>(off), size, sink);
     if (replied) return;
     if (!n) {
       reply_error(req, n.error());

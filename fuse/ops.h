@@ -38,6 +38,8 @@ struct MountContext {
   ReadReply read_reply = ReadReply::kIov;
   // Absolute mountpoint: finds this mount's id in /proc/self/mountinfo.
   std::string mountpoint;
+  // Sends kernel cache invalidations; set while the session loop runs.
+  class CacheInvalidator* invalidator = nullptr;
 };
 
 // Entry and attribute timeouts in seconds: every change goes through this

@@ -68,7 +68,7 @@ cleanup() {
     printf '\ndemo: daemon log:\n' >&2
     tail -n 20 "$WORK/daemon.log" >&2
   fi
-  rm -f "$IMAGE"
+  rm -f "$IMAGE" "$IMAGE.badblocks" "$IMAGE.badblocks.tmp" # the simulated DIMM's error record
   rmdir "$MNT" 2>/dev/null
   rm -rf "$WORK"
   if [[ $rc -ne 0 ]]; then

@@ -276,8 +276,9 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
     if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
     const uint64_t end = off + data.size();
     // The hot path: one atomic load when the device has no poison.
-    const bool recovery = !media_->poison().empty() && !data.empty() && end > off &&
-                          !poison_under(**inode, off, end).empty();
+    std::vector<PoisonRange> before;  // the poison the write starts from
+    if (!media_->poison().empty() && !data.empty() && end > off) before = poison_under(**inode, off, end);
+    const bool recovery = !before.empty();
     if (recovery)
       if (auto st = check_recovery_write(**inode, off, end); !st) return std::unexpected(st.error());
     Transaction tx;
@@ -295,9 +296,10 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
       }
       Event e;
       e.kind = EventKind::kRecovery;
-      e.device_offset = recovered.empty() ? 0 : recovered.front().offset;
-      e.length = 0;
-      for (const PoisonRange& p : recovered) e.length += p.length;
+      // The poisoned device range: cleared in place, or left to the other sharers.
+      const auto& range = recovered.empty() ? before : recovered;
+      e.device_offset = range.front().offset;
+      e.length = range.back().end() - range.front().offset;
       e.action = recovered.empty() ? "recovery write: the writer got its own copy; other sharers stay poisoned"
                                    : "recovery write: poison cleared in place";
       e.owners.push_back(EventOwner{"data", ino, first_path(ino), off, *n});

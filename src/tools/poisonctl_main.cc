@@ -7,11 +7,17 @@
 //   poisonctl reflink SRC DST [--range SRC_OFF DST_OFF LEN]
 //   poisonctl bmap [--json] FILE | --image IMAGE PATH
 //   poisonctl fsmap [--json] MOUNTPOINT|IMAGE [START [LENGTH]]
+//   poisonctl inject MOUNTPOINT|IMAGE OFFSET LENGTH [--latent]
+//   poisonctl badblocks [--bytes] MOUNTPOINT|IMAGE
+//   poisonctl poison [--json] FILE | --image IMAGE PATH
+//   poisonctl events [--json] [--follow] MOUNTPOINT
+//   poisonctl status [--json] MOUNTPOINT
 //
 // Subcommands live in one table (kCommands); a new one is a function plus a
 // row there.
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -23,10 +29,12 @@
 #include <cstddef>
 #include <cerrno>
 #include <charconv>
+#include <cctype>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <memory>
 #include <new>
@@ -38,6 +46,7 @@
 #include "poisonfs/filesystem.h"
 #include "poisonfs/ioctl.h"
 #include "poisonfs/media.h"
+#include "util/strfmt.h"
 
 namespace poisonfs {
 namespace {
@@ -646,6 +655,22 @@ int cmd_reflink(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Looks up a path of an offline image ("/a/b" or "a/b").
+Result<Ino> lookup_path(Filesystem& fs, const std::string& image, const std::string& path) {
+  Ino ino = kRootIno;
+  std::string_view rest = path;
+  while (!rest.empty()) {
+    size_t slash = rest.find('/');
+    std::string_view name = rest.substr(0, slash);
+    rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+    if (name.empty() || name == ".") continue;
+    auto attr = fs.lookup(ino, name);
+    if (!attr) return fail(attr.error().code, image + ": " + path + ": " + attr.error().to_string());
+    ino = attr->ino;
+  }
+  return ino;
+}
+
 // ---- bmap --------------------------------------------------------------------
 
 constexpr std::string_view kBmapSynopsis = "bmap [--json] FILE | --image IMAGE PATH";
@@ -681,18 +706,9 @@ Result<std::vector<BmapEntry>> bmap_from_mount(const std::string& file) {
 Result<std::vector<BmapEntry>> bmap_from_image(const std::string& image, const std::string& path) {
   auto fs = open_image(image);
   if (!fs) return std::unexpected(fs.error());
-  Ino ino = kRootIno;
-  std::string_view rest = path;
-  while (!rest.empty()) {
-    size_t slash = rest.find('/');
-    std::string_view name = rest.substr(0, slash);
-    rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
-    if (name.empty() || name == ".") continue;
-    auto attr = (*fs)->lookup(ino, name);
-    if (!attr) return fail(attr.error().code, image + ": " + path + ": " + attr.error().to_string());
-    ino = attr->ino;
-  }
-  auto entries = (*fs)->bmap(ino);
+  auto ino = lookup_path(**fs, image, path);
+  if (!ino) return std::unexpected(ino.error());
+  auto entries = (*fs)->bmap(*ino);
   if (!entries) return fail(entries.error().code, image + ": " + path + ": " + entries.error().to_string());
   return entries;
 }
@@ -1170,6 +1186,647 @@ int cmd_fsmap(const std::vector<std::string>& args) {
   return write_stdout(out.view());
 }
 
+// ---- shared by the poison commands -------------------------------------------
+
+// Why a control ioctl failed, in words a user can act on.
+std::string control_hint(int err, std::string_view what) {
+  switch (err) {
+    case EPERM:
+    case EACCES: return " (only root and the user who mounted may " + std::string(what) + ")";
+    case ENOTTY:
+    case EOPNOTSUPP: return " (not a poisonfs file)";
+    case EIO: return " (the filesystem may be shut down: see poisonctl status)";
+    default: return {};
+  }
+}
+
+// The outcome of a control ioctl: 0 or a message already printed.
+std::string ioctl_failed(const std::string& where, const char* name, int err, std::string_view what) {
+  return where + ": " + name + " failed: " + errno_text(err) + control_hint(err, what);
+}
+
+// A descriptor of any file of a mount, for its control ioctls.
+int open_for_control(const std::string& path) {
+  return open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+}
+
+std::string inclusive(uint64_t offset, uint64_t length) {
+  if (length == 0) return "-";
+  return std::to_string(offset) + ".." + std::to_string(offset + length - 1);
+}
+
+// Reads every page of a POISONFS_IOC_BADBLOCKS or POISONFS_IOC_FILE_POISON.
+Result<std::vector<poisonfs_range>> ranges_from_mount(int fd, const std::string& where, unsigned long cmd,
+                                                      const char* name, std::string_view what) {
+  auto page = std::make_unique<poisonfs_ranges>();
+  std::vector<poisonfs_range> out;
+  uint64_t cursor = 0;
+  for (;;) {
+    std::memset(page.get(), 0, offsetof(poisonfs_ranges, recs));
+    page->cursor = cursor;
+    if (ioctl(fd, cmd, page.get()) != 0) {
+      int err = errno;
+      return fail(std::errc{err}, ioctl_failed(where, name, err, what));
+    }
+    if (page->count > POISONFS_RANGES_MAX) return fail(std::errc::io_error, where + ": bad " + name + " reply");
+    out.insert(out.end(), page->recs, page->recs + page->count);
+    if (page->flags & POISONFS_OF_LAST) break;
+    if (page->count == 0 || page->cursor <= cursor) {
+      return fail(std::errc::io_error, where + ": " + name + " made no progress");
+    }
+    cursor = page->cursor;
+  }
+  return out;
+}
+
+// ---- inject ------------------------------------------------------------------
+
+constexpr std::string_view kInjectSynopsis = "inject MOUNTPOINT|IMAGE OFFSET LENGTH [--latent]";
+
+int cmd_inject(const std::vector<std::string>& args) {
+  bool latent = false;
+  std::vector<std::string> pos;
+  for (const auto& a : args) {
+    if (a == "--latent") {
+      latent = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kInjectSynopsis.size()), kInjectSynopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("inject", "unknown option '" + a + "'", kInjectSynopsis);
+    } else {
+      pos.push_back(a);
+    }
+  }
+  if (pos.size() != 3) return usage_error("inject", "expected MOUNTPOINT|IMAGE OFFSET LENGTH", kInjectSynopsis);
+  auto off = parse_size_arg("OFFSET", pos[1]);
+  if (!off) return usage_error("inject", off.error().to_string(), kInjectSynopsis);
+  auto len = parse_size_arg("LENGTH", pos[2]);
+  if (!len) return usage_error("inject", len.error().to_string(), kInjectSynopsis);
+  const uint64_t offset = *off, length = *len;
+  if (length == 0) return error("inject: LENGTH must not be zero; nothing injected");
+  if (offset > UINT64_MAX - length) {
+    return error("inject: OFFSET + LENGTH (" + pos[1] + " + " + pos[2] + ") overflows; nothing injected");
+  }
+  auto outside = [&](uint64_t device_bytes) {
+    return error(strfmt("inject: device bytes {}..{} lie outside the device ({} bytes); nothing injected", offset,
+                        offset + length - 1, device_bytes));
+  };
+
+  Target where = resolve_target(pos[0]);
+  PoisonRange got;
+  if (!where.mountpoint.empty()) {
+    Fd fd(open_for_control(where.mountpoint));
+    if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
+    poisonfs_inject rec{};
+    rec.offset = offset;
+    rec.length = length;
+    rec.flags = latent ? POISONFS_POISON_LATENT : 0;
+    if (ioctl(fd.get(), POISONFS_IOC_INJECT, &rec) != 0) {
+      int err = errno;
+      if (err == EINVAL) {
+        poisonfs_stat st{};
+        if (ioctl(fd.get(), POISONFS_IOC_STAT, &st) == 0 &&
+            (offset >= st.device_bytes || length > st.device_bytes - offset)) {
+          return outside(st.device_bytes);
+        }
+      }
+      return error(ioctl_failed(where.mountpoint, "POISONFS_IOC_INJECT", err, "inject poison") +
+                   "; nothing injected");
+    }
+    got = PoisonRange{rec.out_offset, rec.out_length, latent};
+  } else {
+    // Offline: mount the image read-write through the core, inject (the
+    // destroyed bytes and the poison list, IMAGE.badblocks, persist), unmount.
+    {
+      auto probe = open_image(where.arg);
+      if (!probe) return error(probe.error().to_string());
+      uint64_t device_bytes = (*probe)->info().device_bytes;
+      if (offset >= device_bytes || length > device_bytes - offset) return outside(device_bytes);
+    }
+    auto fs = Filesystem::mount_image(where.arg, OpenOptions{MapMode::kShared});
+    if (!fs) return error(where.arg + ": " + fs.error().to_string());
+    auto r = (*fs)->inject_poison(offset, length, latent);
+    Status unmounted = (*fs)->unmount();
+    if (!r) return error(where.arg + ": " + r.error().to_string() + "; nothing injected");
+    if (!unmounted) return error(where.arg + ": unmount after the injection: " + unmounted.error().to_string());
+    got = *r;
+  }
+  std::string rounded = got.offset == offset && got.length == length
+                            ? std::string{}
+                            : strfmt(" (asked {}..{}, rounded out to 64-byte units)", offset, offset + length - 1);
+  std::printf("%s: injected %s poison at device bytes %s: offset %" PRIu64 ", length %" PRIu64 "%s\n",
+              where.describe().c_str(), latent ? "latent" : "known", inclusive(got.offset, got.length).c_str(),
+              got.offset, got.length, rounded.c_str());
+  return 0;
+}
+
+// ---- badblocks -----------------------------------------------------------------
+
+constexpr std::string_view kBadblocksSynopsis = "badblocks [--bytes] MOUNTPOINT|IMAGE";
+
+int cmd_badblocks(const std::vector<std::string>& args) {
+  bool bytes = false;
+  std::string target;
+  for (const auto& a : args) {
+    if (a == "--bytes") {
+      bytes = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kBadblocksSynopsis.size()),
+                  kBadblocksSynopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("badblocks", "unknown option '" + a + "'", kBadblocksSynopsis);
+    } else if (!target.empty()) {
+      return usage_error("badblocks", "expected one MOUNTPOINT or IMAGE", kBadblocksSynopsis);
+    } else {
+      target = a;
+    }
+  }
+  if (target.empty()) return usage_error("badblocks", "missing MOUNTPOINT or IMAGE", kBadblocksSynopsis);
+  Target where = resolve_target(target);
+  std::vector<PoisonRange> ranges;
+  if (!where.mountpoint.empty()) {
+    Fd fd(open_for_control(where.mountpoint));
+    if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
+    auto got = ranges_from_mount(fd.get(), where.mountpoint, POISONFS_IOC_BADBLOCKS, "POISONFS_IOC_BADBLOCKS",
+                                 "read the device's poison list");
+    if (!got) return error(got.error().to_string());
+    for (const poisonfs_range& r : *got) {
+      ranges.push_back(PoisonRange{r.offset, r.length, (r.flags & POISONFS_POISON_LATENT) != 0});
+    }
+  } else {
+    auto fs = open_image(where.arg);
+    if (!fs) return error(fs.error().to_string());
+    ranges = (*fs)->badblocks();
+  }
+  std::sort(ranges.begin(), ranges.end(), [](const PoisonRange& a, const PoisonRange& b) { return a.offset < b.offset; });
+  std::string out;
+  if (bytes) {
+    for (const PoisonRange& r : ranges) {
+      out += std::to_string(r.offset) + " " + std::to_string(r.length) + (r.latent ? " latent\n" : "\n");
+    }
+  } else {
+    // Like /sys/block/pmemN/badblocks: 512-byte sectors, rounded out; ranges
+    // that meet once rounded become one line.
+    std::vector<std::pair<uint64_t, uint64_t>> sectors;  // [first, end)
+    for (const PoisonRange& r : ranges) {
+      if (r.length == 0) continue;
+      uint64_t first = r.offset / 512, end = r.offset / 512 + (r.offset % 512 + r.length + 511) / 512;
+      if (!sectors.empty() && first <= sectors.back().second) {
+        sectors.back().second = std::max(sectors.back().second, end);
+      } else {
+        sectors.emplace_back(first, end);
+      }
+    }
+    for (const auto& [first, end] : sectors) out += std::to_string(first) + " " + std::to_string(end - first) + "\n";
+  }
+  return write_stdout(out);
+}
+
+// ---- poison ---------------------------------------------------------------------
+
+constexpr std::string_view kPoisonSynopsis = "poison [--json] FILE | --image IMAGE PATH";
+
+Result<std::vector<FilePoison>> file_poison_from_mount(const std::string& file) {
+  Fd fd(open_for_control(file));
+  if (!fd) return fail(std::errc{errno}, file + ": cannot open: " + errno_text(errno));
+  auto got = ranges_from_mount(fd.get(), file, POISONFS_IOC_FILE_POISON, "POISONFS_IOC_FILE_POISON",
+                               "read a file's poison");
+  if (!got) return std::unexpected(got.error());
+  std::vector<FilePoison> out;
+  for (const poisonfs_range& r : *got) out.push_back(FilePoison{r.offset, r.length});
+  return out;
+}
+
+Result<std::vector<FilePoison>> file_poison_from_image(const std::string& image, const std::string& path) {
+  auto fs = open_image(image);
+  if (!fs) return std::unexpected(fs.error());
+  auto ino = lookup_path(**fs, image, path);
+  if (!ino) return std::unexpected(ino.error());
+  auto got = (*fs)->file_poison(*ino);
+  if (!got) return fail(got.error().code, image + ": " + path + ": " + got.error().to_string());
+  return got;
+}
+
+std::string file_poison_to_json(const std::vector<FilePoison>& ranges) {
+  std::string out = "[";
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    out += i ? ",\n{\"file_offset\": " : "\n{\"file_offset\": ";
+    append_u64(out, ranges[i].file_offset);
+    out += ", \"length\": ";
+    append_u64(out, ranges[i].length);
+    out += '}';
+  }
+  out += ranges.empty() ? "]\n" : "\n]\n";
+  return out;
+}
+
+std::string file_poison_human(const std::string& name, const std::vector<FilePoison>& ranges) {
+  if (ranges.empty()) return name + ": no known poison\n";
+  const char* heads[] = {"FILE_OFFSET", "LENGTH", "BYTES"};
+  std::vector<std::array<std::string, 3>> rows;
+  uint64_t total = 0;
+  for (const FilePoison& r : ranges) {
+    rows.push_back({std::to_string(r.file_offset), std::to_string(r.length), inclusive(r.file_offset, r.length)});
+    total += r.length;
+  }
+  size_t w[3];
+  for (int c = 0; c < 3; ++c) {
+    w[c] = std::strlen(heads[c]);
+    for (const auto& r : rows) w[c] = std::max(w[c], r[c].size());
+  }
+  std::string out;
+  auto line = [&](std::string_view a, std::string_view b, std::string_view c) {
+    out.append(w[0] - a.size(), ' ').append(a).append("  ");
+    out.append(w[1] - b.size(), ' ').append(b).append("  ");
+    out.append(c).append("\n");
+  };
+  line(heads[0], heads[1], heads[2]);
+  for (const auto& r : rows) line(r[0], r[1], r[2]);
+  out += name + ": " + std::to_string(ranges.size()) + (ranges.size() == 1 ? " poisoned range, " : " poisoned ranges, ") +
+         std::to_string(total) + " bytes (" + human_bytes(total) + ") unreadable until rewritten\n";
+  return out;
+}
+
+int cmd_poison(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string image, file;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--json") {
+      json = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kPoisonSynopsis.size()), kPoisonSynopsis.data());
+      return 0;
+    } else if (a == "--image") {
+      if (i + 1 >= args.size()) return usage_error("poison", "--image needs IMAGE", kPoisonSynopsis);
+      if (!image.empty()) return usage_error("poison", "--image given twice", kPoisonSynopsis);
+      image = args[++i];
+      if (image.empty()) return usage_error("poison", "empty IMAGE", kPoisonSynopsis);
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("poison", "unknown option '" + a + "'", kPoisonSynopsis);
+    } else if (!file.empty()) {
+      return usage_error("poison", "expected one FILE", kPoisonSynopsis);
+    } else {
+      file = a;
+    }
+  }
+  if (file.empty()) return usage_error("poison", image.empty() ? "missing FILE" : "missing PATH", kPoisonSynopsis);
+  Result<std::vector<FilePoison>> ranges;
+  std::string name = file;
+  if (!image.empty()) {
+    name = image + ":" + file;
+    std::string mp = on_poisonfs_mount(image) ? std::string{} : mountpoint_of_image(image);
+    if (!mp.empty()) {
+      ranges = file_poison_from_mount(mp + (file.starts_with("/") ? "" : "/") + file);
+    } else {
+      ranges = file_poison_from_image(image, file);
+    }
+  } else if (on_poisonfs_mount(file)) {
+    ranges = file_poison_from_mount(file);
+  } else {
+    struct stat st {};
+    if (stat(file.c_str(), &st) != 0) return error(file + ": " + errno_text(errno));
+    return error(file + " is not on a mounted poisonfs (for a file of an unmounted image: " + kTool +
+                 " poison --image IMAGE PATH)");
+  }
+  if (!ranges) return error(ranges.error().to_string());
+  return write_stdout(json ? file_poison_to_json(*ranges) : file_poison_human(name, *ranges));
+}
+
+// ---- events ----------------------------------------------------------------------
+
+constexpr std::string_view kEventsSynopsis = "events [--json] [--follow] MOUNTPOINT";
+
+// Just enough JSON for the daemon's event lines: objects, arrays, strings,
+// numbers (kept as text, so "1712345678.123456789" loses nothing), literals.
+struct JsonValue {
+  enum Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = kNull;
+  std::string text;  // number or string
+  bool boolean = false;
+  std::vector<JsonValue> items;
+  std::vector<std::pair<std::string, JsonValue>> fields;
+
+  const JsonValue* get(std::string_view key) const {
+    for (const auto& [k, v] : fields) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  }
+  std::string str(std::string_view key) const {
+    const JsonValue* v = get(key);
+    return v && (v->kind == kString || v->kind == kNumber) ? v->text : std::string{};
+  }
+  uint64_t u64(std::string_view key) const {
+    const JsonValue* v = get(key);
+    uint64_t n = 0;
+    if (v && v->kind == kNumber) std::from_chars(v->text.data(), v->text.data() + v->text.size(), n);
+    return n;
+  }
+};
+
+class JsonParser {
+ public:
+  explicit JsonParser(std::string_view s) : s_(s) {}
+  bool parse(JsonValue* out) {
+    if (!value(out, 0)) return false;
+    ws();
+    return i_ == s_.size();
+  }
+
+ private:
+  void ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\t' || s_[i_] == '\r')) ++i_;
+  }
+  bool take(char c) {
+    ws();
+    if (i_ < s_.size() && s_[i_] == c) {
+      ++i_;
+      return true;
+    }
+    return false;
+  }
+  bool string(std::string* out) {
+    if (!take('"')) return false;
+    while (i_ < s_.size() && s_[i_] != '"') {
+      char c = s_[i_++];
+      if (c != '\\') {
+        *out += c;
+        continue;
+      }
+      if (i_ >= s_.size()) return false;
+      char e = s_[i_++];
+      switch (e) {
+        case 'n': *out += '\n'; break;
+        case 't': *out += '\t'; break;
+        case 'r': *out += '\r'; break;
+        case 'b': *out += '\b'; break;
+        case 'f': *out += '\f'; break;
+        case 'u': {
+          if (i_ + 4 > s_.size()) return false;
+          unsigned v = 0;
+          auto [p, ec] = std::from_chars(s_.data() + i_, s_.data() + i_ + 4, v, 16);
+          if (ec != std::errc() || p != s_.data() + i_ + 4) return false;
+          i_ += 4;
+          *out += v < 0x80 ? static_cast<char>(v) : '?';
+          break;
+        }
+        default: *out += e;
+      }
+    }
+    return i_++ < s_.size();
+  }
+  bool value(JsonValue* v, int depth) {
+    if (depth > 16) return false;
+    ws();
+    if (i_ >= s_.size()) return false;
+    char c = s_[i_];
+    if (c == '"') {
+      v->kind = JsonValue::kString;
+      return string(&v->text);
+    }
+    if (c == '{') {
+      ++i_;
+      v->kind = JsonValue::kObject;
+      if (take('}')) return true;
+      do {
+        std::string key;
+        JsonValue item;
+        if (!string(&key) || !take(':') || !value(&item, depth + 1)) return false;
+        v->fields.emplace_back(std::move(key), std::move(item));
+      } while (take(','));
+      return take('}');
+    }
+    if (c == '[') {
+      ++i_;
+      v->kind = JsonValue::kArray;
+      if (take(']')) return true;
+      do {
+        JsonValue item;
+        if (!value(&item, depth + 1)) return false;
+        v->items.push_back(std::move(item));
+      } while (take(','));
+      return take(']');
+    }
+    for (std::string_view word : {"true", "false", "null"}) {
+      if (s_.substr(i_).starts_with(word)) {
+        i_ += word.size();
+        v->kind = word == "null" ? JsonValue::kNull : JsonValue::kBool;
+        v->boolean = word == "true";
+        return true;
+      }
+    }
+    size_t start = i_;
+    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) || s_[i_] == '.' || s_[i_] == '-' ||
+                              s_[i_] == '+' || s_[i_] == 'e' || s_[i_] == 'E')) {
+      ++i_;
+    }
+    if (i_ == start) return false;
+    v->kind = JsonValue::kNumber;
+    v->text.assign(s_.substr(start, i_ - start));
+    return true;
+  }
+
+  std::string_view s_;
+  size_t i_ = 0;
+};
+
+// "2024-05-01 12:00:00.123" (local time) from "SECONDS.NANOSECONDS".
+std::string event_time(const std::string& text) {
+  int64_t sec = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), sec);
+  if (ec != std::errc()) return text;
+  std::string frac = p < text.data() + text.size() && *p == '.' ? std::string(p + 1, text.data() + text.size()) : "";
+  frac = (frac + "000").substr(0, 3);
+  time_t t = static_cast<time_t>(sec);
+  struct tm tm {};
+  if (!localtime_r(&t, &tm)) return text;
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return std::string(buf) + "." + frac;
+}
+
+// One event as a line, and one indented line per owner it hit.
+std::string event_human(std::string_view line) {
+  JsonValue e;
+  if (!JsonParser(line).parse(&e) || e.kind != JsonValue::kObject) return "? " + std::string(line) + "\n";
+  uint64_t length = e.u64("length");
+  std::string out = event_time(e.str("time")) + "  #" + e.str("seq") + "  " + e.str("kind");
+  out += length ? "  device " + inclusive(e.u64("device_offset"), length) + " (" + std::to_string(length) + " bytes)"
+                : std::string("  device -");
+  out += "  " + e.str("action") + "\n";
+  if (const JsonValue* owners = e.get("owners"); owners && owners->kind == JsonValue::kArray) {
+    for (const JsonValue& o : owners->items) {
+      std::string what = o.str("what");
+      out += "    " + (what == "free" ? std::string("free space") : what);
+      if (uint64_t ino = o.u64("inode")) out += " inode " + std::to_string(ino);
+      if (std::string path = o.str("path"); !path.empty()) out += " " + path;
+      if (what == "data") {
+        uint64_t n = o.u64("length");
+        out += " file " + inclusive(o.u64("file_offset"), n) + " (" + std::to_string(n) + " bytes)";
+      }
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+volatile sig_atomic_t g_stop = 0;
+void on_stop(int) { g_stop = 1; }
+
+int cmd_events(const std::vector<std::string>& args) {
+  bool json = false, follow = false;
+  std::string target;
+  for (const auto& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else if (a == "--follow" || a == "-f") {
+      follow = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kEventsSynopsis.size()), kEventsSynopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("events", "unknown option '" + a + "'", kEventsSynopsis);
+    } else if (!target.empty()) {
+      return usage_error("events", "expected one MOUNTPOINT", kEventsSynopsis);
+    } else {
+      target = a;
+    }
+  }
+  if (target.empty()) return usage_error("events", "missing MOUNTPOINT", kEventsSynopsis);
+  Target where = resolve_target(target);
+  if (where.mountpoint.empty()) {
+    struct stat st {};
+    if (stat(target.c_str(), &st) != 0) return error(target + ": " + errno_text(errno));
+    return error(target + " is not a mounted poisonfs: the event log lives in the daemon (mount the image first)");
+  }
+  if (follow) {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+  }
+  auto page = std::make_unique<poisonfs_events>();
+  uint64_t after = 0, dropped_told = 0;
+  while (!g_stop) {
+    // A descriptor per poll: a follower must not keep the mount busy.
+    Fd fd(open_for_control(where.mountpoint));
+    if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
+    for (;;) {
+      std::memset(page.get(), 0, offsetof(poisonfs_events, buf));
+      page->after_seq = after;
+      if (ioctl(fd.get(), POISONFS_IOC_EVENTS, page.get()) != 0) {
+        int err = errno;
+        if (g_stop && err == EINTR) break;
+        return error(ioctl_failed(where.mountpoint, "POISONFS_IOC_EVENTS", err, "read the event log"));
+      }
+      page->buf[sizeof page->buf - 1] = '\0';
+      std::string out;
+      if (page->dropped > std::max(after, dropped_told)) {
+        uint64_t missed = page->dropped - std::max(after, dropped_told);
+        std::string message = std::to_string(missed) + (missed == 1 ? " older event was" : " older events were") +
+                              " dropped (the daemon keeps a bounded history)";
+        if (json) std::fprintf(stderr, "%s: %s\n", kTool, message.c_str());
+        else out += "(" + message + ")\n";
+        dropped_told = page->dropped;
+      }
+      std::string_view text(page->buf);
+      if (json) {
+        out += text;
+      } else {
+        while (!text.empty()) {
+          size_t nl = text.find('\n');
+          std::string_view line = text.substr(0, nl);
+          if (!line.empty()) out += event_human(line);
+          text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+        }
+      }
+      if (int rc = write_stdout(out)) return rc;
+      bool progressed = page->last_seq > after;
+      after = std::max(after, page->last_seq);
+      if ((page->flags & POISONFS_OF_LAST) || !progressed) break;
+    }
+    if (!follow) break;
+    for (int i = 0; i < 4 && !g_stop; ++i) usleep(50'000);  // 200 ms, woken early by a signal
+  }
+  return 0;
+}
+
+// ---- status ------------------------------------------------------------------------
+
+constexpr std::string_view kStatusSynopsis = "status [--json] MOUNTPOINT";
+
+int cmd_status(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string target;
+  for (const auto& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kStatusSynopsis.size()), kStatusSynopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error("status", "unknown option '" + a + "'", kStatusSynopsis);
+    } else if (!target.empty()) {
+      return usage_error("status", "expected one MOUNTPOINT", kStatusSynopsis);
+    } else {
+      target = a;
+    }
+  }
+  if (target.empty()) return usage_error("status", "missing MOUNTPOINT", kStatusSynopsis);
+  Target where = resolve_target(target);
+  Health h;
+  if (!where.mountpoint.empty()) {
+    Fd fd(open_for_control(where.mountpoint));
+    if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
+    poisonfs_status st{};
+    if (ioctl(fd.get(), POISONFS_IOC_STATUS, &st) != 0) {
+      int err = errno;
+      return error(ioctl_failed(where.mountpoint, "POISONFS_IOC_STATUS", err, "read the status"));
+    }
+    h.shutdown = st.shutdown != 0;
+    h.reason.assign(st.reason, strnlen(st.reason, sizeof st.reason));
+    h.known_poison_bytes = st.known_poison_bytes;
+    h.latent_poison_bytes = st.latent_poison_bytes;
+    h.quarantined_bytes = st.quarantined_bytes;
+    h.events = st.events;
+  } else {
+    // An unmounted image: what a mount would find (its poison list replayed).
+    auto fs = open_image(where.arg);
+    if (!fs) return error(fs.error().to_string());
+    h = (*fs)->health();
+  }
+  std::string out;
+  if (json) {
+    out = "{\"target\": " + json_string(where.arg) +
+          ", \"source\": " + json_string(where.mountpoint.empty() ? "image" : "mount") +
+          ", \"state\": " + json_string(h.shutdown ? "shutdown" : "healthy") +
+          ", \"shutdown\": " + (h.shutdown ? "true" : "false") + ", \"reason\": " + json_string(h.reason) +
+          ", \"known_poison_bytes\": " + std::to_string(h.known_poison_bytes) +
+          ", \"latent_poison_bytes\": " + std::to_string(h.latent_poison_bytes) +
+          ", \"quarantined_bytes\": " + std::to_string(h.quarantined_bytes) +
+          ", \"events\": " + std::to_string(h.events) + "}\n";
+  } else {
+    auto bytes = [](uint64_t n) {
+      return n < 1024 ? std::to_string(n) + " bytes" : std::to_string(n) + " bytes (" + human_bytes(n) + ")";
+    };
+    std::vector<std::pair<std::string, std::string>> rows = {
+        {"target", where.describe()},
+        {"state", h.shutdown ? "shutdown: " + h.reason + " (every call fails with EIO)" : std::string("healthy")},
+        {"known poison", bytes(h.known_poison_bytes)},
+        {"latent poison", bytes(h.latent_poison_bytes)},
+        {"quarantined", bytes(h.quarantined_bytes)},
+        {"events", std::to_string(h.events)},
+    };
+    size_t width = 0;
+    for (const auto& [k, v] : rows) width = std::max(width, k.size());
+    for (const auto& [k, v] : rows) out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+  }
+  return write_stdout(out);
+}
+
 // ---- the subcommand table ---------------------------------------------------
 
 struct Command {
@@ -1184,6 +1841,11 @@ constexpr Command kCommands[] = {
     {"reflink", kReflinkSynopsis, "share SRC's blocks with DST (through a mount)", cmd_reflink},
     {"bmap", kBmapSynopsis, "a file's extents: physical place, sharing", cmd_bmap},
     {"fsmap", kFsmapSynopsis, "owners of a device range, with paths", cmd_fsmap},
+    {"inject", kInjectSynopsis, "poison device bytes (known, or latent until read)", cmd_inject},
+    {"badblocks", kBadblocksSynopsis, "the device's poison list (512-byte sectors)", cmd_badblocks},
+    {"poison", kPoisonSynopsis, "a file's known poisoned ranges", cmd_poison},
+    {"events", kEventsSynopsis, "the failure/repair/recovery event log", cmd_events},
+    {"status", kStatusSynopsis, "healthy or shut down; poison and quarantine", cmd_status},
 };
 
 void usage(FILE* out) {
