@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "poisonfs/filesystem.h"
+#include "unit/test_device.h"
 
 namespace poisonfs {
 
@@ -79,50 +80,10 @@ bool has_pattern(std::string_view s) { return s.find_first_of("#POISN") != std::
 // A metadata block holds other capitals ("POISONFS"): look for the pattern.
 bool has_pattern_unit(std::string_view s) { return s.find("#POISON#") != std::string_view::npos; }
 
-// A formatted in-memory device with a mounted filesystem. A remount moves
-// the bytes AND the device's poison list (the DIMM's own record) to a new
-// device, after a clean unmount or as a crash leaves them.
-class Device {
+// A TestDevice (test_device.h) of 16 MiB unless told otherwise.
+class Device : public testing::TestDevice {
  public:
-  explicit Device(uint64_t size = 16 << 20, MkfsOptions mkfs = {}) {
-    auto media = make_memory_media(size);
-    EXPECT_TRUE(Filesystem::format(*media, mkfs));
-    mount(std::move(media));
-  }
-  Filesystem& operator*() { return *fs_; }
-  Filesystem* operator->() { return fs_.get(); }
-  Media& media() { return *raw_; }
-
-  std::unique_ptr<Media> copy() const {
-    auto m = make_memory_media(raw_->size());
-    m->write(0, raw_->base(), raw_->size());
-    m->poison().replace_all(raw_->poison().all());
-    return m;
-  }
-  void remount(bool clean = true) {
-    if (clean) {
-      EXPECT_TRUE(fs_->unmount());
-    }
-    auto m = copy();
-    fs_.reset();
-    mount(std::move(m));
-  }
-  CheckReport check() const {
-    auto m = copy();
-    auto report = check_filesystem(*m, false);
-    EXPECT_TRUE(report) << report.error().to_string();
-    return report.value_or(CheckReport{});
-  }
-
- private:
-  void mount(std::unique_ptr<Media> m) {
-    raw_ = m.get();
-    auto fs = Filesystem::mount(std::move(m), {});
-    ASSERT_TRUE(fs) << fs.error().to_string();
-    fs_ = std::move(*fs);
-  }
-  Media* raw_ = nullptr;
-  std::unique_ptr<Filesystem> fs_;
+  explicit Device(uint64_t size = 16 << 20, MkfsOptions mkfs = {}) : TestDevice(size, mkfs) {}
 };
 
 Ino create(Filesystem& fs, Ino dir, std::string_view name) {

@@ -24,6 +24,7 @@
 
 #include "format/layout.h"  // slots_per_block
 #include "poisonfs/filesystem.h"
+#include "unit/test_device.h"
 #include "unit/recording_media.h"
 
 namespace poisonfs {
@@ -47,47 +48,10 @@ std::string pattern(size_t len, unsigned seed) {
   return s;
 }
 
-// A formatted in-memory device with a mounted filesystem; remount() moves
-// the bytes to a new device after a clean unmount, or as a crash leaves them.
-class Device {
+// A TestDevice (test_device.h) of 16 MiB unless told otherwise.
+class Device : public testing::TestDevice {
  public:
-  explicit Device(uint64_t size = 16 << 20) {
-    auto media = make_memory_media(size);
-    EXPECT_TRUE(Filesystem::format(*media, {}));
-    mount(std::move(media));
-  }
-  Filesystem& operator*() { return *fs_; }
-  Filesystem* operator->() { return fs_.get(); }
-
-  std::unique_ptr<Media> copy() const {
-    auto m = make_memory_media(raw_->size());
-    m->write(0, raw_->base(), raw_->size());
-    return m;
-  }
-  void remount(bool clean = true) {
-    if (clean) {
-      EXPECT_TRUE(fs_->unmount());
-    }
-    auto m = copy();
-    fs_.reset();
-    mount(std::move(m));
-  }
-  CheckReport check() const {
-    auto m = copy();
-    auto report = check_filesystem(*m, false);
-    EXPECT_TRUE(report) << report.error().to_string();
-    return report.value_or(CheckReport{});
-  }
-
- private:
-  void mount(std::unique_ptr<Media> m) {
-    raw_ = m.get();
-    auto fs = Filesystem::mount(std::move(m), {});
-    ASSERT_TRUE(fs) << fs.error().to_string();
-    fs_ = std::move(*fs);
-  }
-  Media* raw_ = nullptr;
-  std::unique_ptr<Filesystem> fs_;
+  explicit Device(uint64_t size = 16 << 20, MkfsOptions mkfs = {}) : TestDevice(size, mkfs) {}
 };
 
 Ino create(Filesystem& fs, Ino dir, std::string_view name) {
