@@ -944,31 +944,39 @@ Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64
   return {};
 }
 
+// The paths of every inode in the table, up to 128 inodes per round trip
+// (one ioctl per inode would cost ~15 us each: 15 ms for 1,001 owners).
 Status paths_from_mount(int fd, const std::string& where, PathTable& table) {
-  auto rec = std::make_unique<poisonfs_paths>();
+  auto rec = std::make_unique<poisonfs_paths_batch>();
   std::vector<std::string_view> names;
-  for (Ino ino : table.inos()) {
-    std::memset(rec.get(), 0, offsetof(poisonfs_paths, buf));
-    rec->inode = ino;
-    names.clear();
-    if (ioctl(fd, POISONFS_IOC_PATHS, rec.get()) != 0) {
+  const std::vector<Ino>& inos = table.inos();
+  for (size_t next = 0; next < inos.size();) {
+    uint32_t count = static_cast<uint32_t>(std::min<size_t>(POISONFS_PATHS_BATCH_MAX, inos.size() - next));
+    rec->count = count;
+    rec->done = 0;
+    std::copy_n(inos.begin() + static_cast<long>(next), count, rec->inodes);
+    if (ioctl(fd, POISONFS_IOC_PATHS_BATCH, rec.get()) != 0) {
       int err = errno;
-      // Gone since the listing (unlinked and closed): no name to give.
-      if (err == ENOENT || err == ESTALE) {
-        table.add(names);
-        continue;
-      }
-      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS failed: " + errno_text(err));
+      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS_BATCH failed: " + errno_text(err));
     }
+    if (rec->done == 0 || rec->done > count) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_PATHS_BATCH reply");
+    // Each inode: its paths, NUL-terminated, then an empty string (an inode
+    // gone since the listing has no name to give).
     std::string_view buf(rec->buf, sizeof rec->buf);
     size_t at = 0;
-    for (uint32_t i = 0; i < rec->count && at < buf.size(); ++i) {
-      size_t end = buf.find('\0', at);
-      if (end == std::string_view::npos) break;
-      names.push_back(buf.substr(at, end - at));
-      at = end + 1;
+    for (uint32_t i = 0; i < rec->done; ++i) {
+      names.clear();
+      for (;;) {
+        size_t end = buf.find('\0', at);
+        if (end == std::string_view::npos) return fail(std::errc::io_error, where + ": truncated paths reply");
+        std::string_view name = buf.substr(at, end - at);
+        at = end + 1;
+        if (name.empty()) break;
+        names.push_back(name);
+      }
+      table.add(names);
     }
-    table.add(names);
+    next += rec->done;
   }
   table.finish();
   return {};
