@@ -7,8 +7,8 @@
 // which needs CAP_SYS_ADMIN). BMAP shows a file the caller has open.
 // CLONE_RANGE needs the destination open for writing and the source open
 // for reading by the calling process, as FICLONERANGE does. INJECT,
-// BADBLOCKS and EVENTS change or show the device: root and the mounting user
-// only. FILE_POISON shows a file the caller has open; STATUS is for all.
+// BADBLOCKS, EVENTS and SCRUB change or show the device: root and the
+// mounting user only. FILE_POISON shows a file the caller has open; STATUS is for all.
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -343,6 +343,23 @@ void status(fuse_req_t req, size_t out_bufsz) {
   reply_record(req, st, out_bufsz);
 }
 
+// Runs the whole scrub inside this request (no progress over the mount).
+void scrub(fuse_req_t req, size_t out_bufsz) {
+  auto rep = context(req).fs->scrub(nullptr);
+  if (!rep) {
+    fuse_reply_err(req, rep.error().errno_value());
+    return;
+  }
+  if (context(req).invalidator) context(req).invalidator->wait_idle();
+  poisonfs_scrub out{};
+  out.bytes_scanned = rep->bytes_scanned;
+  out.latent_found = rep->latent_found;
+  out.known_poison_bytes = rep->known_poison_bytes;
+  out.quarantine_cleared_bytes = rep->quarantine_cleared_bytes;
+  out.ranges_notified = rep->ranges_notified;
+  reply_record(req, out, out_bufsz);
+}
+
 }  // namespace
 
 void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi, const void* in_buf,
@@ -353,7 +370,8 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS_BATCH) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_INJECT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_BADBLOCKS) ||
-                       cmd == static_cast<unsigned>(POISONFS_IOC_EVENTS);
+                       cmd == static_cast<unsigned>(POISONFS_IOC_EVENTS) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_SCRUB);
   if (control && !may_control(req)) {
     fuse_reply_err(req, EPERM);
     return;
@@ -370,6 +388,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
     case POISONFS_IOC_FILE_POISON: return file_poison(req, ino, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_EVENTS: return events(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_STATUS: return status(req, out_bufsz);
+    case POISONFS_IOC_SCRUB: return scrub(req, out_bufsz);
     default: fuse_reply_err(req, ENOTTY);
   }
 }

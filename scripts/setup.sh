@@ -16,6 +16,8 @@ PACKAGES=(
   # what the tests, the demo and the benchmark drivers run
   fio xfsprogs strace util-linux procps psmisc kmod file tar diffutils coreutils findutils
   attr acl
+  # `poisonctl map --svg` pictures rendered to PNG for a look (rsvg-convert)
+  librsvg2-bin
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

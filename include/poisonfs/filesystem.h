@@ -198,6 +198,15 @@ struct Health {
   uint64_t events = 0;  // ever recorded
 };
 
+// What Filesystem::scrub found and did.
+struct ScrubReport {
+  uint64_t bytes_scanned = 0;             // allocated data bytes + metadata bytes walked
+  uint64_t latent_found = 0;              // latent poison ranges made known
+  uint64_t known_poison_bytes = 0;        // known poison left on the device afterwards
+  uint64_t quarantine_cleared_bytes = 0;  // quarantined free space cleared and returned
+  uint64_t ranges_notified = 0;           // ranges sent through notify_failure
+};
+
 struct OpenOptions {
   MapMode map_mode = MapMode::kShared;
 };
@@ -312,6 +321,13 @@ class Filesystem {
   // the bounded history no longer holds.
   virtual std::vector<Event> events(uint64_t after_seq, size_t max, uint64_t* dropped) = 0;
   virtual Health health() = 0;
+  // Walks every allocated byte of the data area and the metadata regions in
+  // chunks (the lock is taken per chunk, so the filesystem stays usable):
+  // latent poison found becomes known and is notified like a read would;
+  // then quarantined free space is cleared and returned to the allocator.
+  // progress(done, total) is called after every chunk (device bytes). EIO
+  // when the filesystem is shut down. No checksum verification yet.
+  virtual Result<ScrubReport> scrub(const std::function<void(uint64_t done, uint64_t total)>& progress) = 0;
   // Called (from the failing thread, with no lock held) for every cached
   // file range the kernel must drop. The daemon sets it.
   virtual void set_invalidate_hook(std::function<void(Ino, uint64_t offset, uint64_t length)> hook) = 0;

@@ -173,3 +173,18 @@ struct poisonfs_paths_batch {
   char buf[14336];
 };
 #define POISONFS_IOC_PATHS_BATCH _IOWR(POISONFS_IOC_MAGIC, 11, struct poisonfs_paths_batch)
+
+// Scrub (control operation): walks every allocated byte and the metadata;
+// latent poison found becomes known and is notified, quarantined free space
+// is cleared and returned. Runs inside the ioctl request: no progress is
+// reported over the mount (the tool shows elapsed time instead). Silent
+// corruption is not checked (no data checksums yet).
+struct poisonfs_scrub {
+  uint64_t bytes_scanned;
+  uint64_t latent_found;              // latent ranges made known
+  uint64_t known_poison_bytes;        // known poison left afterwards
+  uint64_t quarantine_cleared_bytes;
+  uint64_t ranges_notified;
+  uint64_t reserved[3];
+};
+#define POISONFS_IOC_SCRUB _IOR(POISONFS_IOC_MAGIC, 16, struct poisonfs_scrub)

@@ -567,6 +567,35 @@ TEST_F(PoisonShared, RecoveryIntoOneSharerGivesItsOwnCopy) {
   EXPECT_TRUE(logged);
 }
 
+// Issue 5 item 7: `poisonctl map --svg` draws the device through the mount
+// and offline from the image: an SVG naming the files in its legend, the
+// shared block hatched, the poisoned one in poison red.
+TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
+  auto slurp = [](const std::string& file) {
+    std::ifstream in(file, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  auto check = [&](const std::string& svg, const char* how) {
+    SCOPED_TRACE(how);
+    ASSERT_TRUE(svg.starts_with("<?xml")) << svg.substr(0, 200);
+    EXPECT_NE(svg.find("<svg "), std::string::npos);
+    EXPECT_TRUE(svg.ends_with("</svg>\n"));
+    for (const char* name : {"/a<", "/b<", "/dir/c<", "/other<"}) EXPECT_NE(svg.find(name), std::string::npos) << name;
+    EXPECT_NE(svg.find("fill=\"url(#hatch)\""), std::string::npos);  // a shared extent
+    EXPECT_NE(svg.find("fill=\"#ff1a1a\" stroke"), std::string::npos);  // the poisoned cell
+    EXPECT_NE(svg.find("poison list: 1 range, 1024 bytes"), std::string::npos);
+  };
+  const std::string out = dir() + "/map.svg";
+  RunResult r = ctl("map --svg " + q(out) + " " + q(mnt()));
+  ASSERT_EQ(r.exit_code, 0) << r.both();
+  check(slurp(out), "mount");
+  unmount();
+  r = ctl("map --svg " + q(out) + " " + q(image()));
+  ASSERT_EQ(r.exit_code, 0) << r.both();
+  check(slurp(out), "image");
+  EXPECT_EQ(ctl("map " + q(image())).exit_code, 2);  // no --svg: a usage error
+}
+
 // Issue 4: "bmap and fsmap mark poisoned ranges (poisoned: true)".
 TEST_F(PoisonShared, BmapAndFsmapMarkThePoisonedBlock) {
   // The records over the poisoned bytes say so; no other record does.
@@ -1109,6 +1138,29 @@ TEST_F(PoisonScenario, SharedBlockRecoveredRunsStandalone) {
   EXPECT_NE(r.out.find("PASS"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("FAIL"), std::string::npos) << r.out;
 }
+
+// Scenarios b, c, e and g of issue 5, each run standalone (its own image on
+// /dev/shm and its own mount, removed on exit), each bounded to 120 s.
+class PoisonScenarioStandalone : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(PoisonScenarioStandalone, RunsAndPasses) {
+  const std::string script = source_root() + "/scripts/scenarios/" + GetParam() + ".sh";
+  ASSERT_TRUE(std::filesystem::exists(script)) << script;
+  RunResult r = run("POISONFS_BUILD_DIR=" + sh_quote(bin_dir()) + " bash " + sh_quote(script), 120);
+  EXPECT_EQ(r.exit_code, 0) << r.both();
+  EXPECT_NE(r.out.find("\nPASS\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("FAIL"), std::string::npos) << r.out;
+  // Each writes its before/after pictures and names them.
+  EXPECT_NE(r.out.find("-before.svg"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-after.svg"), std::string::npos) << r.out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Scenarios, PoisonScenarioStandalone,
+                         ::testing::Values("b_shared_block_other_data", "c_metadata_poison", "e_free_space_poison",
+                                           "g_punch_vs_inplace"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           return std::string(1, info.param[0]);
+                         });
 
 }  // namespace
 }  // namespace poisonfs::test
