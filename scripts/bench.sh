@@ -1,0 +1,633 @@
+#!/usr/bin/env bash
+# The benchmark driver: poisonfs through a real FUSE mount, side by side with
+# its baselines, in one run on one machine (figures from different runs or
+# machines are never compared). Everything runs in RAM (/dev/shm).
+#
+#   bash scripts/bench.sh [--rounds N] [--quick] [--no-build] [--only LIST]
+#
+#   --rounds N   rounds per measurement; medians are reported (default 3)
+#   --quick      1 round and smaller sizes (~3 minutes instead of ~15)
+#   --no-build   use the binaries already in the build directory
+#   --only LIST  comma-separated sections (default: all, in this order):
+#                fio      ../shared/bench/compare.sh on the mount: fio against
+#                         tmpfs, libfuse passthrough_ll and null (issue 2)
+#                xfs      the same fio jobs on poisonfs and XFS side by side
+#                meta     create/stat/unlink rates on poisonfs, passthrough_ll,
+#                         tmpfs and XFS (issue 2)
+#                reflink  cp of a 1-extent and of a fragmented file, fsmap of a
+#                         block with 1,001 owners and of the whole device,
+#                         poisonfs vs XFS (issue 3), then the mount section
+#                mount    mount time with ~1,000,000 extents, poisonfs vs XFS
+#
+# XFS is `mkfs.xfs -m reflink=1,rmapbt=1` on a loop device over a sparse
+# /dev/shm file. POISONFS_BUILD_DIR picks the build directory (default
+# build-bench/, Release, built with scripts/build.sh without installing).
+# Needs root (mounts, losetup), fio, xfsprogs, gcc/g++, libfuse3-dev.
+# Every mount, loop device, daemon and file it makes is removed on exit, even
+# on failure or Ctrl-C.
+#
+# Speed is only ever reported as a ratio to a baseline measured in the same
+# run; the machine is shared and noisy, so look at the ratios, not at the
+# absolute figures.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+command_line="$(printf '%q ' "$0" "$@")"
+command_line=${command_line% }
+
+usage() { sed -n '6,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+  log "$*"
+  exit 1
+}
+
+rounds=3
+quick=0
+build=1
+only=fio,xfs,meta,reflink,mount
+rounds_given=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rounds)
+      [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || die "--rounds takes a positive number"
+      rounds=$2
+      rounds_given=1
+      shift
+      ;;
+    --quick) quick=1 ;;
+    --no-build) build=0 ;;
+    --only)
+      [[ $# -ge 2 ]] || die "--only takes a list: fio,xfs,meta,reflink,mount"
+      only=$2
+      shift
+      ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *)
+      log "unknown argument '$1'"
+      usage >&2
+      exit 2
+      ;;
+  esac
+  shift
+done
+for s in ${only//,/ }; do
+  case $s in fio | xfs | meta | reflink | mount) ;; *) die "unknown section '$s' (fio, xfs, meta, reflink, mount)" ;; esac
+done
+want() { [[ ",$only," == *",$1,"* ]]; }
+# The issue lists mount time among the reflink cases.
+if want reflink && ! want mount; then only+=,mount; fi
+
+if [[ $quick == 1 ]]; then
+  [[ $rounds_given == 1 ]] || rounds=1
+  FRAG_BLOCKS=8192 # the fragmented file: extents (4 KiB each)
+  BIG_MB=256       # the 1-extent file
+  FANOUT=1000      # clones of the shared block (+ the source = 1,001 owners)
+  MOUNT_EXTENTS=100000
+  QUERY_REPS=5
+  XFS_FIO_RUNTIME=3 # random fio jobs of the xfs section (compare.sh's are fixed at 10 s)
+  META_FILES=2000
+  PFS_IMAGE=2G
+  XFS_IMAGE=4G
+else
+  FRAG_BLOCKS=65536
+  BIG_MB=1024
+  FANOUT=1000
+  MOUNT_EXTENTS=1000000
+  QUERY_REPS=21
+  XFS_FIO_RUNTIME=10
+  META_FILES=10000
+  PFS_IMAGE=4G
+  XFS_IMAGE=12G
+fi
+
+[[ $(id -u) -eq 0 ]] || die "needs root (mount, losetup)"
+
+# ---- build -------------------------------------------------------------------
+
+BIN=${POISONFS_BUILD_DIR:-$root/build-bench}
+if [[ $build == 1 ]]; then
+  bash "$root/scripts/setup.sh"
+  if ! POISONFS_NO_INSTALL=1 bash "$root/scripts/build.sh" "$BIN"; then
+    # Keep going with what the benchmarks need (poisonctl is optional).
+    log "full build failed; building the benchmark targets only"
+    cmake --build "$BIN" -j"$(nproc)" --target poisonfs mkfs.poisonfs core_bench
+    cmake --build "$BIN" -j"$(nproc)" --target poisonctl || log "poisonctl does not build; using bench_helper"
+  fi
+fi
+for tool in fio gcc g++ pkg-config fusermount3 mkfs.xfs xfs_io losetup flock mountpoint; do
+  command -v "$tool" >/dev/null || die "$tool is missing (bash scripts/setup.sh installs it)"
+done
+PFS=$BIN/poisonfs
+MKFS=$BIN/mkfs.poisonfs
+CTL=$BIN/poisonctl
+CORE_BENCH=$BIN/test/core_bench
+for f in "$PFS" "$MKFS"; do [[ -x $f ]] || die "$f is missing; build first"; done
+if want mount; then [[ -x $CORE_BENCH ]] || die "$CORE_BENCH is missing; build first"; fi
+COMPARE=$root/../shared/bench/compare.sh
+EX=/usr/share/doc/libfuse3-dev/examples
+
+# ---- state and cleanup ----------------------------------------------------------
+
+W=$(mktemp -d /tmp/pfsbench.XXXXXX)
+SHM=$(mktemp -d /dev/shm/pfsbench.XXXXXX)
+FUSE_MOUNTS=() # poisonfs and passthrough_ll mountpoints
+IMAGES=()      # poisonfs images (a daemon holds an flock on its image)
+XMNT=
+LOOP=
+
+# Waits until no daemon holds the image's lock (it exits after unmount).
+wait_unlocked() {
+  local img=$1 tries=${2:-600}
+  while ! flock -n -x "$img" true 2>/dev/null; do
+    ((tries-- > 0)) || return 1
+    sleep 0.05
+  done
+}
+
+cleanup() {
+  set +e
+  trap - EXIT INT TERM
+  local m img pid
+  for m in "${FUSE_MOUNTS[@]}"; do
+    mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"; }
+  done
+  for img in "${IMAGES[@]}"; do
+    [[ -e $img ]] || continue
+    if ! wait_unlocked "$img" 200; then
+      # Our own daemon, found by the image it holds open; by pid only.
+      for pid in $(fuser "$img" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+      wait_unlocked "$img" 100
+    fi
+  done
+  if [[ -n $XMNT ]] && mountpoint -q "$XMNT"; then umount "$XMNT" 2>/dev/null || umount -l "$XMNT"; fi
+  [[ -n $LOOP ]] && losetup -d "$LOOP" 2>/dev/null
+  rm -rf "$W" "$SHM"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- helpers -----------------------------------------------------------------------
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else print a[int((NR + 1) / 2)] }'; }
+# ratio A B: A/B with 2 decimals, "-" when either is missing.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b + 0 > 0) printf "%.2f", a / b; else print "-" }'; }
+ms() { awk -v s="$1" 'BEGIN { if (s ~ /^[0-9.e+-]+$/) printf "%.2f", s * 1000; else print "-" }'; }
+# verdict VALUE OP LIMIT: "meets" or "MISSES" (OP is >= or <=).
+verdict() {
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    if (v !~ /^[0-9.e+-]+$/) { print "n/a"; exit }
+    ok = (op == ">=") ? (v + 0 >= l + 0) : (v + 0 <= l + 0); print ok ? "meets" : "MISSES" }'
+}
+SUMMARY=()
+summary() { SUMMARY+=("$(printf '%-44s %16s %18s %7s %14s %7s' "$@")"); }
+section() { printf '\n==== %s\n\n' "$*"; }
+
+pfs_mount() { # IMAGE MNT
+  mkdir -p "$2"
+  IMAGES+=("$1")
+  FUSE_MOUNTS+=("$2")
+  "$PFS" "$1" "$2"
+}
+pfs_umount() { # IMAGE MNT
+  fusermount3 -u "$2"
+  wait_unlocked "$1" || die "the poisonfs daemon of $1 did not exit"
+}
+
+H=$W/bench_helper
+g++ -std=c++23 -O2 -Wall -Wextra -I"$root/include" -o "$H" "$root/test/bench/bench_helper.cc"
+# Wall seconds (median over REPS runs) of a command, process start included.
+timeit() { "$H" time "$@" | awk '{ print $1 }'; }
+
+have_ctl() { [[ -x $CTL ]] && { "$CTL" 2>&1 || true; } | grep -qw "$1"; }
+
+printf 'poisonfs benchmarks, %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+printf 'command: %s\n' "$command_line"
+printf 'machine: %s CPUs, %s, load average %s\n' "$(nproc)" "$(uname -r)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'build:   %s (%s), commit %s%s\n' "$BIN" \
+  "$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$BIN/CMakeCache.txt" 2>/dev/null)" \
+  "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+  "$(git -C "$root" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+printf 'rounds:  %s%s\n' "$rounds" "$([[ $quick == 1 ]] && echo ' (quick: smaller sizes)')"
+
+# ---- the filesystems under test -------------------------------------------------------
+
+IMG=$SHM/poisonfs.img
+PMNT=$W/poisonfs
+if want fio || want xfs || want meta || want reflink; then
+  "$MKFS" "$IMG" "$PFS_IMAGE" >/dev/null
+  pfs_mount "$IMG" "$PMNT"
+fi
+if want xfs || want meta || want reflink || want mount; then
+  truncate -s "$XFS_IMAGE" "$SHM/xfs.img" # sparse: only what XFS writes takes RAM
+  mkfs.xfs -q -m reflink=1,rmapbt=1 "$SHM/xfs.img"
+  LOOP=$(losetup -f --show "$SHM/xfs.img")
+  XMNT=$W/xfs
+  mkdir -p "$XMNT"
+  mount "$LOOP" "$XMNT"
+fi
+
+# ---- (a) fio: compare.sh ---------------------------------------------------------------
+
+if want fio; then
+  section "fio through the mount vs tmpfs, passthrough_ll and null (../shared/bench/compare.sh, $rounds rounds)"
+  if [[ -f $COMPARE ]]; then
+    mkdir -p "$PMNT/compare"
+    bash "$COMPARE" "$PMNT/compare" "$rounds" | tee "$W/compare.out"
+    rm -rf "$PMNT/compare"
+    # Columns from the right: x null, x pt, null, tmpfs, passthrough, under test.
+    while read -r line; do
+      set -- $line
+      [[ $# -ge 7 && $1 != job ]] || continue
+      n=$#
+      name="${*:1:n-6}"
+      k=$((n - 5)) && pfs=${!k}
+      k=$((n - 4)) && pt=${!k}
+      k=$((n - 2)) && nullv=${!k}
+      k=$((n - 1)) && xpt=${!k}
+      xnull=${!n}
+      case $name in
+        read:* | read\ *)
+          summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 2x pt" "$(verdict "$xpt" '>=' 2)"
+          if [[ $xnull != - ]]; then
+            summary "fio $name vs null" "$pfs" "null $nullv" "$xnull" ">= 0.7x null" "$(verdict "$xnull" '>=' 0.7)"
+          fi
+          ;;
+        *) summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 1x pt" "$(verdict "$xpt" '>=' 1)" ;;
+      esac
+    done <"$W/compare.out"
+  else
+    printf 'skipped: %s is absent\n' "$COMPARE"
+  fi
+fi
+
+# ---- (c) fio: the same jobs on poisonfs and XFS ---------------------------------------------
+
+# fio_job DIR RW BS DIRECT: MB/s (sequential) or kIOPS (random), as compare.sh measures.
+fio_job() {
+  local dir=$1 rw=$2 bs=$3 direct=$4 extra=() out field
+  case $rw in rand*) extra+=(--time_based --runtime="$XFS_FIO_RUNTIME") ;; esac
+  out=$(fio --name=c --directory="$dir" --filename=cmp.fio --size=1G "${extra[@]}" --rw="$rw" --bs="$bs" \
+    --direct="$direct" --ioengine=psync --numjobs=1 --output-format=terse --terse-version=3 2>/dev/null)
+  case $rw in
+    read) field=7 ;;
+    randread) field=8 ;;
+    write) field=48 ;;
+    randwrite) field=49 ;;
+  esac
+  echo "$out" | awk -F';' -v f=$field -v r="$rw" '{ v = $f; if (r ~ /^rand/) printf "%.1f\n", v / 1000; else printf "%.0f\n", v / 1024 }'
+}
+
+if want xfs; then
+  section "the same fio jobs on poisonfs and XFS (loop device on /dev/shm), interleaved, $rounds rounds, random jobs ${XFS_FIO_RUNTIME} s"
+  JOBS="write:1m:0 read:1m:0 read:1m:1 read:128k:0 randread:4k:0 randwrite:4k:0"
+  declare -A fres
+  mkdir -p "$PMNT/fio" "$XMNT/fio"
+  for r in $(seq "$rounds"); do
+    for j in $JOBS; do
+      IFS=: read -r rw bs d <<<"$j"
+      for t in pfs xfs; do
+        dir=$PMNT/fio
+        [[ $t == xfs ]] && dir=$XMNT/fio
+        fres["$t|$j"]+="$(fio_job "$dir" "$rw" "$bs" "$d") "
+      done
+    done
+    rm -f "$PMNT/fio/cmp.fio" "$XMNT/fio/cmp.fio"
+  done
+  rm -rf "$PMNT/fio" "$XMNT/fio"
+  printf '%-24s %12s %12s %8s\n' job poisonfs xfs "x xfs"
+  for j in $JOBS; do
+    a=$(echo ${fres["pfs|$j"]} | tr ' ' '\n' | median)
+    b=$(echo ${fres["xfs|$j"]} | tr ' ' '\n' | median)
+    u=MB/s
+    case $j in rand*) u=kIOPS ;; esac
+    dn=
+    [[ ${j##*:} == 1 ]] && dn=" O_DIRECT"
+    IFS=: read -r rw bs d <<<"$j"
+    printf '%-24s %12s %12s %8s\n' "$rw $bs $u$dn" "$a" "$b" "$(ratio "$a" "$b")"
+    summary "fio $rw $bs $u$dn vs XFS" "$a" "xfs $b" "$(ratio "$a" "$b")" "(info)" ""
+  done
+fi
+
+# ---- (b) metadata rates --------------------------------------------------------------------
+
+if want meta; then
+  section "metadata: $META_FILES files per round, $rounds rounds (ops/s, median)"
+  # libfuse's passthrough_ll over a /dev/shm directory, built and mounted as compare.sh does.
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to be split
+  gcc -O2 -o "$W/passthrough_ll" "$EX/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
+  mkdir -p "$SHM/pt-src" "$W/pt" "$SHM/tmpfs-meta" "$PMNT/meta" "$XMNT/meta"
+  FUSE_MOUNTS+=("$W/pt")
+  "$W/passthrough_ll" -o source="$SHM/pt-src" "$W/pt"
+  declare -A mres
+  TARGETS="pfs pt tmpfs xfs"
+  for r in $(seq "$rounds"); do
+    for t in $TARGETS; do
+      case $t in
+        pfs) dir=$PMNT/meta ;;
+        pt) dir=$W/pt ;;
+        tmpfs) dir=$SHM/tmpfs-meta ;;
+        xfs) dir=$XMNT/meta ;;
+      esac
+      mkdir "$dir/r$r"
+      read -r c sc sw u cu < <("$H" meta "$dir/r$r" "$META_FILES")
+      [[ -n ${cu:-} ]] || die "bench_helper meta failed on $t"
+      rmdir "$dir/r$r"
+      mres["$t|create"]+="$c "
+      mres["$t|stat_cold"]+="$sc "
+      mres["$t|stat_warm"]+="$sw "
+      mres["$t|unlink"]+="$u "
+      mres["$t|create+unlink"]+="$cu "
+    done
+  done
+  fusermount3 -u "$W/pt"
+  printf '%-30s %10s %10s %10s %10s %7s %7s %7s\n' "ops/s" poisonfs passthru tmpfs xfs "x pt" "x tmpfs" "x xfs"
+  for m in create unlink create+unlink stat_cold stat_warm; do
+    declare -A v=()
+    for t in $TARGETS; do v[$t]=$(echo ${mres["$t|$m"]} | tr ' ' '\n' | median); done
+    label=$m
+    case $m in
+      create+unlink) label="create+unlink (pairs)" ;;
+      stat_cold) label="stat, after the 1 s timeouts" ;;
+      stat_warm) label="stat, cached" ;;
+    esac
+    printf '%-30s %10s %10s %10s %10s %7s %7s %7s\n' "$label" "${v[pfs]}" "${v[pt]}" "${v[tmpfs]}" "${v[xfs]}" \
+      "$(ratio "${v[pfs]}" "${v[pt]}")" "$(ratio "${v[pfs]}" "${v[tmpfs]}")" "$(ratio "${v[pfs]}" "${v[xfs]}")"
+    case $m in
+      create+unlink | stat_cold)
+        x=$(ratio "${v[pfs]}" "${v[pt]}")
+        summary "$label /s" "${v[pfs]}" "pt ${v[pt]}" "$x" ">= 1x pt" "$(verdict "$x" '>=' 1)"
+        ;;
+    esac
+  done
+  printf '\n(stat after the timeouts: FUSE entries and attributes (1 s in poisonfs and passthrough_ll)\n'
+  printf ' have expired, so each stat is a LOOKUP round trip; cached: the same file again at once,\n'
+  printf ' answered from the kernel caches.)\n'
+fi
+
+# ---- (d) reflink and the reverse map ----------------------------------------------------------
+
+# Extent count of a file: bench_helper (POISONFS_IOC_BMAP / FIEMAP), plus the tool's own view.
+extent_report() { # FILE fs
+  local n tool=""
+  read -r n _ _ < <("$H" extents "$1")
+  if [[ $2 == xfs ]]; then
+    tool="; xfs_io fiemap: $(xfs_io -c 'fiemap' "$1" | tail -n +2 | grep -vc hole || true)"
+  elif have_ctl bmap; then
+    tool="; poisonctl bmap --json: $({ "$CTL" bmap --json "$1" || true; } | { grep -o '"file_offset"' || true; } | wc -l)"
+  fi
+  printf '%s%s' "$n" "$tool"
+}
+
+# fsmap_cmd fs START LEN: the command that lists owners (pfs: poisonctl, else bench_helper).
+fsmap_cmd() {
+  if [[ $1 == pfs ]]; then
+    if have_ctl fsmap; then
+      if [[ -n ${2:-} ]]; then echo "$CTL fsmap --json $PMNT $2 $3"; else echo "$CTL fsmap --json $PMNT"; fi
+    else
+      echo "$H fsmap $PMNT ${2:-0} ${3:-18446744073709551615}"
+    fi
+  else
+    # xfs_io's fsmap takes 512-byte units, END inclusive.
+    if [[ -n ${2:-} ]]; then echo "xfs_io -c 'fsmap -d $(($2 / 512)) $((($2 + $3) / 512 - 1))' $XMNT"; else echo "xfs_io -c 'fsmap -d' $XMNT"; fi
+  fi
+}
+# Records listed by a fsmap command.
+fsmap_count() { # fs CMD
+  if [[ $1 == pfs ]]; then
+    { eval "$2" 2>/dev/null || true; } | { grep -o '"physical"' || true; } | wc -l
+  else
+    eval "$2" | grep -cE '^[[:space:]]*[0-9]+:' || true
+  fi
+}
+fsmap_time() { # CMD (runs it $REPS times)
+  eval "set -- $1"
+  "$H" time "$REPS" "$@" | awk '{ print $1 }'
+}
+
+if want reflink; then
+  section "reflink and the reverse map: poisonfs vs XFS (times in ms, median of $rounds rounds unless noted)"
+  PR=$PMNT/reflink
+  XR=$XMNT/reflink
+  mkdir -p "$PR" "$XR"
+  if have_ctl fsmap; then
+    printf 'poisonfs queries run `poisonctl fsmap --json` (paths included), end to end\n'
+  else
+    printf 'poisonctl has no fsmap yet: poisonfs queries run `bench_helper fsmap` (the same ioctls,\n'
+    printf 'JSON with paths), end to end\n'
+  fi
+  printf 'XFS queries run `xfs_io -c fsmap -d`, end to end (inode numbers, no paths)\n\n'
+  printf '%-52s %12s %12s %10s\n' case "poisonfs ms" "xfs ms" "pfs/xfs"
+  row() { printf '%-52s %12s %12s %10s\n' "$1" "$(ms "$2")" "$(ms "$3")" "$(ratio "$2" "$3")"; }
+
+  # 1. cp of a 1-extent file.
+  for t in pfs xfs; do
+    d=$PR
+    [[ $t == xfs ]] && d=$XR
+    # Preallocated first: earlier sections leave free space in pieces, and
+    # a file written 1 MiB at a time could straddle two of them.
+    fallocate -l "${BIG_MB}M" "$d/big"
+    dd if=/dev/zero of="$d/big" bs=1M count="$BIG_MB" conv=notrunc,fsync status=none
+  done
+  big_ext="poisonfs $(extent_report "$PR/big" pfs) / xfs $(extent_report "$XR/big" xfs)"
+  declare -A rt=()
+  for r in $(seq "$rounds"); do
+    for t in pfs xfs; do
+      d=$PR
+      [[ $t == xfs ]] && d=$XR
+      rt[$t]+="$(timeit 1 cp "$d/big" "$d/big.copy") "
+      read -r _ _ shared < <("$H" extents "$d/big.copy")
+      [[ $shared -gt 0 ]] || log "warning: $t: the copy of big shares nothing"
+      rm -f "$d/big.copy"
+    done
+  done
+  a=$(echo ${rt[pfs]} | tr ' ' '\n' | median)
+  b=$(echo ${rt[xfs]} | tr ' ' '\n' | median)
+  row "cp of a 1-extent $BIG_MB MiB file" "$a" "$b"
+  summary "cp $BIG_MB MiB 1-extent file (ms)" "$(ms "$a")" "xfs $(ms "$b")" "$(ratio "$a" "$b")" "(pfs/xfs time)" ""
+  rm -f "$PR/big" "$XR/big"
+
+  # 2. A file of FRAG_BLOCKS one-block extents: block i cloned from block i/2
+  #    of source i%2, so no two neighbours are contiguous.
+  declare -A frag_build=() fan_build=() # setup seconds, per filesystem
+  src_mb=$((FRAG_BLOCKS * 4 / 1024))
+  [[ $src_mb -ge 1 ]] || src_mb=1
+  for t in pfs xfs; do
+    d=$PR
+    [[ $t == xfs ]] && d=$XR
+    for s in a b; do dd if=/dev/zero of="$d/src-$s" bs=1M count="$src_mb" conv=fsync status=none; done
+    t0=$EPOCHREALTIME
+    "$H" frag "$d/frag" "$d/src-a" "$d/src-b" "$FRAG_BLOCKS" 2>/dev/null
+    frag_build[$t]=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+  done
+  frag_ext="poisonfs $(extent_report "$PR/frag" pfs) / xfs $(extent_report "$XR/frag" xfs)"
+
+  # The whole device now (state 1: sources + fragmented file).
+  declare -A fc=() ft=()
+  REPS=$(((QUERY_REPS + 1) / 4 * 2 + 1)) # fewer: these take 100s of ms
+  for t in pfs xfs; do
+    c=$(fsmap_cmd $t)
+    fc[$t.1]=$(fsmap_count $t "$c")
+    ft[$t.1]=$(fsmap_time "$c")
+  done
+
+  # cp of the fragmented file. The first copy stays (state 2).
+  unset rt
+  declare -A rt=()
+  for r in $(seq "$rounds"); do
+    for t in pfs xfs; do
+      d=$PR
+      [[ $t == xfs ]] && d=$XR
+      dst=$d/frag.copy
+      [[ $r -gt 1 ]] && dst=$d/frag.tmp
+      rt[$t]+="$(timeit 1 cp "$d/frag" "$dst") "
+      [[ $r -gt 1 ]] && rm -f "$dst"
+    done
+  done
+  copy_ext="poisonfs $(extent_report "$PR/frag.copy" pfs) / xfs $(extent_report "$XR/frag.copy" xfs)"
+  a=$(echo ${rt[pfs]} | tr ' ' '\n' | median)
+  b=$(echo ${rt[xfs]} | tr ' ' '\n' | median)
+  row "cp of a $((FRAG_BLOCKS * 4 / 1024)) MiB file in $FRAG_BLOCKS extents" "$a" "$b"
+  summary "cp of a $FRAG_BLOCKS-extent file (ms)" "$(ms "$a")" "xfs $(ms "$b")" "$(ratio "$a" "$b")" "<= 100 ms" \
+    "$(verdict "$(ms "$a")" '<=' 100)"
+  row "  (building it: $FRAG_BLOCKS clone ioctls, once)" "${frag_build[pfs]}" "${frag_build[xfs]}"
+
+  for t in pfs xfs; do
+    c=$(fsmap_cmd $t)
+    fc[$t.2]=$(fsmap_count $t "$c")
+    ft[$t.2]=$(fsmap_time "$c")
+  done
+
+  # 3. One block shared by FANOUT+1 files.
+  for t in pfs xfs; do
+    d=$PR
+    [[ $t == xfs ]] && d=$XR
+    mkdir -p "$d/fan"
+    dd if=/dev/urandom of="$d/fan/src" bs=4k count=1 conv=fsync status=none
+    t0=$EPOCHREALTIME
+    "$H" fanout "$d/fan/src" "$d/fan" "$FANOUT"
+    fan_build[$t]=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')
+  done
+  REPS=$QUERY_REPS
+  declare -A oc=() ot=()
+  for t in pfs xfs; do
+    d=$PR
+    [[ $t == xfs ]] && d=$XR
+    read -r _ phys _ < <("$H" extents "$d/fan/src")
+    c=$(fsmap_cmd $t "$phys" 4096)
+    oc[$t]=$(fsmap_count $t "$c")
+    ot[$t]=$(fsmap_time "$c")
+    if [[ $t == pfs ]]; then pfs_fan_phys=$phys; fi
+  done
+  row "fsmap of 1 block shared by $((FANOUT + 1)) files (median of $REPS)" "${ot[pfs]}" "${ot[xfs]}"
+  printf '%-52s %12s %12s\n' "  records listed" "${oc[pfs]}" "${oc[xfs]}"
+  summary "fsmap of a block with $((FANOUT + 1)) owners (ms)" "$(ms "${ot[pfs]}")" "xfs $(ms "${ot[xfs]}")" \
+    "$(ratio "${ot[pfs]}" "${ot[xfs]}")" "<= 1 ms" "$(verdict "$(ms "${ot[pfs]}")" '<=' 1)"
+  # Where the time goes: the same query without paths, and a process that does nothing.
+  nopaths=$(timeit "$REPS" "$H" fsmap "$PMNT" "$pfs_fan_phys" 4096 nopaths)
+  true_s=$(timeit "$REPS" /bin/true)
+  row "  poisonfs: fsmap ioctls only, no paths (bench_helper)" "$nopaths" ""
+  row "  a process that does nothing (/bin/true)" "$true_s" ""
+
+  for s in 1 2; do
+    label="fsmap of the whole device, state $s (median of $(((QUERY_REPS + 1) / 4 * 2 + 1)))"
+    row "$label" "${ft[pfs.$s]}" "${ft[xfs.$s]}"
+    printf '%-52s %12s %12s\n' "  records listed" "${fc[pfs.$s]}" "${fc[xfs.$s]}"
+    per_pfs=$(awk -v t="${ft[pfs.$s]}" -v n="${fc[pfs.$s]}" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / n }')
+    per_xfs=$(awk -v t="${ft[xfs.$s]}" -v n="${fc[xfs.$s]}" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / n }')
+    printf '%-52s %12s %12s %10s\n' "  us per record" "$per_pfs" "$per_xfs" "$(ratio "$per_pfs" "$per_xfs")"
+    # The target is for ~132k records: state 1 on poisonfs (2 x FRAG_BLOCKS + metadata).
+    if [[ $s == 1 ]]; then
+      tgt="<= 100 ms" vd=$(verdict "$(ms "${ft[pfs.$s]}")" '<=' 100)
+    else
+      tgt="(info)" vd=
+    fi
+    summary "fsmap whole device, state $s (ms; records)" "$(ms "${ft[pfs.$s]}"); ${fc[pfs.$s]}" \
+      "xfs $(ms "${ft[xfs.$s]}"); ${fc[xfs.$s]}" "$(ratio "${ft[pfs.$s]}" "${ft[xfs.$s]}")" "$tgt" "$vd"
+  done
+  printf '\nextents of the %s MiB file:        %s\n' "$BIG_MB" "$big_ext"
+  printf 'extents of the fragmented file:  %s\n' "$frag_ext"
+  printf 'extents of its copy:             %s\n' "$copy_ext"
+  printf 'state 1: two %s MiB sources + the fragmented file; state 2: + its copy (cp)\n' "$src_mb"
+  printf 'setup, once: %s clones of one block: poisonfs %s s, xfs %s s\n' "$FANOUT" \
+    "$(printf '%.2f' "${fan_build[pfs]}")" "$(printf '%.2f' "${fan_build[xfs]}")"
+fi
+
+# The main poisonfs image is not needed any more: free its RAM before the mount section.
+if mountpoint -q "$PMNT" 2>/dev/null; then
+  pfs_umount "$IMG" "$PMNT"
+  rm -f "$IMG"
+fi
+
+# ---- mount time with ~1,000,000 extents ---------------------------------------------------------
+
+if want mount; then
+  section "mount time with $MOUNT_EXTENTS one-block extents, $rounds rounds (ms)"
+  # The image: data blocks + extent record blocks + journal (64 MiB) + inode table (1/64).
+  size_mb=$(((MOUNT_EXTENTS * 4136 / 1048576 + 64) * 64 / 63 + 96))
+  MIMG=$SHM/mount.img
+  MMNT=$W/mount
+  mkdir -p "$MMNT"
+  "$MKFS" "$MIMG" "${size_mb}M" >/dev/null
+  IMAGES+=("$MIMG")
+  FUSE_MOUNTS+=("$MMNT")
+  t0=$EPOCHREALTIME
+  records=$("$CORE_BENCH" make-image "$MIMG" "$MOUNT_EXTENTS" 2>/dev/null)
+  pfs_prep=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  # poisonfs: from starting the daemon until it returns (the mount is up then).
+  mount_pfs() {
+    local out=()
+    for r in $(seq "$rounds"); do
+      out+=("$(timeit 1 "$PFS" "$MIMG" "$MMNT")")
+      pfs_umount "$MIMG" "$MMNT"
+    done
+    printf '%s\n' "${out[@]}" | median
+  }
+  pfs_full=$(mount_pfs)
+  # The same image size, empty: what a mount costs before any extent.
+  "$MKFS" -f "$MIMG" "${size_mb}M" >/dev/null
+  pfs_empty=$(mount_pfs)
+  rm -f "$MIMG"
+
+  mount_xfs() {
+    local out=()
+    for r in $(seq "$rounds"); do
+      umount "$XMNT"
+      out+=("$(timeit 1 mount "$LOOP" "$XMNT")")
+    done
+    printf '%s\n' "${out[@]}" | median
+  }
+  xfs_empty=$(mount_xfs)
+  mkdir -p "$XMNT/mount"
+  t0=$EPOCHREALTIME
+  "$H" interleave "$XMNT/mount/a" "$XMNT/mount/b" "$MOUNT_EXTENTS" 2>/dev/null
+  xfs_prep=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  read -r xa _ _ < <("$H" extents "$XMNT/mount/a")
+  read -r xb _ _ < <("$H" extents "$XMNT/mount/b")
+  xfs_full=$(mount_xfs)
+
+  printf '%-52s %12s %12s %10s\n' case "poisonfs ms" "xfs ms" "pfs/xfs"
+  printf '%-52s %12s %12s %10s\n' "mount with $MOUNT_EXTENTS extents" "$(ms "$pfs_full")" "$(ms "$xfs_full")" \
+    "$(ratio "$pfs_full" "$xfs_full")"
+  printf '%-52s %12s %12s %10s\n' "mount, same size, no extents" "$(ms "$pfs_empty")" "$(ms "$xfs_empty")" \
+    "$(ratio "$pfs_empty" "$xfs_empty")"
+  printf '\nextent records: poisonfs %s (image %s MiB, written offline through the core in %s s);\n' \
+    "$records" "$size_mb" "$pfs_prep"
+  printf 'xfs %s (two files, one-block unwritten preallocations in turn, %s s)\n' "$((xa + xb))" "$xfs_prep"
+  summary "mount with $MOUNT_EXTENTS extents (ms)" "$(ms "$pfs_full")" "xfs $(ms "$xfs_full")" \
+    "$(ratio "$pfs_full" "$xfs_full")" "<= 1000 ms" "$(verdict "$(ms "$pfs_full")" '<=' 1000)"
+  summary "  mount, same size, no extents (ms)" "$(ms "$pfs_empty")" "xfs $(ms "$xfs_empty")" \
+    "$(ratio "$pfs_empty" "$xfs_empty")" "(info)" ""
+fi
+
+# ---- summary --------------------------------------------------------------------------------
+
+section "summary"
+printf '%-44s %16s %18s %7s %14s %7s\n' case poisonfs baseline ratio target verdict
+printf '%s\n' "${SUMMARY[@]}"
+printf '\nDRAM per reverse-map record: build-bench/test/core_bench --benchmark_filter=RmapDram\n'
+printf 'load average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'command: %s\n' "$command_line"
