@@ -777,51 +777,68 @@ std::string bmap_json(const std::vector<BmapEntry>& entries) {
   return out;
 }
 
-int cmd_bmap(const std::vector<std::string>& args) {
+// The target of a per-file command: FILE on a mounted poisonfs, or
+// --image IMAGE PATH for a file of an unmounted image.
+struct FileTarget {
   bool json = false;
-  std::string image, file;
+  std::string file, image;
+};
+
+// Parses [--json] FILE | --image IMAGE PATH. Returns -1 to go on, else the
+// exit code to return (help printed, or a usage error).
+int parse_file_target(const std::string& cmd, std::string_view synopsis, const std::vector<std::string>& args,
+                      FileTarget* t) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--json") {
-      json = true;
+      t->json = true;
     } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kBmapSynopsis.size()), kBmapSynopsis.data());
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(synopsis.size()), synopsis.data());
       return 0;
     } else if (a == "--image") {
-      if (i + 1 >= args.size()) return usage_error("bmap", "--image needs IMAGE", kBmapSynopsis);
-      if (!image.empty()) return usage_error("bmap", "--image given twice", kBmapSynopsis);
-      image = args[++i];
-      if (image.empty()) return usage_error("bmap", "empty IMAGE", kBmapSynopsis);
+      if (i + 1 >= args.size()) return usage_error(cmd, "--image needs IMAGE", synopsis);
+      if (!t->image.empty()) return usage_error(cmd, "--image given twice", synopsis);
+      t->image = args[++i];
+      if (t->image.empty()) return usage_error(cmd, "empty IMAGE", synopsis);
     } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("bmap", "unknown option '" + a + "'", kBmapSynopsis);
-    } else if (!file.empty()) {
-      return usage_error("bmap", "expected one FILE", kBmapSynopsis);
+      return usage_error(cmd, "unknown option '" + a + "'", synopsis);
+    } else if (!t->file.empty()) {
+      return usage_error(cmd, "expected one FILE", synopsis);
     } else {
-      file = a;
+      t->file = a;
     }
   }
-  if (file.empty()) return usage_error("bmap", image.empty() ? "missing FILE" : "missing PATH", kBmapSynopsis);
-  Result<std::vector<BmapEntry>> entries;
-  std::string name = file;
-  if (!image.empty()) {
-    name = image + ":" + file;
-    // A mounted image is locked by its daemon: ask through the mount.
-    std::string mp = on_poisonfs_mount(image) ? std::string{} : mountpoint_of_image(image);
-    if (!mp.empty()) {
-      entries = bmap_from_mount(mp + (file.starts_with("/") ? "" : "/") + file);
-    } else {
-      entries = bmap_from_image(image, file);
-    }
-  } else if (on_poisonfs_mount(file)) {
-    entries = bmap_from_mount(file);
-  } else {
-    struct stat st {};
-    if (stat(file.c_str(), &st) != 0) return error(file + ": " + errno_text(errno));
-    return error(file + " is not on a mounted poisonfs (for a file of an unmounted image: " + kTool +
-                 " bmap --image IMAGE PATH)");
+  if (t->file.empty()) return usage_error(cmd, t->image.empty() ? "missing FILE" : "missing PATH", synopsis);
+  return -1;
+}
+
+// Asks through the mount (from_mount(path)) or offline (from_image(image,
+// path)) as the target says; a mounted image is locked by its daemon, so it
+// is asked through its mount. *name: how to call the file in output.
+template <class FromMount, class FromImage>
+auto fetch_for_file(const std::string& cmd, const FileTarget& t, std::string* name, FromMount from_mount,
+                    FromImage from_image) -> decltype(from_mount(std::string{})) {
+  *name = t.file;
+  if (!t.image.empty()) {
+    *name = t.image + ":" + t.file;
+    std::string mp = on_poisonfs_mount(t.image) ? std::string{} : mountpoint_of_image(t.image);
+    if (!mp.empty()) return from_mount(mp + (t.file.starts_with("/") ? "" : "/") + t.file);
+    return from_image(t.image, t.file);
   }
+  if (on_poisonfs_mount(t.file)) return from_mount(t.file);
+  struct stat st {};
+  if (stat(t.file.c_str(), &st) != 0) return fail(std::errc::invalid_argument, t.file + ": " + errno_text(errno));
+  return fail(std::errc::invalid_argument, t.file + " is not on a mounted poisonfs (for a file of an unmounted image: " +
+                                               kTool + " " + cmd + " --image IMAGE PATH)");
+}
+
+int cmd_bmap(const std::vector<std::string>& args) {
+  FileTarget t;
+  if (int code = parse_file_target("bmap", kBmapSynopsis, args, &t); code >= 0) return code;
+  std::string name;
+  auto entries = fetch_for_file("bmap", t, &name, bmap_from_mount, bmap_from_image);
   if (!entries) return error(entries.error().to_string());
-  if (json) return write_stdout(bmap_json(*entries));
+  if (t.json) return write_stdout(bmap_json(*entries));
   print_bmap_human(name, *entries);
   return 0;
 }
@@ -1462,49 +1479,12 @@ std::string file_poison_human(const std::string& name, const std::vector<FilePoi
 }
 
 int cmd_poison(const std::vector<std::string>& args) {
-  bool json = false;
-  std::string image, file;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--json") {
-      json = true;
-    } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kPoisonSynopsis.size()), kPoisonSynopsis.data());
-      return 0;
-    } else if (a == "--image") {
-      if (i + 1 >= args.size()) return usage_error("poison", "--image needs IMAGE", kPoisonSynopsis);
-      if (!image.empty()) return usage_error("poison", "--image given twice", kPoisonSynopsis);
-      image = args[++i];
-      if (image.empty()) return usage_error("poison", "empty IMAGE", kPoisonSynopsis);
-    } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("poison", "unknown option '" + a + "'", kPoisonSynopsis);
-    } else if (!file.empty()) {
-      return usage_error("poison", "expected one FILE", kPoisonSynopsis);
-    } else {
-      file = a;
-    }
-  }
-  if (file.empty()) return usage_error("poison", image.empty() ? "missing FILE" : "missing PATH", kPoisonSynopsis);
-  Result<std::vector<FilePoison>> ranges;
-  std::string name = file;
-  if (!image.empty()) {
-    name = image + ":" + file;
-    std::string mp = on_poisonfs_mount(image) ? std::string{} : mountpoint_of_image(image);
-    if (!mp.empty()) {
-      ranges = file_poison_from_mount(mp + (file.starts_with("/") ? "" : "/") + file);
-    } else {
-      ranges = file_poison_from_image(image, file);
-    }
-  } else if (on_poisonfs_mount(file)) {
-    ranges = file_poison_from_mount(file);
-  } else {
-    struct stat st {};
-    if (stat(file.c_str(), &st) != 0) return error(file + ": " + errno_text(errno));
-    return error(file + " is not on a mounted poisonfs (for a file of an unmounted image: " + kTool +
-                 " poison --image IMAGE PATH)");
-  }
+  FileTarget t;
+  if (int code = parse_file_target("poison", kPoisonSynopsis, args, &t); code >= 0) return code;
+  std::string name;
+  auto ranges = fetch_for_file("poison", t, &name, file_poison_from_mount, file_poison_from_image);
   if (!ranges) return error(ranges.error().to_string());
-  return write_stdout(json ? file_poison_to_json(*ranges) : file_poison_human(name, *ranges));
+  return write_stdout(t.json ? file_poison_to_json(*ranges) : file_poison_human(name, *ranges));
 }
 
 // ---- events ----------------------------------------------------------------------
