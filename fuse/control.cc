@@ -118,7 +118,8 @@ long own_mount_id(const std::string& mountpoint) {
 void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void* in_buf, size_t in_bufsz) {
   poisonfs_clone_range args;
   if (!take_input(req, in_buf, in_bufsz, &args)) return;
-  if ((fi->fh & O_ACCMODE) == O_RDONLY) {
+  // As FICLONERANGE: the destination must be open for writing, not append-only.
+  if ((fi->fh & O_ACCMODE) == O_RDONLY || (fi->fh & O_APPEND)) {
     fuse_reply_err(req, EBADF);
     return;
   }

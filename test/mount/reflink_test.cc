@@ -619,17 +619,20 @@ TEST_F(ReflinkBadInput, DescriptorsWithoutTheRightAccessAreEbadf) {
   int src_path = open(src_.c_str(), O_PATH | O_CLOEXEC);
   int dst_ro = open(dst_.c_str(), O_RDONLY | O_CLOEXEC);
   int dst_rw = open(dst_.c_str(), O_RDWR | O_CLOEXEC);
+  int dst_append = open(dst_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(dst_append, 0);
   ASSERT_GE(src_ro, 0);
   ASSERT_GE(src_wo, 0);
   ASSERT_GE(src_path, 0);
   ASSERT_GE(dst_ro, 0);
   ASSERT_GE(dst_rw, 0);
   EXPECT_EQ(clone_ioctl(dst_ro, src_ro, 0, 0, 0), EBADF);    // destination not open for writing
+  EXPECT_EQ(clone_ioctl(dst_append, src_ro, 0, 0, 0), EBADF);  // append-only destination
   EXPECT_EQ(clone_ioctl(dst_rw, src_wo, 0, 0, 0), EBADF);    // source not open for reading
   EXPECT_EQ(clone_ioctl(dst_rw, src_path, 0, 0, 0), EBADF);  // O_PATH grants no reading
   EXPECT_EQ(clone_ioctl(dst_rw, 1000000, 0, 0, 0), EBADF);   // no such descriptor
   EXPECT_EQ(clone_ioctl(dst_rw, -1, 0, 0, 0), EBADF);
-  for (int fd : {src_ro, src_wo, src_path, dst_ro, dst_rw}) close(fd);
+  for (int fd : {src_ro, src_wo, src_path, dst_ro, dst_rw, dst_append}) close(fd);
   EXPECT_EQ(snapshot(src_), s0);
   EXPECT_EQ(snapshot(dst_), d0);
 }
