@@ -68,6 +68,10 @@ enum class MapMode {
 // flock on the image for kShared so that a second mount is refused.
 Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode);
 
+// A Media that forwards to `media`, which the caller keeps alive and owns
+// (for APIs that take ownership of a Media, like Filesystem::mount).
+std::unique_ptr<Media> borrow_media(Media& media);
+
 // A zero-filled in-memory device for tests.
 std::unique_ptr<Media> make_memory_media(uint64_t size);
 

@@ -10,23 +10,6 @@
 namespace poisonfs {
 namespace {
 
-// Lends a caller-owned Media to a FsImpl, which wants to own one.
-class BorrowedMedia final : public Media {
- public:
-  explicit BorrowedMedia(Media& m) : m_(m) {}
-  uint64_t size() const override { return m_.size(); }
-  const std::byte* base() const override { return m_.base(); }
-  bool read_only() const override { return m_.read_only(); }
-  bool byte_granular() const override { return m_.byte_granular(); }
-  void write(uint64_t off, const void* src, size_t len) override { m_.write(off, src, len); }
-  void zero(uint64_t off, size_t len) override { m_.zero(off, len); }
-  void flush(uint64_t off, size_t len) override { m_.flush(off, len); }
-  void drain() override { m_.drain(); }
-  PoisonList& poison() override { return m_.poison(); }
-
- private:
-  Media& m_;
-};
 
 }  // namespace
 
@@ -103,7 +86,7 @@ Result<CheckReport> check_filesystem(Media& media, bool repair) {
   CheckState state;
   state.repair = repair && !media.read_only();
   CheckReport report;
-  auto fs = mount_impl(std::make_unique<BorrowedMedia>(media), &state);
+  auto fs = mount_impl(borrow_media(media), &state);
   if (!fs) {
     // Nothing usable (no superblock, corrupt journal, no root): operational
     // error when the image is not poisonfs at all, else a problem left.

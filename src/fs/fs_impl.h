@@ -213,6 +213,7 @@ class FsImpl final : public Filesystem {
   void record_event(Event e);
   void shutdown(const std::string& reason);
   std::string first_path(Ino ino);
+  std::string path_of(const Link& link);
   // Read with the poison check: EIO if [off, off+len) holds known or latent
   // poison (latent found here is reported in *found), or with short_at_poison
   // the clean bytes before the first poisoned one.

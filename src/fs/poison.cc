@@ -120,14 +120,7 @@ void FsImpl::run_invalidations(const std::vector<Invalidation>& inval) {
 std::string FsImpl::first_path(Ino ino) {
   Inode* inode = ino && ino <= inodes_.size() ? inodes_[ino - 1].get() : nullptr;
   if (!inode || inode->links.empty()) return "";
-  std::string path = "/" + inode->links.front().name;
-  for (Ino dir = inode->links.front().parent; dir != kRootIno;) {
-    Inode* d = inodes_[dir - 1].get();
-    if (!d || d->links.empty()) return "?" + path;
-    path = "/" + d->links.front().name + path;
-    dir = d->links.front().parent;
-  }
-  return path;
+  return path_of(inode->links.front());
 }
 
 // Rewrites a record block from the in-memory records that live in it. The

@@ -283,21 +283,21 @@ Result<std::vector<std::string>> FsImpl::paths(Ino ino) {
   if (!got) return std::unexpected(got.error());
   if (ino == kRootIno) return std::vector<std::string>{"/"};
   std::vector<std::string> out;
-  for (const Link& link : (*got)->links) {
-    std::string path = "/" + link.name;
-    // Directories have one name, so walking up by `parent` is exact.
-    for (Ino dir = link.parent; dir != kRootIno;) {
-      Inode* d = inodes_[dir - 1].get();
-      if (!d || d->links.empty()) {
-        path = "?" + path;  // detached (an open, unlinked directory)
-        break;
-      }
-      path = "/" + d->links.front().name + path;
-      dir = d->links.front().parent;
-    }
-    out.push_back(std::move(path));
-  }
+  for (const Link& link : (*got)->links) out.push_back(path_of(link));
   return out;
+}
+
+// The path a name makes from the root. Directories have one name, so
+// walking up by their only link is exact.
+std::string FsImpl::path_of(const Link& link) {
+  std::string path = "/" + link.name;
+  for (Ino dir = link.parent; dir != kRootIno;) {
+    Inode* d = inodes_[dir - 1].get();
+    if (!d || d->links.empty()) return "?" + path;  // detached (an open, unlinked directory)
+    path = "/" + d->links.front().name + path;
+    dir = d->links.front().parent;
+  }
+  return path;
 }
 
 }  // namespace poisonfs

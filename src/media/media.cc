@@ -44,4 +44,27 @@ std::vector<PoisonRange> Media::clear_poison(uint64_t off, uint64_t len) {
   return poison().clear(off, len);
 }
 
+namespace {
+
+class BorrowedMedia final : public Media {
+ public:
+  explicit BorrowedMedia(Media& m) : m_(m) {}
+  uint64_t size() const override { return m_.size(); }
+  const std::byte* base() const override { return m_.base(); }
+  bool read_only() const override { return m_.read_only(); }
+  bool byte_granular() const override { return m_.byte_granular(); }
+  void write(uint64_t off, const void* src, size_t len) override { m_.write(off, src, len); }
+  void zero(uint64_t off, size_t len) override { m_.zero(off, len); }
+  void flush(uint64_t off, size_t len) override { m_.flush(off, len); }
+  void drain() override { m_.drain(); }
+  PoisonList& poison() override { return m_.poison(); }
+
+ private:
+  Media& m_;
+};
+
+}  // namespace
+
+std::unique_ptr<Media> borrow_media(Media& media) { return std::make_unique<BorrowedMedia>(media); }
+
 }  // namespace poisonfs

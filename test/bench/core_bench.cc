@@ -60,24 +60,6 @@ void must(const Status& s, const char* what) {
   if (!s) die(strfmt("{}: {}", what, s.error().to_string()));
 }
 
-// A non-owning view of a media, so that one prepared device can be mounted
-// again and again (Filesystem::mount takes ownership of its media).
-class BorrowedMedia final : public Media {
- public:
-  explicit BorrowedMedia(Media& m) : m_(m) {}
-  uint64_t size() const override { return m_.size(); }
-  const std::byte* base() const override { return m_.base(); }
-  bool read_only() const override { return m_.read_only(); }
-  bool byte_granular() const override { return m_.byte_granular(); }
-  void write(uint64_t off, const void* src, size_t len) override { m_.write(off, src, len); }
-  void zero(uint64_t off, size_t len) override { m_.zero(off, len); }
-  void flush(uint64_t off, size_t len) override { m_.flush(off, len); }
-  void drain() override { m_.drain(); }
-
- private:
-  Media& m_;
-};
-
 // A formatted memory device with the filesystem mounted on it.
 struct MemFs {
   std::unique_ptr<Media> media;
@@ -88,7 +70,7 @@ struct MemFs {
     mount();
   }
   ~MemFs() { fs.reset(); }  // before the media it borrows
-  void mount() { fs = must(Filesystem::mount(std::make_unique<BorrowedMedia>(*media), {}), "mount"); }
+  void mount() { fs = must(Filesystem::mount(borrow_media(*media), {}), "mount"); }
   Filesystem* operator->() { return fs.get(); }
 };
 
@@ -376,7 +358,7 @@ struct MountFixture {
     // 1M data blocks + record chains + journal + inode table.
     media = make_memory_media(4352 * MiB);
     must(Filesystem::format(*media, MkfsOptions{}), "format");
-    auto fs = must(Filesystem::mount(std::make_unique<BorrowedMedia>(*media), {}), "mount");
+    auto fs = must(Filesystem::mount(borrow_media(*media), {}), "mount");
     extents = build_interleaved(*fs, kMountExtents, false);
     must(fs->unmount(), "unmount");
   }
@@ -391,7 +373,7 @@ void BM_Mount1M(benchmark::State& state) {
   double dram = 0;
   for (auto _ : state) {
     uint64_t before = malloc_in_use();
-    auto fs = must(Filesystem::mount(std::make_unique<BorrowedMedia>(*x.media), {}), "mount");
+    auto fs = must(Filesystem::mount(borrow_media(*x.media), {}), "mount");
     state.PauseTiming();
     dram = static_cast<double>(malloc_in_use() - before);
     fs.reset();
