@@ -73,6 +73,10 @@ void reply_stat(fuse_req_t req, size_t out_bufsz) {
   st.journal_commits = info.journal_commits;
   st.version = info.version;
   st.byte_granular = info.byte_granular ? 1 : 0;
+  st.csum_start = info.csum_start;
+  st.csum_blocks = info.csum_blocks;
+  st.checksum_flags = (info.data_checksums ? POISONFS_STAT_DATA_CHECKSUMS : 0) |
+                      (info.verify_checksums ? POISONFS_STAT_VERIFY_CHECKSUMS : 0);
   std::memcpy(st.uuid, info.uuid.data(), std::min(info.uuid.size(), sizeof st.uuid - 1));
   reply_record(req, st, out_bufsz);
 }
@@ -358,6 +362,9 @@ void scrub(fuse_req_t req, size_t out_bufsz) {
   out.known_poison_bytes = rep->known_poison_bytes;
   out.quarantine_cleared_bytes = rep->quarantine_cleared_bytes;
   out.ranges_notified = rep->ranges_notified;
+  out.blocks_verified = rep->blocks_verified;
+  out.checksum_mismatches = rep->checksum_mismatches;
+  out.flags = rep->checksums ? POISONFS_SCRUB_CHECKSUMS : 0;
   reply_record(req, out, out_bufsz);
 }
 

@@ -61,6 +61,7 @@ struct CmdLine {
   unsigned max_idle_threads;
   unsigned max_threads;
   unsigned max_read;
+  int verify_checksums;
 };
 
 enum Key { kKeyUnknown = 100 };
@@ -79,6 +80,7 @@ const fuse_opt kOptions[] = {
     PFS_OPT("max_threads=%u", max_threads, 0),
     PFS_OPT("max_read=%u", max_read, 0),
     PFS_OPT("read_reply=%s", read_reply, 0),
+    PFS_OPT("verify_checksums", verify_checksums, 1),
     PFS_OPT("-h", show_help, 1),
     PFS_OPT("--help", show_help, 1),
     PFS_OPT("-V", show_version, 1),
@@ -177,6 +179,8 @@ void print_usage(const char* prog) {
       "    -o max_threads=N       worker threads at most (multithreaded loop)\n"
       "    -o max_read=N          largest read request in bytes (default 1 MiB)\n"
       "    -o read_reply=MODE     how read replies leave: iov (default), data, splice\n"
+      "    -o verify_checksums    check every read against the data's crc32c (EIO and a\n"
+      "                           corruption event on a mismatch)\n"
       "    -o allow_other         let other users in (root, or user_allow_other)\n"
       "    -o allow_root          let root in as well as the mounting user\n"
       "    -o auto_unmount        unmount when the daemon dies\n"
@@ -248,11 +252,11 @@ bool image_is_mounted(const std::string& image) {
 // Opens the image. A daemon that was just unmounted may still be writing
 // back its last state and hold the image lock for a moment; when the image
 // is no longer mounted, waiting briefly lets `umount; poisonfs ...` work.
-Result<std::unique_ptr<Filesystem>> open_image(const std::string& image) {
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& image, const OpenOptions& options) {
   using namespace std::chrono;
   const auto deadline = steady_clock::now() + seconds(5);
   for (;;) {
-    auto fs = Filesystem::mount_image(image, {});
+    auto fs = Filesystem::mount_image(image, options);
     if (fs || fs.error().code != std::errc::device_or_resource_busy) return fs;
     if (image_is_mounted(image) || steady_clock::now() >= deadline) return fs;
     std::this_thread::sleep_for(milliseconds(20));
@@ -442,7 +446,9 @@ int daemon_main(int argc, char** argv) {
 
   if (!cmd.foreground) daemonize_early();
 
-  auto mounted = open_image(image);
+  OpenOptions open_options;
+  open_options.verify_checksums = cmd.verify_checksums != 0;
+  auto mounted = open_image(image, open_options);
   if (!mounted) {
     // The core's message names the image (and says "in use" when it is).
     std::fprintf(stderr, "%s: %s\n", prog, mounted.error().to_string().c_str());

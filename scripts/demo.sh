@@ -13,7 +13,10 @@
 # shell that has the helpers below (step, mount_fs, unmount_fs, run_fsck,
 # poisonctl, note) and the variables IMAGE, MNT, BIN. A scenario reports with
 # `note "..."`, fails by returning non-zero, and sets FSCK_EXPECT when it
-# leaves damage on purpose that the final fsck reports.
+# leaves damage on purpose that the final fsck reports. They are (issue 5):
+# a shared block recovered, b shared block with other data, c metadata
+# poison, d latent poison found by a read then by scrub, e free-space poison,
+# f daemon SIGKILLed during a recovery, g punch+pwrite vs in-place recovery.
 # POISONFS_BUILD_DIR overrides the build directory (default build/).
 # The helpers take optional arguments that only scenarios pass:
 # shellcheck disable=SC2119,SC2120
@@ -27,7 +30,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --no-build) build=0 ;;
     -h | --help)
-      sed -n "2,17p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n "2,20p" "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     -*)
@@ -58,10 +61,16 @@ NOTES=()
 FSCK_EXPECT=0 # the final fsck's exit code; a scenario that leaves damage sets it
 STARTED=$SECONDS
 
+# Whether MNT is mounted, also when its daemon died (scenario f kills it):
+# mountpoint(1) then fails to stat it (ENOTCONN) but the mount table has it.
+mounted() {
+  mountpoint -q "$MNT" 2>/dev/null || grep -qsF " $MNT " /proc/self/mounts
+}
+
 cleanup() {
   local rc=$?
   set +e
-  if [[ -n $DAEMON_PID ]] || mountpoint -q "$MNT" 2>/dev/null; then
+  if [[ -n $DAEMON_PID ]] || mounted; then
     unmount_fs quiet
   fi
   if [[ $rc -ne 0 && -s $WORK/daemon.log ]]; then
@@ -128,7 +137,7 @@ daemon_gone() {
 # SIGTERM and then SIGKILL of our own daemon only if it hangs.
 unmount_fs() {
   [[ ${1:-} == quiet ]] || printf '$ fusermount3 -u %s\n' "$MNT"
-  if mountpoint -q "$MNT"; then
+  if mounted; then
     fusermount3 -u "$MNT" 2>/dev/null || umount "$MNT" 2>/dev/null || fusermount3 -u -z "$MNT"
   fi
   [[ -n $DAEMON_PID ]] || return 0

@@ -91,7 +91,10 @@ struct FsInfo {
   uint64_t total_blocks = 0;
   uint64_t journal_start = 0, journal_blocks = 0;
   uint64_t inode_start = 0, inode_blocks = 0, inode_count = 0;
+  uint64_t csum_start = 0, csum_blocks = 0;  // the data checksum region (0 blocks: none)
   uint64_t data_start = 0, data_blocks = 0;
+  bool data_checksums = false;    // the image keeps a crc32c per data block
+  bool verify_checksums = false;  // mounted to verify them on every read
   uint64_t free_blocks = 0;      // allocatable now
   uint64_t pending_free = 0;     // freed, reusable after the next checkpoint
   uint64_t inodes_used = 0;
@@ -134,8 +137,9 @@ enum class FsmapOwner : uint32_t {
   kDirectory = 5,  // directory blocks
   kXattrs = 6,     // xattr blocks
   kData = 7,
+  kChecksums = 8,  // the data checksum region (intent bitmap and crc32c table)
 };
-// "free", "superblock", "journal", "inodes", "extents", "directory", "xattr", "data".
+// "free", "superblock", "journal", "inodes", "extents", "directory", "xattr", "data", "checksums".
 const char* fsmap_owner_name(FsmapOwner owner);
 
 struct FsmapEntry {
@@ -165,6 +169,7 @@ enum class EventKind : uint32_t {
   kShutdown = 3,    // no good copy: every call fails with EIO
   kRecovery = 4,    // a write cleared poison in place
   kHeal = 5,        // one recovery healed every sharer
+  kCorruption = 6,  // data does not match its checksum (silent corruption)
 };
 const char* event_kind_name(EventKind kind);  // "failure", "repair", ...
 
@@ -205,10 +210,16 @@ struct ScrubReport {
   uint64_t known_poison_bytes = 0;        // known poison left on the device afterwards
   uint64_t quarantine_cleared_bytes = 0;  // quarantined free space cleared and returned
   uint64_t ranges_notified = 0;           // ranges sent through notify_failure
+  uint64_t blocks_verified = 0;           // data blocks whose checksum was checked
+  uint64_t checksum_mismatches = 0;       // of those, silent corruption
+  bool checksums = false;                 // the image has data checksums (else nothing verified)
 };
 
 struct OpenOptions {
   MapMode map_mode = MapMode::kShared;
+  // Every read checks the crc32c of the blocks it returns; a mismatch is
+  // EIO and a "corruption" event (scrub always checks).
+  bool verify_checksums = false;
 };
 
 struct MkfsOptions {
@@ -216,6 +227,7 @@ struct MkfsOptions {
   std::string label;
   uint32_t root_uid = 0;     // owner of the root directory
   uint32_t root_gid = 0;
+  bool data_checksums = true;  // a crc32c per data block (mkfs --no-checksums: none)
 };
 
 // Fallocate modes (values of the Linux FALLOC_FL_* flags; stored nowhere).

@@ -25,8 +25,12 @@ struct poisonfs_stat {
   uint32_t version;
   uint32_t byte_granular;
   char uuid[40];  // NUL-terminated text form
-  uint64_t reserved[16];
+  uint64_t csum_start, csum_blocks;  // data checksum region (0 blocks: none)
+  uint64_t checksum_flags;           // POISONFS_STAT_*
+  uint64_t reserved[13];
 };
+#define POISONFS_STAT_DATA_CHECKSUMS 0x1u    // the image keeps a crc32c per data block
+#define POISONFS_STAT_VERIFY_CHECKSUMS 0x2u  // mounted with -o verify_checksums
 
 #define POISONFS_IOC_STAT _IOR(POISONFS_IOC_MAGIC, 1, struct poisonfs_stat)
 
@@ -178,13 +182,17 @@ struct poisonfs_paths_batch {
 // latent poison found becomes known and is notified, quarantined free space
 // is cleared and returned. Runs inside the ioctl request: no progress is
 // reported over the mount (the tool shows elapsed time instead). Silent
-// corruption is not checked (no data checksums yet).
+// corruption is checked when the image has data checksums
+// (POISONFS_SCRUB_CHECKSUMS in flags).
+#define POISONFS_SCRUB_CHECKSUMS 0x1u
 struct poisonfs_scrub {
   uint64_t bytes_scanned;
   uint64_t latent_found;              // latent ranges made known
   uint64_t known_poison_bytes;        // known poison left afterwards
   uint64_t quarantine_cleared_bytes;
   uint64_t ranges_notified;
-  uint64_t reserved[3];
+  uint64_t blocks_verified;           // data blocks whose crc32c was compared
+  uint64_t checksum_mismatches;       // silent corruption found
+  uint64_t flags;
 };
 #define POISONFS_IOC_SCRUB _IOR(POISONFS_IOC_MAGIC, 16, struct poisonfs_scrub)

@@ -10,20 +10,21 @@
 # Known poison is injected into the shared block (its device offset comes
 # from `poisonctl bmap --json`); fsmap shows the three owners, `poisonctl
 # poison` shows each file's own range, reads fail with EIO in all three, the
-# event log names them. Each file is then recovered by `dd conv=notrunc
-# oflag=direct` of the block's true bytes (saved before the injection): all
-# three read back identical to the originals and the device's poison list is
-# empty at the end. Prints a report and PASS or FAIL.
+# event log names them. ONE plain write of the block's true bytes (saved
+# before the injection) through one sharer, `dd conv=notrunc oflag=direct`
+# into copy.bin, heals all three: the bytes match the block's recorded
+# crc32c, so poisonfs writes them in place and clears the poison for every
+# sharer (the kernel's XFS would copy the block for the writer and leave
+# the other two poisoned). The three files read back identical to the
+# originals, still share the same physical block (bmap unchanged), no
+# space was used, one "heal" event names all three, and the device's
+# poison list is empty at the end. Writes `poisonctl map --svg` pictures
+# before and after the recovery. Prints a report and PASS or FAIL.
 #
 # Run by scripts/demo.sh (sourced, with the filesystem mounted), or alone:
 #   bash scripts/scenarios/a_shared_block_recovered.sh
 # which makes its own image on /dev/shm and its own mount, and removes both
 # on exit. POISONFS_BUILD_DIR names the build directory (default build/).
-#
-# With the current core every sharer gets its own copy when it is recovered,
-# except the last owner of the block, which is recovered in place (healing
-# every sharer at once when the data matches the block's checksum is not
-# implemented yet), so all three files are recovered one by one.
 
 # The standalone part below the sourced branch's `return` is reachable.
 # shellcheck disable=SC2317
@@ -49,9 +50,9 @@ sa_main() {
   show poisonctl reflink "$a" "$c" --range "$a_block" "$c_block" 4096 || sa_fail "reflink --range"
 
   local pa pb pc
-  pa=$(sa_physical "$a" "$a_block")
-  pb=$(sa_physical "$b" "$a_block")
-  pc=$(sa_physical "$c" "$c_block")
+  pa=$(sc_physical "$a" "$a_block")
+  pb=$(sc_physical "$b" "$a_block")
+  pc=$(sc_physical "$c" "$c_block")
   if [[ -z $pa ]]; then
     sa_fail "no physical offset for $a"
     return 1
@@ -60,7 +61,7 @@ sa_main() {
     # cp copied bytes (no copy_file_range here): reflink the whole file.
     printf 'cp did not share the blocks; using poisonctl reflink\n'
     show poisonctl reflink "$a" "$b" || sa_fail "reflink $a $b"
-    pb=$(sa_physical "$b" "$a_block")
+    pb=$(sc_physical "$b" "$a_block")
   fi
   [[ $pb == "$pa" && $pc == "$pa" ]] || sa_fail "the block is not shared: $pa $pb $pc"
   local -i block=$pa
@@ -119,24 +120,33 @@ sa_main() {
     grep -qF " ${f#"$MNT"} file " <<<"$events" || sa_fail "the events do not name ${f#"$MNT"}"
   done
 
-  step "scenario a: recover each file with the true bytes (dd conv=notrunc oflag=direct)"
-  local -i before_c
-  before_c=$(sa_physical "$c" "$c_block")
-  show dd if="$saved/block.bin" of="$a" bs=4096 seek=5 count=1 conv=notrunc oflag=direct status=none ||
-    sa_fail "recovery write into $a"
+  step "scenario a: ONE write of the true bytes, through copy.bin, heals all three"
+  local map_before=$WORK/scenario-a-before.svg map_after=$WORK/scenario-a-after.svg
+  show poisonctl map --svg "$map_before" "$MNT" || sa_fail "map --svg (before)"
+  local bmap_before free_before free_after
+  bmap_before=$(for f in "$a" "$b" "$c"; do poisonctl bmap --json "$f" | sa_blocks; done)
+  free_before=$(poisonctl stat --json "$MNT" | sed -n 's/.*"free_blocks": \([0-9]*\).*/\1/p')
   show dd if="$saved/block.bin" of="$b" bs=4096 seek=5 count=1 conv=notrunc oflag=direct status=none ||
     sa_fail "recovery write into $b"
-  show poisonctl poison "$c" || sa_fail "poison $c"
-  show dd if="$saved/block.bin" of="$c" bs=4096 seek=2 count=1 conv=notrunc oflag=direct status=none ||
-    sa_fail "recovery write into $c"
   local -i after_a after_b after_c
-  after_a=$(sa_physical "$a" "$a_block")
-  after_b=$(sa_physical "$b" "$a_block")
-  after_c=$(sa_physical "$c" "$c_block")
-  printf 'the block now lives at device offsets: original.bin %d, copy.bin %d, ranged.bin %d\n' \
+  after_a=$(sc_physical "$a" "$a_block")
+  after_b=$(sc_physical "$b" "$a_block")
+  after_c=$(sc_physical "$c" "$c_block")
+  printf 'the block lives at device offsets: original.bin %d, copy.bin %d, ranged.bin %d\n' \
     "$after_a" "$after_b" "$after_c"
-  ((after_a != block && after_b != block)) || sa_fail "original.bin and copy.bin did not get their own copies"
-  ((after_c == before_c)) || sa_fail "ranged.bin (the last owner) was not recovered in place"
+  ((after_a == block && after_b == block && after_c == block)) || sa_fail "the block moved: no longer shared in place"
+  [[ $(for f in "$a" "$b" "$c"; do poisonctl bmap --json "$f" | sa_blocks; done) == "$bmap_before" ]] ||
+    sa_fail "bmap changed"
+  free_after=$(poisonctl stat --json "$MNT" | sed -n 's/.*"free_blocks": \([0-9]*\).*/\1/p')
+  printf 'free blocks before %s, after %s\n' "$free_before" "$free_after"
+  [[ $free_after == "$free_before" ]] || sa_fail "the recovery used space"
+  local heal
+  heal=$(poisonctl events --json "$MNT" | grep '"kind":"heal"' || true)
+  printf '$ poisonctl events --json %s | grep heal\n%s\n' "$MNT" "$heal"
+  for f in "$a" "$b" "$c"; do
+    grep -qF "\"path\":\"${f#"$MNT"}\"" <<<"$heal" || sa_fail "no heal event names ${f#"$MNT"}"
+  done
+  show poisonctl map --svg "$map_after" "$MNT" || sa_fail "map --svg (after)"
 
   step "scenario a: everything reads back identical; the poison list is empty"
   for f in original copy ranged; do
@@ -159,17 +169,16 @@ sa_main() {
   printf 'poison:    device bytes %d..%d (known, %d bytes)\n' $((block + inside)) $((block + inside + plen - 1)) "$plen"
   printf 'seen as:   original.bin and copy.bin at %d+%d, ranged.bin at %d+%d; reads EIO in all three\n' \
     $((a_block + inside)) "$plen" $((c_block + inside)) "$plen"
-  printf 'recovery:  dd of the saved 4 KiB into each file: original.bin and copy.bin got their own copies\n'
-  printf '           (copy-on-write), ranged.bin, then the last owner, was rewritten in place and its poison cleared.\n'
-  printf '           One write healing every sharer (checksum match) is not implemented yet: each sharer is\n'
-  printf '           recovered on its own.\n'
+  printf 'recovery:  one dd of the saved 4 KiB into copy.bin: it matched the block'\''s crc32c, so the block\n'
+  printf '           was rewritten in place and all three sharers were healed at once; sharing kept, no space used\n'
+  printf 'pictures:  %s (before), %s (after)\n' "$map_before" "$map_after"
   if ((${#failures[@]} == 0)); then
     printf 'result:    all three identical to the originals, poison list empty\n'
   fi
   rm -rf "$saved"
   if ((${#failures[@]} == 0)); then
     printf 'PASS\n'
-    note "scenario a: shared block poisoned in 3 files, EIO in all 3, recovered by dd of the true bytes: PASS"
+    note "scenario a: shared block poisoned in 3 files, EIO in all 3, all healed by one dd of the true bytes: PASS"
     return 0
   fi
   printf 'FAIL (%d checks failed)\n' "${#failures[@]}"
@@ -177,17 +186,14 @@ sa_main() {
   return 1
 }
 
-# The device offset of byte OFFSET of FILE (from `poisonctl bmap --json`).
-sa_physical() {
-  local fo ph len
-  while read -r fo ph len; do
-    if (($2 >= fo && $2 < fo + len)); then
-      printf '%d\n' $((ph + $2 - fo))
-      return 0
-    fi
-  done < <(poisonctl bmap --json "$1" |
-    sed -n 's/.*"file_offset": \([0-9]*\), "physical": \([0-9]*\), "length": \([0-9]*\).*/\1 \2 \3/p')
-  return 1
+# bmap --json on stdin, one "file_offset physical shared" line per block:
+# comparable before and after (records split at poison).
+sa_blocks() {
+  local fo ph len sh i
+  sed -n 's/.*"file_offset": \([0-9]*\), "physical": \([0-9]*\), "length": \([0-9]*\), "shared": \([a-z]*\).*/\1 \2 \3 \4/p' |
+    while read -r fo ph len sh; do
+      for ((i = 0; i < len; i += 4096)); do printf '%d %d %s\n' $((fo + i)) $((ph + i)) "$sh"; done
+    done
 }
 
 # Reads block BLOCK of FILE with dd until it fails with EIO (the kernel's
@@ -211,12 +217,14 @@ sa_read_fails() {
   return 1
 }
 
+# shellcheck source=/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
   # Sourced by the demo: its helpers, IMAGE, MNT, BIN and WORK are set, and
   # the filesystem is mounted. A failed check fails the demo.
   sa_rc=0
   sa_main || sa_rc=$?
-  unset -f sa_main sa_physical sa_read_fails sa_fail
+  unset -f sa_main sa_blocks sa_read_fails sa_fail
   return "$sa_rc"
 fi
 

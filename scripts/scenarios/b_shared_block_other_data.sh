@@ -39,9 +39,9 @@ sb_main() {
   show poisonctl reflink "$a" "$c" || sb_fail "reflink $c"
   cp "$a" "$saved/orig.bin" || sb_fail "save"
   local pa pb pc
-  pa=$(sb_physical "$a" "$off")
-  pb=$(sb_physical "$b" "$off")
-  pc=$(sb_physical "$c" "$off")
+  pa=$(sc_physical "$a" "$off")
+  pb=$(sc_physical "$b" "$off")
+  pc=$(sc_physical "$c" "$off")
   [[ -n $pa && $pa == "$pb" && $pa == "$pc" ]] || { sb_fail "block 5 is not shared: '$pa' '$pb' '$pc'"; return 1; }
   local -i block=$pa
   printf 'the shared block: device bytes %d..%d\n' "$block" $((block + 4095))
@@ -63,7 +63,7 @@ sb_main() {
   show dd if="$saved/new.bin" of="$b" bs=4096 seek=5 count=1 conv=notrunc oflag=direct status=none ||
     sb_fail "recovery write into $b"
   local -i nb
-  nb=$(sb_physical "$b" "$off")
+  nb=$(sc_physical "$b" "$off")
   printf 'two.bin block 5 now at device offset %d (was %d)\n' "$nb" "$block"
   ((nb != block)) || sb_fail "two.bin did not get its own copy"
   show poisonctl map --svg "$map_after" "$MNT" || sb_fail "map --svg (after)"
@@ -114,18 +114,6 @@ sb_main() {
   return 1
 }
 
-sb_physical() {
-  local fo ph len
-  while read -r fo ph len; do
-    if (($2 >= fo && $2 < fo + len)); then
-      printf '%d\n' $((ph + $2 - fo))
-      return 0
-    fi
-  done < <(poisonctl bmap --json "$1" |
-    sed -n 's/.*"file_offset": \([0-9]*\), "physical": \([0-9]*\), "length": \([0-9]*\).*/\1 \2 \3/p')
-  return 1
-}
-
 sb_read_fails() {
   local err=$WORK/scenario-b.err out=$WORK/scenario-b.out i
   for ((i = 0; i < 50; i++)); do
@@ -138,10 +126,12 @@ sb_read_fails() {
   return 1
 }
 
+# shellcheck source=/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 if [[ ${BASH_SOURCE[0]} != "$0" ]]; then
   sb_rc=0
   sb_main || sb_rc=$?
-  unset -f sb_main sb_physical sb_read_fails sb_fail
+  unset -f sb_main sb_read_fails sb_fail
   return "$sb_rc"
 fi
 export SC_NAME=b SC_MAIN=sb_main

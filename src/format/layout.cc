@@ -36,7 +36,24 @@ std::string uuid_to_string(const std::array<uint8_t, 16>& u) {
   return s;
 }
 
-Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count) {
+namespace {
+
+// The checksum region after the inode table: the intent bitmap block, then
+// a table big enough for every block after it (a slight overestimate keeps
+// the computation free of a fixed point), and regions just big enough that
+// one bitmap block covers the data area.
+void plan_checksums(Superblock& sb) {
+  sb.features_ro_compat |= kFeatureDataChecksums;
+  sb.csum_start = sb.inode_start + sb.inode_blocks;
+  uint64_t covered = sb.total_blocks > sb.csum_start ? sb.total_blocks - sb.csum_start : 0;
+  sb.csum_blocks = 1 + (covered + kCsumEntriesPerBlock - 1) / kCsumEntriesPerBlock;
+  sb.csum_region_shift = kCsumMinRegionShift;
+  while ((covered >> sb.csum_region_shift) >= kCsumIntentBits) ++sb.csum_region_shift;
+}
+
+}  // namespace
+
+Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums) {
   if (bytes < kMinDeviceBytes)
     return fail(std::errc::invalid_argument,
                 strfmt("device of {} bytes is too small: poisonfs needs at least {} bytes",
@@ -56,7 +73,9 @@ Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count) {
   sb.inode_count = (inode_count + kInodesPerBlock - 1) / kInodesPerBlock * kInodesPerBlock;
   sb.inode_start = sb.journal_start + sb.journal_blocks;
   sb.inode_blocks = sb.inode_count / kInodesPerBlock;
-  sb.data_start = sb.inode_start + sb.inode_blocks;
+  sb.csum_start = sb.inode_start + sb.inode_blocks;
+  if (data_checksums) plan_checksums(sb);
+  sb.data_start = sb.csum_start + sb.csum_blocks;
   sb.data_end = sb.total_blocks - 1;
   if (sb.data_start + 16 > sb.data_end)
     return fail(std::errc::invalid_argument,
@@ -84,6 +103,9 @@ void encode_superblock(const Superblock& sb, std::byte* out) {
   put_le<uint64_t>(out + 112, sb.data_end);
   put_le<int64_t>(out + 120, sb.created_ns);
   std::memcpy(out + 128, sb.label.data(), std::min<size_t>(sb.label.size(), 63));
+  put_le<uint64_t>(out + 192, sb.csum_start);
+  put_le<uint64_t>(out + 200, sb.csum_blocks);
+  put_le<uint32_t>(out + 208, sb.csum_region_shift);
   // The crc sits at the end so that the magic stays at byte 0.
   put_le<uint32_t>(out + kSuperblockSize - 4, crc32c(out, kSuperblockSize - 4));
 }
@@ -111,6 +133,9 @@ Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes)
   sb.created_ns = get_le<int64_t>(in + 120);
   const char* label = reinterpret_cast<const char*>(in + 128);
   sb.label.assign(label, strnlen(label, 63));
+  sb.csum_start = get_le<uint64_t>(in + 192);
+  sb.csum_blocks = get_le<uint64_t>(in + 200);
+  sb.csum_region_shift = get_le<uint32_t>(in + 208);
 
   if (sb.version != kFormatVersion)
     return fail(std::errc::not_supported,
@@ -121,6 +146,9 @@ Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes)
   if (sb.features_incompat != 0)
     return fail(std::errc::not_supported,
                 strfmt("unknown incompatible features {:#x}", sb.features_incompat));
+  if (sb.features_ro_compat & ~kFeatureDataChecksums)
+    return fail(std::errc::not_supported,
+                strfmt("unknown read-only-compatible features {:#x}", sb.features_ro_compat & ~kFeatureDataChecksums));
   if (sb.total_blocks > device_bytes / kBlockSize)
     return fail(std::errc::invalid_argument,
                 strfmt("image is truncated: the superblock says {} bytes, the device has {}",
@@ -130,8 +158,19 @@ Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes)
               sb.journal_start == 1 && sb.journal_blocks >= 2 &&
               sb.inode_start == sb.journal_start + sb.journal_blocks &&
               sb.inode_count == sb.inode_blocks * kInodesPerBlock && sb.inode_count > 0 &&
-              sb.data_start == sb.inode_start + sb.inode_blocks && sb.data_start < sb.data_end &&
-              sb.data_end == sb.total_blocks - 1;
+              sb.data_start < sb.data_end && sb.data_end == sb.total_blocks - 1;
+  if (sane && !sb.has_checksums()) {
+    // Images without checksums: the data area follows the inode table.
+    if (sb.csum_start == 0 && sb.csum_blocks == 0) sb.csum_start = sb.inode_start + sb.inode_blocks;
+    sane = sb.csum_start == sb.inode_start + sb.inode_blocks && sb.csum_blocks == 0;
+  } else if (sane) {
+    uint64_t entries = sb.csum_blocks >= 2 ? (sb.csum_blocks - 1) * kCsumEntriesPerBlock : 0;
+    sane = sb.csum_start == sb.inode_start + sb.inode_blocks && sb.csum_blocks < sb.total_blocks &&
+           sb.csum_region_shift >= kCsumMinRegionShift && sb.csum_region_shift < 48 &&
+           ((sb.data_end - std::min(sb.data_end, sb.data_start)) >> sb.csum_region_shift) < kCsumIntentBits &&
+           entries >= sb.data_end - std::min(sb.data_end, sb.data_start);
+  }
+  sane = sane && sb.data_start == sb.csum_start + sb.csum_blocks;
   if (!sane) return fail(std::errc::io_error, "superblock geometry is inconsistent");
   return sb;
 }

@@ -5,12 +5,18 @@
 //
 // Device layout (4 KiB blocks; numbers are block indexes):
 //
-//   0            1                J+1              I+1                   N-1
-//   +------------+----------------+----------------+---------------------+-----------+
-//   | superblock | journal        | inode table    | data area           | superblock|
-//   | (primary)  | hdr + tx ring  | 256 B slots    | file data, extent,  | (copy)    |
-//   |            |                |                | dirent, xattr blocks|           |
-//   +------------+----------------+----------------+---------------------+-----------+
+//   0            1                J+1              I+1             C+1                   N-1
+//   +------------+----------------+----------------+---------------+---------------------+-----------+
+//   | superblock | journal        | inode table    | data checksums| data area           | superblock|
+//   | (primary)  | hdr + tx ring  | 256 B slots    | intent bitmap,| file data, extent,  | (copy)    |
+//   |            |                |                | crc32c table  | dirent, xattr blocks|           |
+//   +------------+----------------+----------------+---------------+---------------------+-----------+
+//
+// The checksum region exists when features_ro_compat has
+// kFeatureDataChecksums (images made without it have none: C == I). Its
+// first block is the write-intent bitmap (one bit per region of
+// 2^csum_region_shift data blocks), then one 4-byte crc32c per data block
+// (entry i for block data_start + i); see src/csum/checksums.h.
 //
 // Extent, directory and xattr records live in chains of 4 KiB blocks owned by
 // one inode; each block has a 64-byte header and fixed-size slots. A slot is
@@ -31,6 +37,13 @@ namespace poisonfs {
 
 inline constexpr char kMagic[8] = {'P', 'O', 'I', 'S', 'O', 'N', 'F', 'S'};
 inline constexpr uint32_t kFormatVersion = 1;
+// features_ro_compat: per-block data checksums (an implementation that does
+// not maintain them must not write to the image).
+inline constexpr uint64_t kFeatureDataChecksums = 1;
+inline constexpr uint32_t kCsumEntrySize = 4;
+inline constexpr uint64_t kCsumEntriesPerBlock = kBlockSize / kCsumEntrySize;
+inline constexpr uint64_t kCsumIntentBits = kBlockSize * 8;  // regions one bitmap block tracks
+inline constexpr uint32_t kCsumMinRegionShift = 8;            // 1 MiB regions at least
 inline constexpr size_t kSuperblockSize = 512;
 inline constexpr size_t kInodeSize = 256;
 inline constexpr size_t kInodesPerBlock = kBlockSize / kInodeSize;
@@ -68,15 +81,18 @@ struct Superblock {
   std::array<uint8_t, 16> uuid{};
   uint64_t journal_start = 0, journal_blocks = 0;
   uint64_t inode_start = 0, inode_blocks = 0, inode_count = 0;
+  uint64_t csum_start = 0, csum_blocks = 0;  // 0 blocks: no data checksums
+  uint32_t csum_region_shift = 0;
   uint64_t data_start = 0, data_end = 0;  // [data_start, data_end) is allocatable
   int64_t created_ns = 0;
   std::string label;  // at most 63 bytes
 
   uint64_t copy_block() const { return total_blocks - 1; }
+  bool has_checksums() const { return features_ro_compat & kFeatureDataChecksums; }
 };
 
 // Computes the geometry for a device of `bytes`; fails when it is too small.
-Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count);
+Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums = true);
 void encode_superblock(const Superblock& sb, std::byte* out /* kSuperblockSize */);
 // Validates magic, checksum, version and internal consistency.
 Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes);

@@ -98,6 +98,7 @@ Result<CheckReport> check_filesystem(Media& media, bool repair) {
   if (state.repair && !state.repairs.empty())
     if (auto st = (*fs)->repair_checked(); !st) return std::unexpected(st.error());
   for (auto& p : (*fs)->verify_derived_state()) state.problems.push_back(std::move(p));
+  for (auto& p : (*fs)->verify_data_checksums()) state.problems.push_back(std::move(p));
   FsInfo info = (*fs)->info();
   report.inodes = info.inodes_used;
   report.extents = info.extent_records;

@@ -6,10 +6,13 @@
 // metadata never points at unwritten blocks. Overwrites of mapped blocks go
 // in place, like ext4 data=ordered. Bytes past EOF inside the last block are
 // zeroed when the file grows, before the new size commits, so a crash can
-// never expose stale bytes.
+// never expose stale bytes. Every data store keeps the block checksums
+// current (store_data / copy_data; see src/csum/checksums.h).
 #include <algorithm>
+#include <array>
 #include <cstring>
 
+#include "format/crc32c.h"
 #include "fs/fs_impl.h"
 
 namespace poisonfs {
@@ -17,7 +20,68 @@ namespace {
 
 uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
+constexpr std::array<std::byte, kBlockSize> kZeroBlock{};
+
 }  // namespace
+
+uint32_t FsImpl::crc_after_store(uint64_t block, size_t lo, size_t hi, const std::byte* src) {
+  const uint64_t base = block_offset(block);
+  const std::byte* old = media_->at(base);
+  auto poisoned = [&](size_t from, size_t to) {
+    return from < to && media_->poison().first(base + from, to - from).has_value();
+  };
+  if (media_->poison().empty() || (!poisoned(0, lo) && !poisoned(hi, kBlockSize))) {
+    uint32_t crc = crc32c(old, lo);
+    crc = crc32c(src ? src : kZeroBlock.data(), hi - lo, crc);
+    return crc32c(old + hi, kBlockSize - hi, crc);
+  }
+  // Poison outside the stored bytes: their lost content stays covered by the
+  // old entry, moved by the difference. crc32c is affine over equal lengths:
+  // crc(a ^ b) == crc(a) ^ crc(b) ^ crc(zeros).
+  uint32_t recorded = csums_.get(block);
+  if (recorded == 0 || poisoned(lo, hi)) return 0;
+  std::array<std::byte, kBlockSize> diff{};
+  for (size_t i = lo; i < hi; ++i) diff[i] = old[i] ^ (src ? src[i - lo] : std::byte{0});
+  static const uint32_t zero_crc = crc32c(kZeroBlock.data(), kBlockSize);
+  return recorded ^ crc32c(diff.data(), kBlockSize) ^ zero_crc;
+}
+
+void FsImpl::store_data(uint64_t off, const std::byte* src, size_t len) {
+  if (len == 0) return;
+  auto store = [&] {
+    if (src) media_->write(off, src, len);
+    else media_->zero(off, len);
+    media_->flush(off, len);
+  };
+  if (!csums_.enabled()) return store();
+  const uint64_t first = off / kBlockSize, last = (off + len - 1) / kBlockSize;
+  csums_.begin_write(first, last - first + 1);
+  std::vector<uint32_t> crcs;
+  crcs.reserve(last - first + 1);
+  for (uint64_t b = first; b <= last; ++b) {
+    size_t lo = b == first ? off % kBlockSize : 0;
+    size_t hi = b == last ? (off + len - 1) % kBlockSize + 1 : kBlockSize;
+    crcs.push_back(crc_after_store(b, lo, hi, src ? src + (block_offset(b) + lo - off) : nullptr));
+  }
+  store();
+  for (uint64_t b = first; b <= last; ++b) csums_.set(b, crcs[b - first]);
+}
+
+// Whole blocks take their source's entry: a copy must not turn corrupt
+// data into data with a matching checksum.
+void FsImpl::copy_data(uint64_t to, uint64_t from, size_t len) {
+  if (!csums_.enabled() || to % kBlockSize != 0 || from % kBlockSize != 0)
+    return store_data(to, media_->at(from), len);
+  const size_t whole = len / kBlockSize * kBlockSize;
+  if (whole) {
+    csums_.begin_write(to / kBlockSize, whole / kBlockSize);
+    media_->write(to, media_->at(from), whole);
+    media_->flush(to, whole);
+    for (uint64_t i = 0; i < whole / kBlockSize; ++i)
+      csums_.set(to / kBlockSize + i, csums_.get(from / kBlockSize + i));
+  }
+  store_data(to + whole, media_->at(from + whole), len - whole);
+}
 
 uint64_t FsImpl::alloc_hint(Inode& inode, uint64_t fb) {
   Extent* prev = inode.extents.before(fb + 1);
@@ -58,10 +122,7 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
   };
   std::vector<Skipped> skipped;
   auto give_up = [&](Status st) {
-    for (const Skipped& s : skipped) {
-      media_->write(s.to, media_->at(s.from), s.len);
-      media_->flush(s.to, s.len);
-    }
+    for (const Skipped& s : skipped) copy_data(s.to, s.from, s.len);
     return st;
   };
   for (uint64_t cur = fb; cur < fb + n;) {
@@ -97,12 +158,11 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
     uint64_t span_from = block_offset(cur), span_to = block_offset(cur + fresh.count);
     auto copy = [&](uint64_t from, uint64_t to) {
       if (from >= to) return;
-      media_->write(block_offset(fresh.start) + (from - span_from),
-                    media_->at(block_offset(old_phys) + (from - span_from)), to - from);
+      copy_data(block_offset(fresh.start) + (from - span_from), block_offset(old_phys) + (from - span_from),
+                to - from);
     };
     copy(span_from, std::min(span_to, std::max(span_from, keep_from)));
     copy(std::max(span_from, std::min(span_to, keep_to)), span_to);
-    media_->flush(block_offset(fresh.start), span_to - span_from);
     uint64_t skip_from = std::min(span_to, std::max(span_from, keep_from));
     uint64_t skip_to = std::max(skip_from, std::min(span_to, keep_to));
     if (skip_from < skip_to)
@@ -152,10 +212,7 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
   const uint64_t end = off + data.size();
   if (end > inode.rec.size)
     if (auto st = zero_partial_block(inode, inode.rec.size, tx, dropped); !st) return std::unexpected(st.error());
-  auto put = [&](uint64_t phys_off, uint64_t pos, uint64_t n) {
-    media_->write(phys_off, data.data() + (pos - off), n);
-    media_->flush(phys_off, n);
-  };
+  auto put = [&](uint64_t phys_off, uint64_t pos, uint64_t n) { store_data(phys_off, data.data() + (pos - off), n); };
   uint64_t pos = off;
   while (pos < end) {
     const uint64_t fb = pos / kBlockSize;
@@ -164,6 +221,17 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
       uint64_t chunk_end = std::min(end, block_offset(e->file_end()));
       uint64_t phys = e->phys_block + (fb - e->file_block);
       auto [shared, run] = sharing_run(phys, (chunk_end - block_offset(fb) + kBlockSize - 1) / kBlockSize);
+      if (shared && !heal_in_place_.empty()) {
+        auto heal = std::lower_bound(heal_in_place_.begin(), heal_in_place_.end(), phys);
+        if (heal != heal_in_place_.end() && *heal == phys) {
+          // Recovery with the recorded content: in place, every sharer healed.
+          chunk_end = std::min(chunk_end, block_offset(fb + 1));
+          put(block_offset(phys) + (pos - block_offset(fb)), pos, chunk_end - pos);
+          pos = chunk_end;
+          continue;
+        }
+        if (heal != heal_in_place_.end() && *heal < phys + run) run = *heal - phys;
+      }
       if (shared) {  // copy-on-write, then go round again to write in place
         // With nothing written yet, its error is the write's (EIO when the
         // copy would carry poison), not the generic ENOSPC below.
@@ -200,10 +268,9 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
     }
     uint64_t span_start = block_offset(fb), span_end = block_offset(fb + nblocks);
     uint64_t wend = std::min(end, span_end);
-    if (pos > span_start) media_->zero(block_offset(phys), pos - span_start);
+    if (pos > span_start) store_data(block_offset(phys), nullptr, pos - span_start);
     put(block_offset(phys) + (pos - span_start), pos, wend - pos);
-    if (wend < span_end) media_->zero(block_offset(phys) + (wend - span_start), span_end - wend);
-    media_->flush(block_offset(phys), span_end - span_start);
+    if (wend < span_end) store_data(block_offset(phys) + (wend - span_start), nullptr, span_end - wend);
 
     ExtentEdit edit;
     if (!fresh) {
@@ -265,6 +332,55 @@ Status FsImpl::check_recovery_write(Inode& inode, uint64_t off, uint64_t end) {
   return {};
 }
 
+bool FsImpl::restores_recorded_content(uint64_t block, size_t lo, size_t hi, const std::byte* data) {
+  const uint32_t recorded = csums_.get(block);
+  if (recorded == 0) return false;
+  const uint64_t base = block_offset(block);
+  // Every poisoned byte of the block must be among the written ones.
+  if ((lo > 0 && media_->poison().first(base, lo)) || (hi < kBlockSize && media_->poison().first(base + hi, kBlockSize - hi)))
+    return false;
+  const std::byte* old = media_->at(base);
+  uint32_t crc = crc32c(old, lo);
+  crc = crc32c(data, hi - lo, crc);
+  return crc32c(old + hi, kBlockSize - hi, crc) == recorded;
+}
+
+std::vector<uint64_t> FsImpl::healable_blocks(Inode& inode, uint64_t off, std::span<const std::byte> data) {
+  std::vector<uint64_t> out;
+  if (!csums_.enabled()) return out;
+  const uint64_t end = off + data.size();
+  for (uint64_t fb = off / kBlockSize; block_offset(fb) < end; ++fb) {
+    Extent* e = inode.extents.at_or_after(fb);
+    if (!e) break;
+    if (e->file_block > fb) {
+      fb = e->file_block - 1;  // skip the hole
+      continue;
+    }
+    const uint64_t phys = e->phys_block + (fb - e->file_block);
+    if (e->unwritten() || rmap_.refcount(phys) < 2 ||
+        !media_->poison().first(block_offset(phys), kBlockSize))
+      continue;
+    const uint64_t lo = std::max(off, block_offset(fb)), hi = std::min(end, block_offset(fb + 1));
+    if (restores_recorded_content(phys, lo - block_offset(fb), hi - block_offset(fb), data.data() + (lo - off)))
+      out.push_back(phys);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// One event per healed block, naming every sharer.
+void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
+  for (uint64_t block : healed) {
+    Event e;
+    e.kind = EventKind::kHeal;
+    e.device_offset = block_offset(block);
+    e.length = kBlockSize;
+    e.action = "recovery write matched the block's checksum: every sharer healed in place, sharing kept";
+    e.owners = data_owners_of(block);
+    record_event(std::move(e));
+  }
+}
+
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
   std::vector<PoisonRange> recovered;
   Result<size_t> n;
@@ -283,13 +399,19 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
       if (auto st = check_recovery_write(**inode, off, end); !st) return std::unexpected(st.error());
     Transaction tx;
     std::vector<BlockRange> dropped;
+    if (recovery) heal_in_place_ = healable_blocks(**inode, off, data);
     n = _write(**inode, off, data, tx, dropped);
+    std::vector<uint64_t> healed;
+    healed.swap(heal_in_place_);
     // Committed even when nothing was written: a record block linked into
     // the inode's chain (in memory already) must reach the media too.
     auto committed = commit(tx, std::move(dropped));
     if (n && !committed) n = std::unexpected(committed.error());
     if (n && recovery) {
       // What is still poisoned under the written bytes was written in place.
+      // A pure in-place write commits nothing: drain so that the data is
+      // durable before the poison list (persisted at once) forgets the range.
+      media_->drain();
       for (const PoisonRange& p : poison_under(**inode, off, off + *n)) {
         media_->poison().clear(p.offset, p.length);
         recovered.push_back(p);
@@ -304,6 +426,7 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
                                    : "recovery write: poison cleared in place";
       e.owners.push_back(EventOwner{"data", ino, first_path(ino), off, *n});
       record_event(std::move(e));
+      if (!healed.empty()) record_heal(healed);
     }
   }
   return n;
@@ -357,6 +480,7 @@ Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& 
     if (!reserve_slots(inode, inode.chain, 2, tx)) return fail(std::errc::no_space_on_device);
     BlockRange r = alloc_.allocate(hole_end - cur, alloc_hint(inode, cur));
     if (r.count == 0) return fail(std::errc::no_space_on_device);
+    csums_.forget(r.start, r.count);  // what the blocks hold now means nothing
     ExtentEdit edit;
     inode.extents.insert(cur, r.count, r.start, kExtentUnwritten, edit);
     std::vector<BlockRange> none;  // inserting drops nothing
@@ -383,8 +507,7 @@ Status FsImpl::zero_range_in_place(Inode& inode, uint64_t from, uint64_t to, Tra
     uint64_t stop = std::min(to, block_offset(e->file_end()));
     if (!e->unwritten()) {
       uint64_t phys = block_offset(e->phys_block) + (p - block_offset(e->file_block));
-      media_->zero(phys, stop - p);
-      media_->flush(phys, stop - p);
+      store_data(phys, nullptr, stop - p);
     }
     p = stop;
   }

@@ -42,8 +42,11 @@ bool Inode::is_reg() const { return S_ISREG(rec.mode); }
 bool Inode::is_lnk() const { return S_ISLNK(rec.mode); }
 
 FsImpl::FsImpl(std::unique_ptr<Media> media, const Superblock& sb)
-    : media_(std::move(media)), sb_(sb), journal_(*media_, sb_) {
-  journal_.set_checkpoint_hook([this] { alloc_.release_pending(); });
+    : media_(std::move(media)), sb_(sb), journal_(*media_, sb_), csums_(*media_, sb_) {
+  journal_.set_checkpoint_hook([this] {
+    alloc_.release_pending();
+    csums_.checkpoint();
+  });
 }
 
 FsImpl::~FsImpl() = default;
@@ -88,9 +91,10 @@ Result<std::unique_ptr<FsImpl>> mount_impl(std::unique_ptr<Media> media, CheckSt
 }
 
 Result<std::unique_ptr<Filesystem>> Filesystem::mount(std::unique_ptr<Media> media,
-                                                      const OpenOptions&) {
+                                                      const OpenOptions& options) {
   auto fs = mount_impl(std::move(media));
   if (!fs) return std::unexpected(fs.error());
+  (*fs)->set_verify_checksums(options.verify_checksums);
   return std::unique_ptr<Filesystem>(std::move(*fs));
 }
 
@@ -136,6 +140,8 @@ Status FsImpl::load() {
   }
   if (auto st = check_links(); !st) return st;
   if (auto st = reclaim_orphans(); !st) return st;
+  // A read-only check leaves the image as it is (and skips those regions).
+  if (!check_ || check_->repair) recompute_dirty_checksums();
   return check_ ? Status{} : replay_poison_list();
 }
 
@@ -565,6 +571,10 @@ FsInfo FsImpl::info() {
   i.inode_start = sb_.inode_start;
   i.inode_blocks = sb_.inode_blocks;
   i.inode_count = sb_.inode_count;
+  i.csum_start = sb_.csum_start;
+  i.csum_blocks = sb_.csum_blocks;
+  i.data_checksums = csums_.enabled();
+  i.verify_checksums = verify_checksums_;
   i.data_start = sb_.data_start;
   i.data_blocks = sb_.data_end - sb_.data_start;
   i.free_blocks = alloc_.free_blocks();

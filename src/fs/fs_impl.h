@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "alloc/allocator.h"
+#include "csum/checksums.h"
 #include "format/layout.h"
 #include "fs/extent_map.h"
 #include "journal/journal.h"
@@ -173,6 +174,20 @@ class FsImpl final : public Filesystem {
                            const Caller& caller, std::string_view symlink_target);
 
   // --- data (data.cc)
+  // Every store of file data goes through these two: they keep the blocks'
+  // checksums current (see src/csum/checksums.h). src null stores zeros.
+  void store_data(uint64_t off, const std::byte* src, size_t len);
+  void copy_data(uint64_t to, uint64_t from, size_t len);
+  // The checksum `block` will have once its bytes [lo, hi) hold src (null:
+  // zeros); 0 when that cannot be known (poison left in the block).
+  uint32_t crc_after_store(uint64_t block, size_t lo, size_t hi, const std::byte* src);
+  // Recovery: true when writing `data` at block-relative [lo, hi) of the
+  // poisoned shared `block` gives back the content its checksum records.
+  bool restores_recorded_content(uint64_t block, size_t lo, size_t hi, const std::byte* data);
+  // The shared poisoned blocks under a recovery write of data at off that
+  // it restores (sorted): written in place, healing every sharer.
+  std::vector<uint64_t> healable_blocks(Inode& inode, uint64_t off, std::span<const std::byte> data);
+  void record_heal(const std::vector<uint64_t>& healed);
   Result<size_t> _write(Inode& inode, uint64_t off, std::span<const std::byte> data, Transaction& tx,
                         std::vector<BlockRange>& dropped);
   Status _truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped);
@@ -226,6 +241,25 @@ class FsImpl final : public Filesystem {
   std::vector<PoisonRange> poison_under(Inode& inode, uint64_t off, uint64_t end);
   Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end);
 
+  // --- checksums (checksums.cc in src/fs)
+  // After a crash: recomputes the entries of the regions whose intent was
+  // set, from the data (blocks with poison keep theirs).
+  void recompute_dirty_checksums();
+  // Rewrites the checksum table block `block` from the data it describes.
+  void repair_checksum_block(uint64_t block);
+  // EIO when a block under segs does not match its checksum (silent
+  // corruption); records an event. Shared lock is enough.
+  Status verify_segments(std::span<const ReadSegment> segs);
+  // The first block of the device range whose data does not match its
+  // checksum (unknown entries and poisoned blocks are skipped).
+  std::optional<uint64_t> first_corrupt_block(uint64_t dev_off, uint64_t len);
+  void record_corruption(uint64_t block, const std::string& found_by);
+  // Every file that maps block, for events.
+  std::vector<EventOwner> data_owners_of(uint64_t block);
+  // Blocks of [first, first+count) that are written file data, i.e. the
+  // ones whose checksum means something.
+  void for_each_written_block(uint64_t first, uint64_t count, const std::function<void(uint64_t block)>& fn);
+
   // --- load (filesystem.cc)
   Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
   Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
@@ -237,9 +271,12 @@ class FsImpl final : public Filesystem {
 
  public:
   void set_check(CheckState* check) { check_ = check; }
+  void set_verify_checksums(bool on) { verify_checksums_ = on; }
   Status repair_checked();
   // Problems found cross-checking the in-memory indexes (fsck, tests).
   std::vector<std::string> verify_derived_state();
+  // Data blocks that do not match their checksum (fsck; data is never repaired).
+  std::vector<std::string> verify_data_checksums();
   uint64_t count_extents() const;
   uint64_t count_directories() const;
 
@@ -251,6 +288,9 @@ class FsImpl final : public Filesystem {
   std::unique_ptr<Media> media_;
   Superblock sb_;
   Journal journal_;
+  DataChecksums csums_;
+  bool verify_checksums_ = false;      // mount option: verify data on every read
+  std::vector<uint64_t> heal_in_place_;  // during a recovery write: see healable_blocks
   Allocator alloc_;
   Rmap rmap_;
   std::vector<std::unique_ptr<Inode>> inodes_;  // [ino - 1]

@@ -7,12 +7,13 @@
 
 #include "format/layout.h"
 #include "fs/fs_impl.h"
+#include "csum/checksums.h"
 #include "journal/journal.h"
 
 namespace poisonfs {
 
 Status Filesystem::format(Media& media, const MkfsOptions& options) {
-  auto planned = plan_geometry(media.size(), options.inode_count);
+  auto planned = plan_geometry(media.size(), options.inode_count, options.data_checksums);
   if (!planned) return std::unexpected(planned.error());
   Superblock sb = *planned;
   std::random_device rd;
@@ -28,6 +29,7 @@ Status Filesystem::format(Media& media, const MkfsOptions& options) {
   media.zero(block_offset(sb.inode_start), sb.inode_blocks * kBlockSize);
   media.flush(0, block_offset(sb.data_start));
   Journal::format(media, sb);
+  DataChecksums::format(media, sb);
 
   InodeRec root;
   root.flags = kInodeInUse;

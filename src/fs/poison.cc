@@ -42,6 +42,7 @@ const char* event_kind_name(EventKind kind) {
     case EventKind::kShutdown: return "shutdown";
     case EventKind::kRecovery: return "recovery";
     case EventKind::kHeal: return "heal";
+    case EventKind::kCorruption: return "corruption";
   }
   return "unknown";
 }
@@ -210,9 +211,15 @@ Status FsImpl::_notify_failure(uint64_t offset, uint64_t length, int flags, std:
     repair_journal();
     metadata_event("journal", 0, "journal checkpointed and restarted");
   }
-  for (uint64_t b = std::max(first_block, sb_.inode_start); b <= last_block && b < sb_.data_start; ++b) {
+  for (uint64_t b = std::max(first_block, sb_.inode_start); b <= last_block && b < sb_.csum_start; ++b) {
     repair_inode_block(b);
     metadata_event("inodes", 0, strfmt("inode table block {} rewritten from memory", b));
+  }
+  for (uint64_t b = std::max(first_block, sb_.csum_start); b <= last_block && b < sb_.data_start; ++b) {
+    repair_checksum_block(b);
+    metadata_event("checksums", 0,
+                   b == sb_.csum_start ? std::string("checksum intent bitmap rewritten from memory")
+                                       : strfmt("checksum table block {} recomputed from the data", b));
   }
   // The data area: every owner through the reverse map, free space between.
   uint64_t lo = std::max(first_block, sb_.data_start), hi = std::min(last_block + 1, sb_.data_end);
@@ -353,6 +360,8 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
     if (!result) return result;
     auto poisoned = media_->poison().empty() ? std::nullopt : first_poisoned(segs);
     if (!poisoned) {
+      if (verify_checksums_)
+        if (auto st = verify_segments(segs); !st) return std::unexpected(st.error());
       sink(segs);
       return result;
     }
@@ -366,8 +375,12 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
         clean.push_back({s.data, std::min(s.length, keep)});
         keep -= clean.back().length;
       }
-      sink(clean);
-      result = poisoned->second;
+      if (auto st = verify_checksums_ ? verify_segments(clean) : Status{}; !st) {
+        result = std::unexpected(st.error());
+      } else {
+        sink(clean);
+        result = poisoned->second;
+      }
     } else {
       result = fail(std::errc::io_error);
     }

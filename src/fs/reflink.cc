@@ -47,6 +47,7 @@ const char* fsmap_owner_name(FsmapOwner owner) {
     case FsmapOwner::kDirectory: return "directory";
     case FsmapOwner::kXattrs: return "xattr";
     case FsmapOwner::kData: return "data";
+    case FsmapOwner::kChecksums: return "checksums";
   }
   return "unknown";
 }
@@ -246,6 +247,7 @@ Status FsImpl::fsmap(uint64_t start, uint64_t length, const std::function<bool(c
   region(0, 1, FsmapOwner::kSuperblock);
   region(sb_.journal_start, sb_.journal_blocks, FsmapOwner::kJournal);
   region(sb_.inode_start, sb_.inode_blocks, FsmapOwner::kInodes);
+  if (sb_.csum_blocks) region(sb_.csum_start, sb_.csum_blocks, FsmapOwner::kChecksums);
   // The data area: what the reverse map holds, free space between.
   uint64_t lo = std::max(sb_.data_start, start / kBlockSize);
   uint64_t hi = std::min(sb_.data_end, div_up(end, kBlockSize));

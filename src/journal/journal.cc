@@ -159,10 +159,13 @@ Status Journal::commit(const Transaction& tx) {
   }
   put_le<uint32_t>(b, crc32c(b + 4, len - 4));
 
+  // The data the caller flushed must be durable before any byte of the
+  // transaction that points at it: flushed lines persist in any order.
+  media_.drain();
   uint64_t at = start_ + head_;
   media_.write(at, b, len);
   media_.flush(at, len);
-  media_.drain();  // the commit point; also covers data flushed by the caller
+  media_.drain();  // the commit point
   for (const auto& r : tx.records_) {
     media_.write(r.off, tx.bytes_.data() + r.pos, r.len);
     flush_in_place(r.off, r.len);

@@ -3,7 +3,7 @@
 // over Filesystem::format; every check that could refuse the request runs
 // before the image is touched, so a refused mkfs never changes a file.
 //
-//   mkfs.poisonfs [-f] [-L LABEL] [-N INODES] IMAGE SIZE
+//   mkfs.poisonfs [-f] [-L LABEL] [-N INODES] [--no-checksums] IMAGE SIZE
 #include <fcntl.h>
 #include <getopt.h>
 #include <linux/fs.h>
@@ -35,6 +35,7 @@ struct Options {
   bool force = false;
   std::string label;
   uint64_t inode_count = 0;
+  bool data_checksums = true;
   std::string image;
   std::optional<std::string> size_text;
 };
@@ -46,14 +47,17 @@ struct Options {
 
 // Usage errors print one error line and this synopsis; -h prints the help.
 void usage(FILE* out) {
-  std::fprintf(out, "usage: %s [-f] [-L LABEL] [-N INODES] IMAGE SIZE\n", kTool);
+  std::fprintf(out, "usage: %s [-f] [-L LABEL] [-N INODES] [--no-checksums] IMAGE SIZE\n", kTool);
   if (out == stderr) return;
   std::fprintf(out,
                "  SIZE   bytes, or with a binary suffix K, M, G, T (e.g. 256M)\n"
                "         (optional for a block device: its size is used)\n"
                "  -f     overwrite an existing poisonfs filesystem\n"
                "  -L     volume label\n"
-               "  -N     number of inodes (default: derived from the size)\n");
+               "  -N     number of inodes (default: derived from the size)\n"
+               "  --no-checksums\n"
+               "         no crc32c per data block (no silent-corruption detection, no\n"
+               "         healing of every sharer by one recovery write)\n");
 }
 
 Options parse_args(int argc, char** argv) {
@@ -61,6 +65,7 @@ Options parse_args(int argc, char** argv) {
   static const option kLong[] = {{"force", no_argument, nullptr, 'f'},
                                  {"label", required_argument, nullptr, 'L'},
                                  {"inodes", required_argument, nullptr, 'N'},
+                                 {"no-checksums", no_argument, nullptr, 'C'},
                                  {"help", no_argument, nullptr, 'h'},
                                  {nullptr, 0, nullptr, 0}};
   opterr = 0;
@@ -84,6 +89,9 @@ Options parse_args(int argc, char** argv) {
         opt.inode_count = n;
         break;
       }
+      case 'C':
+        opt.data_checksums = false;
+        break;
       case 'h':
         usage(stdout);
         std::exit(0);
@@ -224,6 +232,11 @@ void print_summary(const std::string& image, const FsInfo& info) {
               human_bytes(info.journal_blocks * info.block_size).c_str(), info.journal_start);
   std::printf("  inodes:      %" PRIu64 " in %" PRIu64 " blocks at block %" PRIu64 "\n",
               info.inode_count, info.inode_blocks, info.inode_start);
+  if (info.data_checksums)
+    std::printf("  checksums:   %" PRIu64 " blocks at block %" PRIu64 " (crc32c per data block)\n", info.csum_blocks,
+                info.csum_start);
+  else
+    std::printf("  checksums:   none\n");
   std::printf("  data:        %" PRIu64 " blocks (%s) at block %" PRIu64 ", %" PRIu64 " free\n",
               info.data_blocks, human_bytes(info.data_blocks * info.block_size).c_str(),
               info.data_start, info.free_blocks);
@@ -246,6 +259,7 @@ int run(int argc, char** argv) {
   MkfsOptions mkfs;
   mkfs.inode_count = opt.inode_count;
   mkfs.label = opt.label;
+  mkfs.data_checksums = opt.data_checksums;
   // Like mke2fs: the root directory belongs to whoever makes the filesystem.
   mkfs.root_uid = getuid();
   mkfs.root_gid = getgid();

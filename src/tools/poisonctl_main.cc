@@ -172,6 +172,10 @@ Result<FsInfo> info_from_mount(const std::string& path) {
   info.journal_commits = st.journal_commits;
   info.version = st.version;
   info.byte_granular = st.byte_granular != 0;
+  info.csum_start = st.csum_start;
+  info.csum_blocks = st.csum_blocks;
+  info.data_checksums = (st.checksum_flags & POISONFS_STAT_DATA_CHECKSUMS) != 0;
+  info.verify_checksums = (st.checksum_flags & POISONFS_STAT_VERIFY_CHECKSUMS) != 0;
   info.uuid.assign(st.uuid, strnlen(st.uuid, sizeof st.uuid));
   return info;
 }
@@ -278,6 +282,9 @@ void print_human(const Target& target, const FsInfo& i) {
       {"blocks", num(i.total_blocks)},
       {"journal", block_range(i.journal_start, i.journal_blocks)},
       {"inode table", block_range(i.inode_start, i.inode_blocks)},
+      {"data checksums", i.data_checksums ? block_range(i.csum_start, i.csum_blocks) +
+                                                (i.verify_checksums ? ", verified on every read" : ", verified by scrub")
+                                          : std::string("none (made with mkfs --no-checksums)")},
       {"data area", block_range(i.data_start, i.data_blocks)},
       {"free", num(i.free_blocks) + " blocks (" + human_bytes(i.free_blocks * i.block_size) +
                    "), " + num(i.pending_free) + " pending"},
@@ -329,6 +336,10 @@ void print_json(const Target& target, const FsInfo& i) {
       {"inode_blocks", std::to_string(i.inode_blocks)},
       {"inode_count", std::to_string(i.inode_count)},
       {"inodes_used", std::to_string(i.inodes_used)},
+      {"csum_start", std::to_string(i.csum_start)},
+      {"csum_blocks", std::to_string(i.csum_blocks)},
+      {"data_checksums", i.data_checksums ? "true" : "false"},
+      {"verify_checksums", i.verify_checksums ? "true" : "false"},
       {"data_start", std::to_string(i.data_start)},
       {"data_blocks", std::to_string(i.data_blocks)},
       {"free_blocks", std::to_string(i.free_blocks)},
@@ -1042,6 +1053,7 @@ void fsmap_json(const std::vector<FsmapEntry>& entries, const PathTable& paths, 
       case FsmapOwner::kDirectory: out.lit(", \"owner\": \"directory\""); break;
       case FsmapOwner::kXattrs: out.lit(", \"owner\": \"xattr\""); break;
       case FsmapOwner::kData: out.lit(", \"owner\": \"data\""); break;
+      case FsmapOwner::kChecksums: out.lit(", \"owner\": \"checksums\""); break;
       default:
         out.lit(", \"owner\": \"");
         out.raw(fsmap_owner_name(e.owner));  // short: "unknown"
@@ -1855,14 +1867,17 @@ int map_rank(FsmapOwner o) {
     case FsmapOwner::kXattrs: return 5;
     case FsmapOwner::kDirectory: return 6;
     case FsmapOwner::kData: return 7;
+    case FsmapOwner::kChecksums: return 8;
   }
   return 1;
 }
 
 // Neutral colours for the kinds that are not file data (by rank).
-constexpr const char* kMapKindColour[] = {"#f2f2ee", "#3b3b3b", "#8c8c8c", "#b58b5a",
-                                          "#c9a77c", "#9fb3c8", "#6f8faf", ""};
-constexpr const char* kMapKindName[] = {"free", "superblock", "journal", "inodes", "extents", "xattr", "directory", ""};
+// Rank 7 is file data (coloured per file).
+constexpr const char* kMapKindColour[] = {"#f2f2ee", "#3b3b3b", "#8c8c8c", "#b58b5a", "#c9a77c",
+                                          "#9fb3c8", "#6f8faf", "",        "#d8c36a"};
+constexpr const char* kMapKindName[] = {"free",  "superblock", "journal", "inodes",   "extents",
+                                        "xattr", "directory",  "",        "checksums"};
 
 // A stable, saturated colour per inode: golden-angle hues, two lightness
 // bands, none of them near the red of poison.
@@ -2120,7 +2135,7 @@ std::string map_svg(const Target& where, const MapData& d) {
     std::string fill, label, extra;
   };
   std::vector<Swatch> kinds;
-  for (int k = 0; k < 7; ++k) kinds.push_back({kMapKindColour[k], kMapKindName[k], ""});
+  for (int k : {0, 1, 2, 3, 8, 4, 5, 6}) kinds.push_back({kMapKindColour[k], kMapKindName[k], ""});
   kinds.push_back({"#ff1a1a", "poisoned (owned)", "stroke=\"#8b0000\" stroke-width=\"1.5\""});
   kinds.push_back({kMapKindColour[0], "quarantined (poisoned free space)", "stroke=\"#ff1a1a\" stroke-width=\"2\""});
   kinds.push_back({"#7aa6d6", "shared extent (hatched)", "hatch"});
@@ -2257,8 +2272,9 @@ Result<ScrubReport> scrub_through_mount(const std::string& mountpoint, bool show
   }
   worker.join();
   if (rc != 0) return fail(std::errc{err}, ioctl_failed(mountpoint, "POISONFS_IOC_SCRUB", err, "scrub"));
-  return ScrubReport{rec.bytes_scanned, rec.latent_found, rec.known_poison_bytes, rec.quarantine_cleared_bytes,
-                     rec.ranges_notified};
+  return ScrubReport{rec.bytes_scanned,   rec.latent_found,        rec.known_poison_bytes,
+                     rec.quarantine_cleared_bytes, rec.ranges_notified, rec.blocks_verified,
+                     rec.checksum_mismatches, (rec.flags & POISONFS_SCRUB_CHECKSUMS) != 0};
 }
 
 Result<ScrubReport> scrub_offline(const std::string& image, bool show) {
@@ -2325,7 +2341,9 @@ int cmd_scrub(const std::vector<std::string>& args) {
           ", \"ranges_notified\": " + std::to_string(rep->ranges_notified) +
           ", \"quarantine_cleared_bytes\": " + std::to_string(rep->quarantine_cleared_bytes) +
           ", \"known_poison_bytes\": " + std::to_string(rep->known_poison_bytes) +
-          ", \"silent_corruption\": null, \"silent_corruption_checked\": false}\n";
+          ", \"blocks_verified\": " + std::to_string(rep->blocks_verified) +
+          ", \"silent_corruption\": " + (rep->checksums ? std::to_string(rep->checksum_mismatches) : "null") +
+          ", \"silent_corruption_checked\": " + (rep->checksums ? "true" : "false") + "}\n";
   } else {
     auto bytes = [](uint64_t n) {
       return n < 1024 ? std::to_string(n) + " bytes" : std::to_string(n) + " bytes (" + human_bytes(n) + ")";
@@ -2337,7 +2355,11 @@ int cmd_scrub(const std::vector<std::string>& args) {
         {"ranges notified", std::to_string(rep->ranges_notified)},
         {"quarantine cleared", bytes(rep->quarantine_cleared_bytes)},
         {"known poison left", bytes(rep->known_poison_bytes)},
-        {"silent corruption", "not checked (no data checksums yet)"},
+        {"silent corruption",
+         rep->checksums ? std::to_string(rep->checksum_mismatches) + " block(s) not matching their checksum, of " +
+                              std::to_string(rep->blocks_verified) + " verified" +
+                              (rep->checksum_mismatches ? " (see poisonctl events)" : "")
+                        : "not checked (the image has no data checksums)"},
     };
     size_t width = 0;
     for (const auto& [k, v] : rows) width = std::max(width, k.size());

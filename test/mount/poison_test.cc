@@ -542,10 +542,12 @@ TEST_F(PoisonShared, MmapOfThePoisonedPageGetsSigbus) {
   EXPECT_EQ(mmap_child(c_, 3 * kBlock, dc_.substr(3 * kBlock, kBlock)), 0);
 }
 
-TEST_F(PoisonShared, RecoveryIntoOneSharerGivesItsOwnCopy) {
-  // c is recovered with the true bytes of the block: it gets a private copy,
-  // a and b keep the poisoned shared block.
-  ASSERT_EQ(pwrite_at(c_, kCBlock, da_.substr(kABlock, kBlock)), 0);
+// Issue 5 item 3: a recovery write whose data does not match the block's
+// checksum gives the writer its own copy; the other sharers stay poisoned.
+TEST_F(PoisonShared, RecoveryWithOtherDataGivesTheWriterItsOwnCopy) {
+  const std::string other = random_bytes(kBlock, 9);
+  ASSERT_EQ(pwrite_at(c_, kCBlock, other), 0);
+  dc_.replace(kCBlock, kBlock, other);
   ReadResult rc = read_all(c_);
   EXPECT_EQ(rc.err, 0);
   EXPECT_TRUE(same(rc.data, dc_));
@@ -562,9 +564,48 @@ TEST_F(PoisonShared, RecoveryIntoOneSharerGivesItsOwnCopy) {
   }
   EXPECT_EQ(physical(a_, kABlock), block_);
   EXPECT_EQ(badblocks(), std::to_string(block_ + kIn) + " " + std::to_string(kLen) + "\n");
-  bool logged = false;
-  for (const std::string& e : events()) logged |= e.find("\"kind\":\"recovery\"") != std::string::npos;
+  bool logged = false, healed = false;
+  for (const std::string& e : events()) {
+    logged |= e.find("\"kind\":\"recovery\"") != std::string::npos;
+    healed |= e.find("\"kind\":\"heal\"") != std::string::npos;
+  }
   EXPECT_TRUE(logged);
+  EXPECT_FALSE(healed);
+}
+
+// Issue 5 item 3: the true data (it matches the block's checksum) heals
+// every sharer with one write, in place: same physical block, still shared,
+// and bmap identical before and after.
+TEST_F(PoisonShared, RecoveryWithTheTrueDataHealsEverySharerInPlace) {
+  // Block by block, where each file's bytes live (bmap splits records at
+  // poison, so the records themselves differ once it is gone).
+  auto blocks = [&](const std::string& file) {
+    std::vector<std::pair<uint64_t, std::string>> out;
+    for (const Record& e : bmap(file))
+      for (uint64_t off = 0; off < num(e, "length"); off += kBlock)
+        out.push_back({num(e, "file_offset") + off, std::to_string(num(e, "physical") + off) + e.at("shared")});
+    return out;
+  };
+  const auto before_a = blocks(a_), before_b = blocks(b_), before_c = blocks(c_);
+  // Only the poisoned bytes, as a careful user restores them.
+  ASSERT_EQ(pwrite_at(c_, kCBlock + kIn, da_.substr(kABlock + kIn, kLen)), 0);
+  EXPECT_EQ(badblocks(), "");
+  for (const auto& [file, data] : {std::pair{a_, da_}, std::pair{b_, da_}, std::pair{c_, dc_}}) {
+    ReadResult r = read_all(file);
+    EXPECT_EQ(r.err, 0) << file;
+    EXPECT_TRUE(same(r.data, data)) << file;
+    EXPECT_TRUE(file_poison(file).empty()) << file;
+  }
+  EXPECT_EQ(blocks(a_), before_a);
+  EXPECT_EQ(blocks(b_), before_b);
+  EXPECT_EQ(blocks(c_), before_c);
+  EXPECT_EQ(physical(c_, kCBlock), block_);
+  // One heal event names all three files.
+  std::string heal;
+  for (const std::string& e : events())
+    if (e.find("\"kind\":\"heal\"") != std::string::npos) heal = e;
+  ASSERT_FALSE(heal.empty());
+  for (const char* name : {"\"/a\"", "\"/b\"", "\"/dir/c\""}) EXPECT_NE(heal.find(name), std::string::npos) << heal;
 }
 
 // Issue 5 item 7: `poisonctl map --svg` draws the device through the mount
@@ -1139,7 +1180,7 @@ TEST_F(PoisonScenario, SharedBlockRecoveredRunsStandalone) {
   EXPECT_EQ(r.out.find("FAIL"), std::string::npos) << r.out;
 }
 
-// Scenarios b, c, e and g of issue 5, each run standalone (its own image on
+// Scenarios b to g of issue 5, each run standalone (its own image on
 // /dev/shm and its own mount, removed on exit), each bounded to 120 s.
 class PoisonScenarioStandalone : public ::testing::TestWithParam<const char*> {};
 
@@ -1156,8 +1197,9 @@ TEST_P(PoisonScenarioStandalone, RunsAndPasses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Scenarios, PoisonScenarioStandalone,
-                         ::testing::Values("b_shared_block_other_data", "c_metadata_poison", "e_free_space_poison",
-                                           "g_punch_vs_inplace"),
+                         ::testing::Values("b_shared_block_other_data", "c_metadata_poison",
+                                           "d_latent_read_then_scrub", "e_free_space_poison",
+                                           "f_sigkill_during_recovery", "g_punch_vs_inplace"),
                          [](const ::testing::TestParamInfo<const char*>& info) {
                            return std::string(1, info.param[0]);
                          });

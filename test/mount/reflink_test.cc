@@ -292,8 +292,8 @@ int clone_ioctl(int dst_fd, int src_fd, uint64_t src_off, uint64_t len, uint64_t
 
 size_t count_lines(const std::string& s) { return static_cast<size_t>(std::count(s.begin(), s.end(), '\n')); }
 
-const std::set<std::string> kOwners = {"free",      "superblock", "journal", "inodes",
-                                       "extents",   "directory",  "xattr",   "data"};
+const std::set<std::string> kOwners = {"free",    "superblock", "journal", "inodes",   "extents",
+                                       "directory", "xattr",    "data",    "checksums"};
 
 class ReflinkTest : public MountTest {
  protected:

@@ -26,7 +26,7 @@ Superblock sample_superblock(uint64_t bytes = 64 << 20) {
   for (size_t i = 0; i < sb->uuid.size(); ++i) sb->uuid[i] = static_cast<uint8_t>(0xA0 + i);
   sb->created_ns = 1'700'000'000'123'456'789;
   sb->features_compat = 0x5;
-  sb->features_ro_compat = 0x3;
+  sb->features_ro_compat = kFeatureDataChecksums;  // the only one this build knows
   sb->label = "scratch volume";
   return *sb;
 }
@@ -88,6 +88,10 @@ TEST(LayoutSuperblock, RoundTripKeepsEveryField) {
   EXPECT_EQ(got->inode_start, sb.inode_start);
   EXPECT_EQ(got->inode_blocks, sb.inode_blocks);
   EXPECT_EQ(got->inode_count, sb.inode_count);
+  EXPECT_EQ(got->csum_start, sb.csum_start);
+  EXPECT_EQ(got->csum_blocks, sb.csum_blocks);
+  EXPECT_EQ(got->csum_region_shift, sb.csum_region_shift);
+  EXPECT_TRUE(got->has_checksums());
   EXPECT_EQ(got->data_start, sb.data_start);
   EXPECT_EQ(got->data_end, sb.data_end);
   EXPECT_EQ(got->created_ns, sb.created_ns);
@@ -220,7 +224,15 @@ void expect_consistent(uint64_t bytes, const Superblock& sb) {
   EXPECT_EQ(sb.inode_start, sb.journal_start + sb.journal_blocks);
   EXPECT_GT(sb.inode_blocks, 0u);
   EXPECT_EQ(sb.inode_count, sb.inode_blocks * kInodesPerBlock);
-  EXPECT_EQ(sb.data_start, sb.inode_start + sb.inode_blocks);
+  EXPECT_EQ(sb.csum_start, sb.inode_start + sb.inode_blocks);
+  EXPECT_EQ(sb.data_start, sb.csum_start + sb.csum_blocks);
+  if (sb.has_checksums()) {
+    // One entry per data block after the bitmap block; one bit per region.
+    EXPECT_GE((sb.csum_blocks - 1) * kCsumEntriesPerBlock, sb.data_end - sb.data_start);
+    EXPECT_LT((sb.data_end - sb.data_start) >> sb.csum_region_shift, kCsumIntentBits);
+  } else {
+    EXPECT_EQ(sb.csum_blocks, 0u);
+  }
   EXPECT_LT(sb.data_start, sb.data_end);
   EXPECT_EQ(sb.data_end, sb.copy_block());
   EXPECT_EQ(sb.copy_block(), sb.total_blocks - 1);
@@ -245,6 +257,38 @@ TEST(LayoutGeometry, ConsistentFromOneMiBTo64GiB) {
     ASSERT_TRUE(sb) << bytes << ": " << sb.error().to_string();
     expect_consistent(bytes, *sb);
   }
+}
+
+TEST(LayoutGeometry, WithoutChecksumsTheDataFollowsTheInodes) {
+  for (uint64_t bytes : {uint64_t{1} << 20, uint64_t{64} << 20, uint64_t{5} << 30}) {
+    auto sb = plan_geometry(bytes, 0, /*data_checksums=*/false);
+    ASSERT_TRUE(sb);
+    EXPECT_FALSE(sb->has_checksums());
+    EXPECT_EQ(sb->data_start, sb->inode_start + sb->inode_blocks);
+    expect_consistent(bytes, *sb);
+  }
+}
+
+TEST(LayoutSuperblock, UnknownReadOnlyCompatibleFeaturesAreRefused) {
+  Superblock sb = sample_superblock();
+  sb.features_ro_compat |= 0x100;
+  std::byte buf[kSuperblockSize];
+  encode_superblock(sb, buf);
+  auto got = decode_superblock(buf, 64 << 20);
+  ASSERT_FALSE(got);
+  EXPECT_EQ(got.error().code, std::errc::not_supported);
+  EXPECT_NE(got.error().message.find("read-only-compatible"), std::string::npos);
+}
+
+TEST(LayoutSuperblock, ChecksumRegionTooSmallForTheDataIsRefused) {
+  Superblock sb = sample_superblock();
+  sb.csum_blocks -= 1;  // the table no longer covers the data area
+  sb.data_start -= 1;
+  std::byte buf[kSuperblockSize];
+  encode_superblock(sb, buf);
+  auto got = decode_superblock(buf, 64 << 20);
+  ASSERT_FALSE(got);
+  EXPECT_NE(got.error().message.find("inconsistent"), std::string::npos);
 }
 
 TEST(LayoutGeometry, HonoursAndRoundsTheInodeCount) {

@@ -36,7 +36,7 @@ class RecordingMedia final : public Media {
   uint64_t size() const override { return buf_.size(); }
   const std::byte* base() const override { return buf_.data(); }
   bool read_only() const override { return false; }
-  bool byte_granular() const override { return true; }
+  bool byte_granular() const override { return byte_granular_; }
 
   void write(uint64_t off, const void* src, size_t len) override {
     assert(off <= buf_.size() && len <= buf_.size() - off);
@@ -57,6 +57,10 @@ class RecordingMedia final : public Media {
   void drain() override {
     if (recording_) log_.push_back(Op{Op::kDrain, 0, 0, {}});
   }
+
+  // Page-granular (like an image file, where a flush is an msync) makes the
+  // core defer the in-place copies of journal records to checkpoints.
+  void set_byte_granular(bool on) { byte_granular_ = on; }
 
   // Logging on or off (off while a test sets up the initial image).
   void set_recording(bool on) { recording_ = on; }
@@ -98,6 +102,7 @@ class RecordingMedia final : public Media {
   std::vector<std::byte> buf_;
   std::vector<Op> log_;
   bool recording_ = true;
+  bool byte_granular_ = true;
 };
 
 // A plain in-memory media holding a copy of img (for mounting a crash image).

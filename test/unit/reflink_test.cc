@@ -590,7 +590,7 @@ TEST(ReflinkFsmap, WholeDeviceListingCoversEveryByteOncePerOwner) {
   FsInfo info = fs->info();
   auto part = fsmap_of(*fs, info.data_start * B - 100, 300);
   ASSERT_FALSE(part.empty());
-  EXPECT_EQ(part.front().owner, FsmapOwner::kInodes);
+  EXPECT_EQ(part.front().owner, info.data_checksums ? FsmapOwner::kChecksums : FsmapOwner::kInodes);
   EXPECT_EQ(part.front().physical, info.data_start * B - 100);
   uint64_t sum = 0;
   for (auto& e : part) sum += e.length;

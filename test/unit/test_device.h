@@ -14,7 +14,7 @@ namespace poisonfs::testing {
 
 class TestDevice {
  public:
-  explicit TestDevice(uint64_t size, MkfsOptions mkfs = {}) {
+  explicit TestDevice(uint64_t size, MkfsOptions mkfs = {}, OpenOptions open = {}) : open_(open) {
     auto media = make_memory_media(size);
     EXPECT_TRUE(Filesystem::format(*media, mkfs));
     mount(std::move(media));
@@ -48,10 +48,11 @@ class TestDevice {
  private:
   void mount(std::unique_ptr<Media> m) {
     raw_ = m.get();
-    auto fs = Filesystem::mount(std::move(m), {});
+    auto fs = Filesystem::mount(std::move(m), open_);
     ASSERT_TRUE(fs) << fs.error().to_string();
     fs_ = std::move(*fs);
   }
+  OpenOptions open_;
   Media* raw_ = nullptr;
   std::unique_ptr<Filesystem> fs_;
 };
