@@ -21,6 +21,11 @@ namespace {
 uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
 
 constexpr std::array<std::byte, kBlockSize> kZeroBlock{};
+// A function, not a global: crc32c picks its implementation at first use.
+uint32_t zero_block_crc() {
+  static const uint32_t crc = crc32c(kZeroBlock.data(), kBlockSize);
+  return crc;
+}
 
 }  // namespace
 
@@ -42,8 +47,7 @@ uint32_t FsImpl::crc_after_store(uint64_t block, size_t lo, size_t hi, const std
   if (recorded == 0 || poisoned(lo, hi)) return 0;
   std::array<std::byte, kBlockSize> diff{};
   for (size_t i = lo; i < hi; ++i) diff[i] = old[i] ^ (src ? src[i - lo] : std::byte{0});
-  static const uint32_t zero_crc = crc32c(kZeroBlock.data(), kBlockSize);
-  return recorded ^ crc32c(diff.data(), kBlockSize) ^ zero_crc;
+  return recorded ^ crc32c(diff.data(), kBlockSize) ^ zero_block_crc();
 }
 
 void FsImpl::store_data(uint64_t off, const std::byte* src, size_t len) {
@@ -56,15 +60,18 @@ void FsImpl::store_data(uint64_t off, const std::byte* src, size_t len) {
   if (!csums_.enabled()) return store();
   const uint64_t first = off / kBlockSize, last = (off + len - 1) / kBlockSize;
   csums_.begin_write(first, last - first + 1);
-  std::vector<uint32_t> crcs;
-  crcs.reserve(last - first + 1);
-  for (uint64_t b = first; b <= last; ++b) {
-    size_t lo = b == first ? off % kBlockSize : 0;
-    size_t hi = b == last ? (off + len - 1) % kBlockSize + 1 : kBlockSize;
-    crcs.push_back(crc_after_store(b, lo, hi, src ? src + (block_offset(b) + lo - off) : nullptr));
-  }
+  // Only the first and last block can be partial, and only they need their
+  // old bytes: their checksums are computed before the store.
+  const size_t first_lo = off % kBlockSize, last_hi = (off + len - 1) % kBlockSize + 1;
+  const uint32_t first_crc = crc_after_store(first, first_lo, first == last ? last_hi : kBlockSize, src);
+  const uint32_t last_crc =
+      first == last ? first_crc : crc_after_store(last, 0, last_hi, src ? src + (block_offset(last) - off) : nullptr);
   store();
-  for (uint64_t b = first; b <= last; ++b) csums_.set(b, crcs[b - first]);
+  for (uint64_t b = first; b <= last; ++b) {
+    uint32_t crc = b == first ? first_crc : b == last ? last_crc
+                 : src ? crc32c(src + (block_offset(b) - off), kBlockSize) : zero_block_crc();
+    csums_.set(b, crc);
+  }
 }
 
 // Whole blocks take their source's entry: a copy must not turn corrupt

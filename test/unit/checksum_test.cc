@@ -260,6 +260,44 @@ TEST(Checksums, ARecoveryWriteWithOtherDataGivesTheWriterACopy) {
   EXPECT_EQ(dev->badblocks().size(), 1u);
 }
 
+// Issue 5, bad input: a shared poisoned block on a full device. Other data
+// needs a copy that cannot be made: ENOSPC and nothing lost. The true data
+// needs no space at all: every sharer is healed.
+TEST(Checksums, RecoveryOfASharedBlockOnAFullDevice) {
+  Device dev(8 << 20);
+  const std::string data = content(2 * B, 14);
+  Ino a = create(*dev, "a", data);
+  Ino b = create(*dev, "b", "");
+  ASSERT_TRUE(dev->clone_range(a, 0, b, 0, 0));
+  const uint64_t phys = phys_of(*dev, a, B);
+  ASSERT_TRUE(dev->inject_poison(phys + 128, 64, false));
+  Ino filler = create(*dev, "filler", "");
+  const std::string chunk(256 * 1024, 'f');
+  for (uint64_t off = 0;; off += chunk.size()) {
+    auto n = write(*dev, filler, off, chunk);
+    if (!n || *n < chunk.size()) break;
+  }
+  ASSERT_LT(dev->statfs().blocks_free, 4u);
+
+  std::string other = data.substr(B, B);
+  other[0] ^= 1;
+  auto n = write(*dev, b, B, other);
+  ASSERT_FALSE(n);
+  EXPECT_EQ(n.error().code, std::errc::no_space_on_device);
+  for (Ino ino : {a, b}) {
+    EXPECT_EQ(phys_of(*dev, ino, B), phys);
+    EXPECT_EQ(read(*dev, ino, 0, B).value_or(""), data.substr(0, B));
+    EXPECT_FALSE(read(*dev, ino, B, B));
+  }
+  EXPECT_EQ(dev->badblocks().size(), 1u);
+
+  ASSERT_TRUE(write(*dev, b, B, data.substr(B, B)));
+  EXPECT_TRUE(dev->badblocks().empty());
+  for (Ino ino : {a, b}) EXPECT_EQ(read(*dev, ino, 0, 2 * B).value_or(""), data);
+  dev.remount();
+  EXPECT_TRUE(dev.check().clean());
+}
+
 // Poison in one part of a block, an in-place write in another: the entry
 // still describes the lost bytes (crc32c is affine), so after the block is
 // shared a recovery write of the true bytes still heals every sharer.
