@@ -57,14 +57,7 @@ Result<std::string> read(Filesystem& fs, Ino ino, uint64_t off, size_t len) {
   return out;
 }
 
-uint64_t phys_of(Filesystem& fs, Ino ino, uint64_t off) {
-  auto m = fs.bmap(ino);
-  EXPECT_TRUE(m);
-  for (const BmapEntry& e : m.value_or(std::vector<BmapEntry>{}))
-    if (e.file_offset <= off && off < e.file_offset + e.length) return e.physical + (off - e.file_offset);
-  ADD_FAILURE() << "file offset " << off << " is a hole";
-  return 0;
-}
+using testing::phys_of;
 
 ScrubReport scrub(Filesystem& fs) {
   auto r = fs.scrub(nullptr);

@@ -93,14 +93,7 @@ Ino ino_of(Filesystem& fs, std::string_view name) {
   return a ? a->ino : 0;
 }
 
-uint64_t phys_of(Filesystem& fs, Ino ino, uint64_t off) {
-  auto m = fs.bmap(ino);
-  EXPECT_TRUE(m);
-  for (const BmapEntry& e : m.value_or(std::vector<BmapEntry>{}))
-    if (e.file_offset <= off && off < e.file_offset + e.length) return e.physical + (off - e.file_offset);
-  ADD_FAILURE() << "file offset " << off << " is a hole";
-  return 0;
-}
+using testing::phys_of;
 
 void inject(Filesystem& fs, std::string_view file, uint64_t file_off, uint64_t len) {
   auto r = fs.inject_poison(phys_of(fs, ino_of(fs, file), file_off), len, false);

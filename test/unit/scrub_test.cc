@@ -38,14 +38,7 @@ void write_str(Filesystem& fs, Ino ino, uint64_t off, const std::string& s) {
   ASSERT_EQ(*n, s.size());
 }
 
-uint64_t phys_of(Filesystem& fs, Ino ino, uint64_t off) {
-  auto m = fs.bmap(ino);
-  EXPECT_TRUE(m);
-  for (const BmapEntry& e : m.value_or(std::vector<BmapEntry>{}))
-    if (e.file_offset <= off && off < e.file_offset + e.length) return e.physical + (off - e.file_offset);
-  ADD_FAILURE() << "file offset " << off << " is a hole";
-  return 0;
-}
+using testing::phys_of;
 
 // A block in the middle of the largest free run.
 uint64_t free_block(Filesystem& fs) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <vector>
 
 #include "poisonfs/filesystem.h"
 
@@ -56,5 +57,15 @@ class TestDevice {
   Media* raw_ = nullptr;
   std::unique_ptr<Filesystem> fs_;
 };
+
+// The device byte offset of byte `off` of a file (through bmap).
+inline uint64_t phys_of(Filesystem& fs, Ino ino, uint64_t off) {
+  auto m = fs.bmap(ino);
+  EXPECT_TRUE(m);
+  for (const BmapEntry& e : m.value_or(std::vector<BmapEntry>{}))
+    if (e.file_offset <= off && off < e.file_offset + e.length) return e.physical + (off - e.file_offset);
+  ADD_FAILURE() << "file offset " << off << " is a hole";
+  return 0;
+}
 
 }  // namespace poisonfs::testing
