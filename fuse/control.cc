@@ -6,7 +6,8 @@
 // name, so only root and the user who mounted may use them (like GETFSMAP,
 // which needs CAP_SYS_ADMIN). BMAP shows a file the caller has open.
 // CLONE_RANGE needs the destination open for writing and the source open
-// for reading by the calling process, as FICLONERANGE does. INJECT,
+// for reading by the calling process, as FICLONERANGE does, and like any
+// write it drops the destination's setuid/setgid bits. INJECT,
 // BADBLOCKS, EVENTS and SCRUB change or show the device: root and the
 // mounting user only. FILE_POISON shows a file the caller has open; STATUS is for all.
 #include <fcntl.h>
@@ -119,6 +120,27 @@ long own_mount_id(const std::string& mountpoint) {
   return -1;
 }
 
+// As the kernel does before FICLONERANGE or any write (file_remove_privs):
+// new contents lose the setuid bit, and the setgid bit of a group-executable
+// file, unless the writer is privileged. The kernel cannot do it here, since
+// it does not know that this ioctl writes. Root stands in for CAP_FSETID (the
+// daemon cannot see the caller's capabilities).
+Status kill_suid(fuse_req_t req, fuse_ino_t ino) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  if (ctx->uid == 0) return {};
+  auto attr = context(req).fs->getattr(ino);
+  if (!attr) return std::unexpected(attr.error());
+  uint32_t kill = attr->mode & S_ISUID;
+  if ((attr->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) kill |= S_ISGID;
+  if (kill == 0) return {};
+  SetAttr set;
+  set.valid = SetAttr::kMode;
+  set.mode = attr->mode & ~kill;
+  auto done = context(req).fs->setattr(ino, set, Caller{.uid = ctx->uid, .gid = ctx->gid, .umask = ctx->umask});
+  if (!done) return std::unexpected(done.error());
+  return {};
+}
+
 void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void* in_buf, size_t in_bufsz) {
   poisonfs_clone_range args;
   if (!take_input(req, in_buf, in_bufsz, &args)) return;
@@ -137,6 +159,10 @@ void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void*
   }
   if (src.mnt_id != own_mount_id(context(req).mountpoint)) {
     fuse_reply_err(req, EXDEV);
+    return;
+  }
+  if (Status killed = kill_suid(req, dst); !killed) {
+    fuse_reply_err(req, killed.error().errno_value());
     return;
   }
   Status st = context(req).fs->clone_range(src.ino, args.src_offset, dst, args.dest_offset, args.src_length);

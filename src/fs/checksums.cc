@@ -3,6 +3,7 @@
 // a crash, repairing a poisoned table block, verifying reads.
 #include <algorithm>
 
+#include "format/coding.h"
 #include "fs/fs_impl.h"
 #include "util/strfmt.h"
 
@@ -52,21 +53,21 @@ void FsImpl::recompute_dirty_checksums() {
 }
 
 void FsImpl::repair_checksum_block(uint64_t block) {
-  media_->clear_poison(block_offset(block), kBlockSize);
   if (block == sb_.csum_start) {
-    csums_.rewrite_bitmap();
+    csums_.rewrite_bitmap();  // durable before the poison is forgotten
+    media_->poison().clear(block_offset(block), kBlockSize);
     return;
   }
   // Entries from the data they describe; what cannot be read stays unknown.
+  std::vector<std::byte> buf(kBlockSize);
   const uint64_t first = sb_.data_start + (block - sb_.csum_start - 1) * kCsumEntriesPerBlock;
   const uint64_t end = std::min(sb_.data_end, first + kCsumEntriesPerBlock);
-  if (first >= end) return;
-  for_each_written_block(first, end - first, [&](uint64_t b) {
-    if (!media_->poison().empty() && media_->poison().first(block_offset(b), kBlockSize)) return;
-    csums_.set(b, DataChecksums::of_block(media_->at(block_offset(b))));
-  });
-  media_->flush(block_offset(block), kBlockSize);
-  media_->drain();
+  if (first < end)
+    for_each_written_block(first, end - first, [&](uint64_t b) {
+      if (!media_->poison().empty() && media_->poison().first(block_offset(b), kBlockSize)) return;
+      put_le<uint32_t>(buf.data() + (b - first) * kCsumEntrySize, DataChecksums::of_block(media_->at(block_offset(b))));
+    });
+  rewrite_poisoned_block(block, buf.data());
 }
 
 std::optional<uint64_t> FsImpl::first_corrupt_block(uint64_t dev_off, uint64_t len) {

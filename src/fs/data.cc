@@ -159,7 +159,7 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
       if (poisoned(span_from, hole_from) || poisoned(hole_to, span_to)) return give_up(fail(std::errc::io_error));
     }
     if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return give_up(st);
-    BlockRange fresh = alloc_.allocate(run, alloc_hint(inode, cur));
+    BlockRange fresh = allocate_clean(run, alloc_hint(inode, cur));
     if (fresh.count == 0) return give_up(fail(std::errc::no_space_on_device));
     // Copy what will not be overwritten: whole blocks, minus [keep_from, keep_to).
     uint64_t span_from = block_offset(cur), span_to = block_offset(cur + fresh.count);
@@ -264,7 +264,7 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
     bool fresh = !(e && e->file_block <= fb);
     if (fresh) {
       if (e) fb_end = std::min(fb_end, e->file_block);
-      BlockRange r = alloc_.allocate(fb_end - fb, alloc_hint(inode, fb));
+      BlockRange r = allocate_clean(fb_end - fb, alloc_hint(inode, fb));
       if (r.count == 0) break;
       phys = r.start;
       nblocks = r.count;
@@ -485,7 +485,7 @@ Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& 
     uint64_t hole_end = e ? std::min(end, e->file_block) : end;
     // Slots before data, as in _write: keeps the file's extents contiguous.
     if (!reserve_slots(inode, inode.chain, 2, tx)) return fail(std::errc::no_space_on_device);
-    BlockRange r = alloc_.allocate(hole_end - cur, alloc_hint(inode, cur));
+    BlockRange r = allocate_clean(hole_end - cur, alloc_hint(inode, cur));
     if (r.count == 0) return fail(std::errc::no_space_on_device);
     csums_.forget(r.start, r.count);  // what the blocks hold now means nothing
     ExtentEdit edit;

@@ -374,6 +374,24 @@ void FsImpl::stage_inode(Transaction& tx, Inode& inode) {
   inode.times_dirty = false;
 }
 
+BlockRange FsImpl::allocate_clean(uint64_t count, uint64_t hint) {
+  BlockRange r = alloc_.allocate(count, hint);
+  if (r.count == 0 || media_->poison().empty()) return r;
+  const uint64_t lo = block_offset(r.start), hi = block_offset(r.start + r.count);
+  for (const PoisonRange& p : media_->poison().overlapping(lo, hi - lo)) {
+    const uint64_t from = std::max(lo, p.offset), to = std::min(hi, p.end());
+    media_->clear_poison(from, to - from);
+    Event e;
+    e.kind = EventKind::kRepair;
+    e.device_offset = from;
+    e.length = to - from;
+    e.action = "poison in free space cleared before the blocks were allocated";
+    e.owners.push_back(EventOwner{"free", 0, "", 0, 0});
+    record_event(std::move(e));
+  }
+  return r;
+}
+
 // A new chain block is written directly (it is not referenced by any
 // committed record yet, so a crash leaves it free); only the link to it
 // goes through the journal.
@@ -384,7 +402,7 @@ Status FsImpl::reserve_slots(Inode& owner, Chain& chain, size_t count, Transacti
   std::vector<uint64_t> fresh;
   for (size_t i = 0; i < blocks_needed; ++i) {
     uint64_t hint = chain.blocks.empty() ? 0 : chain.blocks.back() + 1;
-    BlockRange r = alloc_.allocate(1, hint);
+    BlockRange r = allocate_clean(1, hint);
     if (r.count == 0) {
       for (uint64_t b : fresh) alloc_.release({b, 1});
       return fail(std::errc::no_space_on_device);

@@ -163,6 +163,11 @@ class FsImpl final : public Filesystem {
   // Commits tx, then releases what it dropped (after the commit, never before).
   Status commit(Transaction& tx, std::vector<BlockRange> dropped = {});
 
+  // Allocates like Allocator::allocate and clears any poison under the new
+  // blocks: free space is not patrolled, so latent poison may sit there, and
+  // new blocks are always written whole before anything reads them.
+  BlockRange allocate_clean(uint64_t count, uint64_t hint);
+
   // --- namespace (namespace.cc)
   Result<Inode*> new_inode(uint32_t mode, uint64_t rdev, const Caller& caller, Inode& parent);
   Status add_entry(Inode& dir, std::string_view name, Inode& child, Transaction& tx);
@@ -221,6 +226,7 @@ class FsImpl final : public Filesystem {
   // to be sent once the lock is dropped.
   Status _notify_failure(uint64_t offset, uint64_t length, int flags, std::vector<Invalidation>& inval);
   void run_invalidations(const std::vector<Invalidation>& inval);
+  void rewrite_poisoned_block(uint64_t block, const std::byte* content);
   void repair_chain_block(Inode& inode, Chain& chain, uint64_t block);
   void repair_inode_block(uint64_t block);
   void repair_journal();

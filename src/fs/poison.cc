@@ -124,10 +124,17 @@ std::string FsImpl::first_path(Ino ino) {
   return path_of(inode->links.front());
 }
 
-// Rewrites a record block from the in-memory records that live in it. The
-// poison under the block is cleared first (clear_poison leaves zeros).
+// The content is durable before the poison is forgotten: a crash in between
+// leaves the block poisoned (repaired again at mount), never zeroed and
+// believed clean, as clearing first would.
+void FsImpl::rewrite_poisoned_block(uint64_t block, const std::byte* content) {
+  media_->write(block_offset(block), content, kBlockSize);
+  media_->persist(block_offset(block), kBlockSize);
+  media_->poison().clear(block_offset(block), kBlockSize);
+}
+
+// Rewrites a record block from the in-memory records that live in it.
 void FsImpl::repair_chain_block(Inode& inode, Chain& chain, uint64_t block) {
-  media_->clear_poison(block_offset(block), kBlockSize);
   std::vector<std::byte> buf(kBlockSize);
   auto pos = std::find(chain.blocks.begin(), chain.blocks.end(), block);
   uint64_t next = (pos != chain.blocks.end() && pos + 1 != chain.blocks.end()) ? *(pos + 1) : 0;
@@ -145,18 +152,15 @@ void FsImpl::repair_chain_block(Inode& inode, Chain& chain, uint64_t block) {
     for (const auto& [name, x] : inode.xattrs)
       if (x.slot.block == block) encode_xattr(XattrRec{name, x.value}, slot_at(x.slot, kXattrSlotSize));
   }
-  media_->write(block_offset(block), buf.data(), kBlockSize);
-  media_->persist(block_offset(block), kBlockSize);
+  rewrite_poisoned_block(block, buf.data());
 }
 
 void FsImpl::repair_inode_block(uint64_t block) {
-  media_->clear_poison(block_offset(block), kBlockSize);
   std::vector<std::byte> buf(kBlockSize);
   uint64_t first = (block - sb_.inode_start) * kInodesPerBlock + 1;
   for (uint64_t i = 0; i < kInodesPerBlock; ++i)
     if (Inode* inode = inodes_[first + i - 1].get()) encode_inode(inode->rec, buf.data() + i * kInodeSize);
-  media_->write(block_offset(block), buf.data(), kBlockSize);
-  media_->persist(block_offset(block), kBlockSize);
+  rewrite_poisoned_block(block, buf.data());
 }
 
 // The journal only matters until the next checkpoint: take one (every
@@ -199,11 +203,9 @@ Status FsImpl::_notify_failure(uint64_t offset, uint64_t length, int flags, std:
   if (first_block == 0 || last_block >= sb_.copy_block()) {
     for (uint64_t b : {uint64_t{0}, sb_.copy_block()}) {
       if (b < first_block || b > last_block) continue;
-      media_->clear_poison(block_offset(b), kBlockSize);
-      std::byte buf[kSuperblockSize];
-      encode_superblock(sb_, buf);
-      media_->write(block_offset(b), buf, kSuperblockSize);
-      media_->persist(block_offset(b), kSuperblockSize);
+      std::vector<std::byte> buf(kBlockSize);  // the rest of the block is unused: zeros
+      encode_superblock(sb_, buf.data());
+      rewrite_poisoned_block(b, buf.data());
       metadata_event("superblock", 0, b == 0 ? "primary superblock rewritten from memory" : "superblock copy rewritten from memory");
     }
   }

@@ -181,7 +181,9 @@ uint64_t prepare_target(const Options& opt, bool* created) {
   }
 
   int flags = O_RDWR | O_CLOEXEC | (exists ? 0 : O_CREAT | O_EXCL);
-  int fd = open(opt.image.c_str(), flags, 0644);
+  // 0600: the image holds every file's bytes; permissions inside the
+  // filesystem mean nothing to a reader of the image itself.
+  int fd = open(opt.image.c_str(), flags, 0600);
   if (fd < 0) die(opt.image + ": cannot open: " + std::strerror(errno));
   *created = !exists;
   auto fail = [&](const std::string& message) {

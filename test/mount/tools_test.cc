@@ -160,9 +160,21 @@ TEST_F(MkfsTool, CreatesMissingFile) {
   ASSERT_EQ(stat(img.c_str(), &st), 0);
   mode_t mask = umask(0);
   umask(mask);
-  EXPECT_EQ(st.st_mode & 0777, 0644u & ~mask);
+  EXPECT_EQ(st.st_mode & 0777, 0600u & ~mask);  // the image holds every file's bytes
   EXPECT_NE(r.out.find("uuid"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("checksums:"), std::string::npos) << r.out;
   EXPECT_EQ(slurp(img).substr(0, 8), "POISONFS");
+}
+
+TEST_F(MkfsTool, NoChecksumsMakesAnImageWithoutTheRegion) {
+  std::string img = path("nocsum.img");
+  RunResult r = mkfs({"--no-checksums", img, "64M"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("checksums:   none"), std::string::npos) << r.out;
+  RunResult s = ctl({"stat", "--json", img});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_NE(s.out.find("\"data_checksums\": false"), std::string::npos) << s.out;
+  EXPECT_EQ(json_number(s.out, "csum_blocks"), 0u) << s.out;
 }
 
 TEST_F(MkfsTool, AcceptsPlainByteCount) {
