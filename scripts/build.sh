@@ -2,18 +2,20 @@
 # Configures and builds poisonfs with CMake, then (as root) installs the four
 # binaries and makes `mount -t fuse.poisonfs IMAGE MNT` and fstab lines work.
 #
-#   bash scripts/build.sh [--debug|--sanitize] [BUILD_DIR]
+#   bash scripts/build.sh [--debug|--sanitize|--tsan] [BUILD_DIR]
 #
 #   (default)    Release into build/
 #   --debug      Debug into build-debug/
 #   --sanitize   Debug with ASan+UBSan (-DPOISONFS_SANITIZE=ON) into build-asan/
+#   --tsan       Debug with ThreadSanitizer (-DPOISONFS_TSAN=ON) into build-tsan/
 #
-# Set POISONFS_NO_INSTALL=1 to build without installing.
+# Set POISONFS_NO_INSTALL=1 to build without installing (sanitizer builds
+# are never installed: the installed binaries stay the Release ones).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf 'build: %s\n' "$*" >&2; }
-usage() { printf 'usage: %s [--debug|--sanitize] [BUILD_DIR]\n' "$0" >&2; }
+usage() { printf 'usage: %s [--debug|--sanitize|--tsan] [BUILD_DIR]\n' "$0" >&2; }
 
 mode=release
 build_dir=
@@ -21,6 +23,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --debug) mode=debug ;;
     --sanitize) mode=sanitize ;;
+    --tsan) mode=tsan ;;
     -h | --help)
       usage
       exit 0
@@ -46,15 +49,19 @@ cmake_args=()
 case $mode in
   release)
     : "${build_dir:=$root/build}"
-    cmake_args+=(-DCMAKE_BUILD_TYPE=Release -DPOISONFS_SANITIZE=OFF)
+    cmake_args+=(-DCMAKE_BUILD_TYPE=Release -DPOISONFS_SANITIZE=OFF -DPOISONFS_TSAN=OFF)
     ;;
   debug)
     : "${build_dir:=$root/build-debug}"
-    cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DPOISONFS_SANITIZE=OFF)
+    cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DPOISONFS_SANITIZE=OFF -DPOISONFS_TSAN=OFF)
     ;;
   sanitize)
     : "${build_dir:=$root/build-asan}"
-    cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DPOISONFS_SANITIZE=ON)
+    cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DPOISONFS_SANITIZE=ON -DPOISONFS_TSAN=OFF)
+    ;;
+  tsan)
+    : "${build_dir:=$root/build-tsan}"
+    cmake_args+=(-DCMAKE_BUILD_TYPE=Debug -DPOISONFS_SANITIZE=OFF -DPOISONFS_TSAN=ON)
     ;;
 esac
 
@@ -63,6 +70,10 @@ cmake -S "$root" -B "$build_dir" "${cmake_args[@]}" >/dev/null
 log "building with $(nproc) jobs"
 cmake --build "$build_dir" -j"$(nproc)"
 
+if [[ $mode == sanitize || $mode == tsan ]]; then
+  log "$mode build: binaries left in $build_dir (sanitizer builds are not installed)"
+  exit 0
+fi
 if [[ ${POISONFS_NO_INSTALL:-0} == 1 ]]; then
   log "POISONFS_NO_INSTALL=1: binaries left in $build_dir (not installed)"
   exit 0

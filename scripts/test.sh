@@ -3,9 +3,10 @@
 # suite (unit tests and mount tests through a real FUSE mount) with ctest.
 # Exits non-zero when any test fails; .ci/run calls it.
 #
-#   bash scripts/test.sh [--sanitize]
+#   bash scripts/test.sh [--sanitize|--tsan]
 #
 #   --sanitize   the same on the ASan+UBSan Debug build (build-asan/)
+#   --tsan       the concurrent core tests on the ThreadSanitizer build (build-tsan/)
 #
 # Extra arguments after -- go to ctest (e.g. -- -R Mkfs).
 # POISONFS_BUILD_DIR overrides the build directory.
@@ -23,14 +24,20 @@ while [[ $# -gt 0 ]]; do
       build_args=(--sanitize)
       build_dir=${POISONFS_BUILD_DIR:-$root/build-asan}
       ;;
+    --tsan)
+      build_args=(--tsan)
+      build_dir=${POISONFS_BUILD_DIR:-$root/build-tsan}
+      # The tests that run threads against one core; the rest has nothing for TSan.
+      ctest_extra=(-R 'Concurrency|Concurrent')
+      ;;
     --)
       shift
-      ctest_extra=("$@")
+      ctest_extra+=("$@")
       break
       ;;
     *)
       log "unknown argument '$1'"
-      printf 'usage: %s [--sanitize] [-- CTEST_ARGS...]\n' "$0" >&2
+      printf 'usage: %s [--sanitize|--tsan] [-- CTEST_ARGS...]\n' "$0" >&2
       exit 2
       ;;
   esac
@@ -40,11 +47,13 @@ done
 bash "$root/scripts/setup.sh"
 bash "$root/scripts/build.sh" "${build_args[@]}" "$build_dir"
 
-if [[ ${#build_args[@]} -gt 0 ]]; then
+if [[ ${build_args[*]-} == --sanitize ]]; then
   # Leaks count as failures; UBSan stops at its first report (the build also
   # passes -fno-sanitize-recover).
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+elif [[ ${build_args[*]-} == --tsan ]]; then
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 fi
 
 # -j1: the mount tests are RUN_SERIAL anyway, and the unit tests are quick.

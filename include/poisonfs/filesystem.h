@@ -170,6 +170,7 @@ enum class EventKind : uint32_t {
   kRecovery = 4,    // a write cleared poison in place
   kHeal = 5,        // one recovery healed every sharer
   kCorruption = 6,  // data does not match its checksum (silent corruption)
+  kError = 7,       // the filesystem could not do what it must (e.g. save the poison record)
 };
 const char* event_kind_name(EventKind kind);  // "failure", "repair", ...
 

@@ -13,8 +13,10 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <string>
 #include <vector>
 
 namespace poisonfs {
@@ -50,6 +52,12 @@ class PoisonList {
   // Called (outside the lock) after every change with the whole list: the
   // media persists its error record there.
   void set_on_change(std::function<void(const std::vector<PoisonRange>&)> fn) { on_change_ = std::move(fn); }
+  // The saver (on_change) reports here that the record could not be
+  // persisted. Its owner compares persist_failures() before and after a
+  // change (the operation fails) and with what it reported (an event).
+  void set_persist_error(std::string message);
+  uint64_t persist_failures() const { return persist_failures_.load(std::memory_order_acquire); }
+  std::string last_persist_error() const;
 
  private:
   struct Entry {
@@ -64,6 +72,9 @@ class PoisonList {
   std::map<uint64_t, Entry> ranges_;  // start -> (end, latent); disjoint
   std::atomic<size_t> count_{0};
   std::function<void(const std::vector<PoisonRange>&)> on_change_;
+  mutable std::mutex persist_error_mutex_;
+  std::string persist_error_;
+  std::atomic<uint64_t> persist_failures_{0};
 };
 
 }  // namespace poisonfs

@@ -29,8 +29,12 @@ uint64_t FsImpl::count_extents() const {
 
 Status FsImpl::repair_checked() {
   std::unique_lock lock(mutex_);
+  // Poison under lost records first: cleared units read as zeros, and the
+  // transaction below rewrites the records over them.
+  for (auto [off, len] : check_->poison_to_clear) media_->clear_poison(off, len);
   Transaction tx;
   for (auto [off, len] : check_->bad_records) std::memset(tx.reserve(off, len), 0, len);
+  for (const auto& [off, header] : check_->header_rewrites) encode_chain_header(header, tx.reserve(off, kChainHeaderSize));
   for (auto& inode : inodes_)
     if (inode && inode->times_dirty) stage_inode(tx, *inode);
   if (auto st = commit(tx); !st) return st;

@@ -112,6 +112,10 @@ std::vector<std::string> FsImpl::verify_data_checksums() {
     return std::any_of(stale.begin(), stale.end(), [&](const BlockRange& r) { return b >= r.start && b < r.start + r.count; });
   };
   for_each_written_block(sb_.data_start, sb_.data_end - sb_.data_start, [&](uint64_t b) {
+    // fsck meets latent poison here (and skips the block): known from now
+    // on, so the next mount notifies every sharer. Not a problem of the
+    // filesystem's structure: data poison is reported by the mount.
+    if (check_ && !media_->poison().empty()) (void)media_->poison().make_known(block_offset(b), kBlockSize);
     if (is_stale(b) || !first_corrupt_block(block_offset(b), kBlockSize)) return;
     std::string owners;
     for (const EventOwner& o : data_owners_of(b))

@@ -156,7 +156,11 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
       auto poisoned = [&](uint64_t from, uint64_t to) {
         return from < to && media_->poison().first(block_offset(old_phys) + (from - span_from), to - from);
       };
-      if (poisoned(span_from, hole_from) || poisoned(hole_to, span_to)) return give_up(fail(std::errc::io_error));
+      if (poisoned(span_from, hole_from) || poisoned(hole_to, span_to)) {
+        // Latent poison found here is consumed like a read's (known, notified).
+        consume_latent(block_offset(old_phys), span_to - span_from);
+        return give_up(fail(std::errc::io_error));
+      }
     }
     if (auto st = reserve_slots(inode, inode.chain, 2, tx); !st) return give_up(st);
     BlockRange fresh = allocate_clean(run, alloc_hint(inode, cur));
@@ -389,6 +393,7 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
 }
 
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
+  LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
   std::vector<PoisonRange> recovered;
   Result<size_t> n;
   {
@@ -528,6 +533,7 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
     return fail(std::errc::operation_not_supported);
   if (len == 0) return fail(std::errc::invalid_argument);
   if (off >= kMaxFileSize || len > kMaxFileSize - off) return fail(std::errc::file_too_large);
+  LatentNotifier notify_latent(*this);  // zeroing part of a shared block copies it
   std::unique_lock lock(mutex_);
   auto got = get(ino);
   if (!got) return std::unexpected(got.error());

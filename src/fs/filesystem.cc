@@ -56,18 +56,32 @@ FsImpl::~FsImpl() = default;
 namespace {
 
 // The primary superblock, or the copy in the last block when the primary is
-// unreadable. Reports the primary's error when neither is good.
-Result<Superblock> read_superblock(const Media& media, bool* used_copy) {
+// unreadable. Reports the primary's error when neither is good. A poisoned
+// superblock is never decoded: it counts as unreadable (and is rewritten
+// from the other by load()); with both poisoned there is no good copy.
+Result<Superblock> read_superblock(Media& media, bool* used_copy) {
   *used_copy = false;
   if (media.size() < kSuperblockSize)
     return fail(std::errc::invalid_argument,
                 strfmt("image of {} bytes is too small to hold a poisonfs superblock", media.size()));
-  auto primary = decode_superblock(media.at(0), media.size());
+  const uint64_t copy_off = (media.size() / kBlockSize - 1) * kBlockSize;
+  auto poisoned = [&](uint64_t off) {
+    return !media.poison().empty() && media.poison().first(off, kSuperblockSize).has_value();
+  };
+  const bool primary_poisoned = poisoned(0);
+  if (primary_poisoned && (media.size() < 2 * kBlockSize || poisoned(copy_off)))
+    return fail(std::errc::io_error,
+                "both superblocks (the primary in block 0 and its copy in the last block) are poisoned: "
+                "no good copy is left, the image cannot be mounted");
+  auto primary = primary_poisoned ? Result<Superblock>(fail(std::errc::io_error, "primary superblock is poisoned"))
+                                  : decode_superblock(media.at(0), media.size());
   if (primary || media.size() < 2 * kBlockSize) return primary;
   if (primary.error().code == std::errc::invalid_argument &&
       primary.error().message.starts_with("image is truncated"))
     return primary;
-  uint64_t copy_off = (media.size() / kBlockSize - 1) * kBlockSize;
+  if (poisoned(copy_off))
+    return fail(std::errc::io_error,
+                strfmt("primary superblock: {}; its copy in the last block is poisoned", primary.error().message));
   auto copy = decode_superblock(media.at(copy_off), media.size());
   if (!copy) return primary;
   *used_copy = true;
@@ -108,41 +122,189 @@ Result<std::unique_ptr<Filesystem>> Filesystem::mount_image(const std::string& p
 }
 
 Status FsImpl::load() {
-  // Rewrite a bad superblock (primary or copy) from the good one we mounted with.
-  std::byte buf[kSuperblockSize];
-  encode_superblock(sb_, buf);
-  for (uint64_t off : {uint64_t{0}, block_offset(sb_.copy_block())}) {
-    if (std::memcmp(buf, media_->at(off), kSuperblockSize) == 0) continue;
-    if (off != 0 && !tolerate("superblock copy differs from the primary")) {}
-    if (check_ && !check_->repair) continue;
-    media_->write(off, buf, kSuperblockSize);
-    media_->persist(off, kSuperblockSize);
-  }
-  auto replayed = journal_.replay();
-  if (!replayed) return std::unexpected(replayed.error());
+  repair_superblocks();
+  if (auto st = replay_journal(); !st) return st;
 
   inodes_.clear();
   inodes_.resize(sb_.inode_count);
   std::vector<BlockRange> used;
   for (uint64_t ino = sb_.inode_count; ino >= 1; --ino) {
     if (auto st = load_inode(ino, used); !st) return st;
-    if (!inodes_[ino - 1]) free_inos_.push_back(ino);
+    if (!inodes_[ino - 1] && !is_lost_inode(ino)) free_inos_.push_back(ino);
   }
   // Free space is the complement of everything the reverse map holds.
   rmap_.for_each_segment([&](uint64_t start, uint64_t count, uint32_t) { used.push_back({start, count}); });
   alloc_.rebuild(sb_.data_start, sb_.data_end, std::move(used));
   if (auto st = check_exclusive_metadata(); !st) return st;
   Inode* root = inodes_[kRootIno - 1].get();
-  if (!root || !root->is_dir()) {
+  if (!root && !check_ && is_lost_inode(kRootIno)) {
+    lost_to_poison("inodes", kRootIno, inode_offset(sb_, kRootIno), kInodeSize,
+                   "the root directory's inode slot is poisoned");
+  } else if (!root || !root->is_dir()) {
     if (check_) check_->fatal = true;
     tolerate("root directory is missing");
     return fail(std::errc::io_error, "root directory is missing; run fsck.poisonfs");
   }
-  if (auto st = check_links(); !st) return st;
+  if (root)
+    if (auto st = check_links(); !st) return st;
+  if (!mount_damage_.empty()) {
+    // Records lost to poison with no copy anywhere: serving the rest would
+    // serve wrong data (holes for lost extents, missing names). Shut down
+    // like xfs_force_shutdown, change nothing more, leave it to fsck.
+    std::string reason = "metadata poisoned while unmounted, records lost: " + mount_damage_.front();
+    if (mount_damage_.size() > 1) reason += strfmt(" (and {} more)", mount_damage_.size() - 1);
+    shutdown(reason + "; unmount and run fsck.poisonfs");
+    return {};
+  }
+  if (!check_) reclaim_unnamed_lost_inodes();
   if (auto st = reclaim_orphans(); !st) return st;
   // A read-only check leaves the image as it is (and skips those regions).
   if (!check_ || check_->repair) recompute_dirty_checksums();
   return check_ ? Status{} : replay_poison_list();
+}
+
+// Rewrites a bad superblock (primary or copy) from the good one we mounted
+// with (a poisoned one is rewritten before its poison is forgotten).
+void FsImpl::repair_superblocks() {
+  std::byte buf[kSuperblockSize];
+  encode_superblock(sb_, buf);
+  for (uint64_t off : {uint64_t{0}, block_offset(sb_.copy_block())}) {
+    const bool poisoned = poisoned_at_mount(off, kBlockSize);
+    if (!poisoned && std::memcmp(buf, media_->at(off), kSuperblockSize) == 0) continue;
+    if (off != 0 && !tolerate("superblock copy differs from the primary")) {}
+    if (poisoned && check_) check_->problems.push_back(strfmt("superblock in block {} is poisoned", off / kBlockSize));
+    if (check_ && !check_->repair) continue;
+    if (!poisoned) {
+      media_->write(off, buf, kSuperblockSize);
+      media_->persist(off, kSuperblockSize);
+      continue;
+    }
+    std::vector<std::byte> block(kBlockSize);  // the rest of the block is unused: zeros
+    std::memcpy(block.data(), buf, kSuperblockSize);
+    rewrite_poisoned_block(off / kBlockSize, block.data());
+    if (check_) {
+      check_->repairs.push_back(strfmt("superblock in block {} rewritten from the other copy", off / kBlockSize));
+      continue;
+    }
+    Event e;
+    e.kind = EventKind::kRepair;
+    e.device_offset = off;
+    e.length = kBlockSize;
+    e.action = off == 0 ? "poisoned primary superblock rewritten from the copy at mount"
+                        : "poisoned superblock copy rewritten from the primary at mount";
+    e.owners.push_back(EventOwner{"superblock", 0, "", 0, 0});
+    record_event(std::move(e));
+  }
+}
+
+// Replay never applies poisoned bytes (journal.cc). Poison past the end of
+// the log costs nothing: the region is cleared and the log restarted. Poison
+// in the header or in a transaction still to be replayed loses committed
+// changes: a mount refuses (the transactions before it were applied), fsck
+// reports it and, repairing, restarts the log and checks what is in place.
+Status FsImpl::replay_journal() {
+  auto replayed = journal_.replay();
+  const auto found = journal_.replay_poison();
+  const uint64_t region = block_offset(sb_.journal_start), region_len = block_offset(sb_.journal_blocks);
+  if (found == Journal::PoisonFound::kNone) {
+    if (!replayed) return std::unexpected(replayed.error());
+    return {};
+  }
+  (void)media_->poison().make_known(region, region_len);  // mount consumed it
+  if (found == Journal::PoisonFound::kPastEnd) {
+    if (check_) check_->problems.push_back("journal: poison past the end of the log");
+    if (check_ && !check_->repair) return {};
+    media_->clear_poison(region, region_len);
+    journal_.reset();
+    if (check_) {
+      check_->repairs.push_back("journal: poisoned bytes cleared, log restarted");
+      return {};
+    }
+    Event e;
+    e.kind = EventKind::kRepair;
+    e.device_offset = region;
+    e.length = region_len;
+    e.action = "poison past the end of the journal's log: cleared, log restarted at mount";
+    e.owners.push_back(EventOwner{"journal", 0, "", 0, 0});
+    record_event(std::move(e));
+    return {};
+  }
+  const std::string what =
+      found == Journal::PoisonFound::kHeader
+          ? std::string("journal header is poisoned (both slots): the committed changes still in the log cannot be found")
+          : strfmt("journal transaction {} holds poison: it and any after it cannot be replayed "
+                   "(the transactions before it were)",
+                   journal_.replay_poison_seq());
+  if (!check_) return fail(std::errc::io_error, what + "; run fsck.poisonfs, which restarts the journal (those changes are lost)");
+  check_->problems.push_back(what);
+  if (!check_->repair) return {};
+  media_->clear_poison(region, region_len);
+  journal_.reset();
+  check_->repairs.push_back("journal: poisoned log dropped and restarted; the metadata in place is checked as it is");
+  return {};
+}
+
+bool FsImpl::poisoned_at_mount(uint64_t off, uint64_t len) {
+  if (media_->poison().empty() || !media_->poison().first(off, len)) return false;
+  (void)media_->poison().make_known(off, len);  // mount consumed it
+  return true;
+}
+
+void FsImpl::lost_to_poison(const char* what, Ino ino, uint64_t off, uint64_t len, const std::string& problem) {
+  if (check_) {
+    tolerate(problem, off, len);
+    // Whole units: clear_poison clears only the units inside its range.
+    for (const PoisonRange& p : media_->poison().overlapping(off, len)) {
+      uint64_t lo = p.offset / kPoisonUnit * kPoisonUnit, hi = (p.end() + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit;
+      check_->poison_to_clear.emplace_back(lo, hi - lo);
+    }
+    return;
+  }
+  mount_damage_.push_back(problem);
+  Event e;
+  e.kind = EventKind::kFailure;
+  e.device_offset = off;
+  e.length = len;
+  e.action = "poison found at mount: " + problem;
+  e.owners.push_back(EventOwner{what, ino, "", 0, 0});
+  record_event(std::move(e));
+}
+
+const char* chain_what(ChainKind kind) {
+  return kind == ChainKind::kExtents ? "extents" : kind == ChainKind::kDirents ? "directory" : "xattr";
+}
+
+// fsck: the chain ends before the block whose header (and link) poison took.
+// The blocks after it are owned by nobody any more: free space.
+void FsImpl::cut_chain_before(Inode& inode, Chain& chain) {
+  if (chain.blocks.empty()) {
+    (chain.kind == ChainKind::kXattrs ? inode.rec.xattr_head : inode.rec.chain_head) = 0;
+    inode.times_dirty = true;  // written by repair_checked
+    return;
+  }
+  uint64_t prev = chain.blocks.back();
+  check_->header_rewrites.emplace_back(block_offset(prev), ChainHeader{chain.kind, inode.rec.ino, 0, prev});
+  check_->repairs.push_back(strfmt("inode {}: chain cut after block {}", inode.rec.ino, prev));
+}
+
+void FsImpl::reclaim_unnamed_lost_inodes() {
+  for (Ino ino : lost_inodes_) {
+    const uint64_t off = inode_offset(sb_, ino);
+    media_->clear_poison(off, kInodeSize);  // slots are unit aligned
+    std::byte empty[kInodeSize] = {};
+    media_->write(off, empty, kInodeSize);
+    media_->persist(off, kInodeSize);
+    free_inos_.push_back(ino);
+    Event e;
+    e.kind = EventKind::kRepair;
+    e.device_offset = off;
+    e.length = kInodeSize;
+    e.action = strfmt("poisoned inode slot {} is named nowhere (free): rewritten empty at mount", ino);
+    e.owners.push_back(EventOwner{"inodes", ino, "", 0, 0});
+    record_event(std::move(e));
+  }
+  lost_inodes_.clear();
+  std::ranges::sort(free_inos_, std::greater<>());  // a stack, lowest on top
 }
 
 bool FsImpl::tolerate(const std::string& problem, uint64_t bad_off, size_t bad_len) {
@@ -174,6 +336,12 @@ Status FsImpl::check_exclusive_metadata() {
 
 Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
   uint64_t off = inode_offset(sb_, ino);
+  if (poisoned_at_mount(off, kInodeSize)) {
+    // Whether the slot was in use is known once the names are (check_links).
+    lost_inodes_.push_back(ino);
+    if (check_) lost_to_poison("inodes", ino, off, kInodeSize, strfmt("inode {}: its slot is poisoned", ino));
+    return {};
+  }
   auto rec = decode_inode(media_->at(off));
   std::string msg;
   if (!rec) msg = strfmt("inode {}: {}", ino, rec.error().message);
@@ -207,6 +375,13 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector
       msg = strfmt("inode {}: chain points outside the data area", ino);
     } else if (!visited.insert(block).second) {
       msg = strfmt("inode {}: chain block {} is linked twice (a loop)", ino, block);
+    } else if (poisoned_at_mount(block_offset(block), kChainHeaderSize)) {
+      // The link to the rest of the chain is lost with the header.
+      lost_to_poison(chain_what(chain.kind), ino, block_offset(block), kBlockSize,
+                     strfmt("inode {}: {} block {} has a poisoned header: its records and the rest of the chain are lost",
+                            ino, chain_what(chain.kind), block));
+      if (check_) cut_chain_before(inode, chain);
+      break;
     } else {
       auto h = decode_chain_header(media_->at(block_offset(block)));
       if (!h || h->kind != chain.kind || h->owner != ino || h->self != block)
@@ -227,6 +402,14 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector
     for (uint32_t i = 0; i < nslots; ++i) {
       const std::byte* p = media_->at(slot_offset(block, i, slot_size));
       SlotRef slot{block, i};
+      if (poisoned_at_mount(slot_offset(block, i, slot_size), slot_size)) {
+        // Never reused by a mount (it shuts down); fsck clears it.
+        lost_to_poison(chain_what(chain.kind), ino, slot_offset(block, i, slot_size), slot_size,
+                       strfmt("inode {}: {} block {} slot {} is poisoned: its record is lost", ino,
+                              chain_what(chain.kind), block, i));
+        if (check_) chain.free_slots.push_back(slot);
+        continue;
+      }
       auto bad = [&](const Error& e) -> Status {
         auto msg = strfmt("inode {}: block {} slot {}: {}", ino, block, i, e.message);
         if (tolerate(msg, slot_offset(block, i, slot_size), slot_size)) return {};
@@ -294,6 +477,13 @@ Status FsImpl::check_links() {
     if (!inode || !inode->is_dir()) continue;
     for (auto it = inode->entries.begin(); it != inode->entries.end();) {
       auto& [name, d] = *it;
+      if (!check_ && d.ino && is_lost_inode(d.ino)) {
+        // Named: the slot was in use; its inode is lost (the mount shuts down).
+        lost_to_poison("inodes", d.ino, inode_offset(sb_, d.ino), kInodeSize,
+                       strfmt("inode {} ('{}' in directory {}): its slot is poisoned", d.ino, name, inode->rec.ino));
+        it = inode->entries.erase(it);
+        continue;
+      }
       if (d.ino == 0 || d.ino > sb_.inode_count || !inodes_[d.ino - 1]) {
         auto msg = strfmt("directory {} names '{}' -> inode {}, which is not in use", inode->rec.ino, name, d.ino);
         if (!tolerate(msg, slot_offset(d.slot.block, d.slot.index, kDirentSlotSize), kDirentSlotSize))
@@ -359,6 +549,9 @@ Status FsImpl::reclaim_orphans() {
 
 Status FsImpl::unmount() {
   std::unique_lock lock(mutex_);
+  // Shut down: the in-memory state is not trusted; the image is left as it
+  // is for fsck (unmount itself still works).
+  if (shutdown_) return {};
   Transaction tx;
   for (auto& inode : inodes_)
     if (inode && inode->times_dirty) stage_inode(tx, *inode);
@@ -546,6 +739,15 @@ Attr FsImpl::attr_of(const Inode& inode) const {
 
 Result<Attr> FsImpl::getattr(Ino ino) {
   std::shared_lock lock(mutex_);
+  if (shutdown_ && ino == kRootIno) {
+    // The one call a shut-down filesystem answers: the mountpoint must stay
+    // openable for `poisonctl status|events` (their ioctls) and unmount.
+    Attr a;
+    a.ino = kRootIno;
+    a.mode = S_IFDIR | 0755;
+    a.nlink = 2;
+    return a;
+  }
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
   return attr_of(**inode);

@@ -9,6 +9,7 @@
 // leading underscore or taking a Transaction& assume the lock is held.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <map>
@@ -79,6 +80,7 @@ int64_t now_ns();
 inline constexpr std::string_view kPoisonXattr = "user.poisonfs.poison";
 std::string file_poison_json(const std::vector<FilePoison>& ranges);
 OwnerKind owner_kind_of(ChainKind kind);
+const char* chain_what(ChainKind kind);  // "extents", "directory", "xattr" (event owners)
 
 // fsck state: when a FsImpl loads with one, bad records are reported and
 // skipped instead of failing the mount (see check.cc).
@@ -87,6 +89,11 @@ struct CheckState {
   std::vector<std::string> problems;
   std::vector<std::string> repairs;
   std::vector<std::pair<uint64_t, size_t>> bad_records;  // media ranges to clear on repair
+  // Media poison under lost records: cleared (zeroed) on repair, before the
+  // records are rewritten.
+  std::vector<std::pair<uint64_t, uint64_t>> poison_to_clear;
+  // Chain headers to rewrite on repair (a chain cut where poison lost a link).
+  std::vector<std::pair<uint64_t, ChainHeader>> header_rewrites;
   bool fatal = false;
 };
 
@@ -232,6 +239,8 @@ class FsImpl final : public Filesystem {
   void repair_journal();
   void quarantine(BlockRange r);
   void record_event(Event e);
+  // A failed save of the poison list's record becomes an event (poison.cc).
+  void report_poison_persist_error();
   void shutdown(const std::string& reason);
   std::string first_path(Ino ino);
   std::string path_of(const Link& link);
@@ -243,6 +252,23 @@ class FsImpl final : public Filesystem {
   // The first poisoned device byte under segs (and the file position of it).
   std::optional<std::pair<PoisonRange, size_t>> first_poisoned(std::span<const ReadSegment> segs);
   Status replay_poison_list();
+  // Latent poison met by an internal read (a copy-on-write or byte copy,
+  // which never copy poisoned bytes): made known at once, so the operation's
+  // EIO and the poison list agree, and queued for notify_failure, which
+  // takes the lock and must run after the caller has dropped it (as _read
+  // does). Callers declare a LatentNotifier before taking the lock.
+  void consume_latent(uint64_t dev_off, uint64_t len);
+  void notify_consumed_latent();
+  class LatentNotifier {
+   public:
+    explicit LatentNotifier(FsImpl& fs) : fs_(fs) {}
+    ~LatentNotifier() { fs_.notify_consumed_latent(); }
+    LatentNotifier(const LatentNotifier&) = delete;
+    LatentNotifier& operator=(const LatentNotifier&) = delete;
+
+   private:
+    FsImpl& fs_;
+  };
   std::vector<FilePoison> _file_poison(Inode& inode);
   std::vector<PoisonRange> poison_under(Inode& inode, uint64_t off, uint64_t end);
   Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end);
@@ -274,6 +300,22 @@ class FsImpl final : public Filesystem {
   Status check_exclusive_metadata();
   // In check mode records the problem and returns true (go on); else false.
   bool tolerate(const std::string& problem, uint64_t bad_off = 0, size_t bad_len = 0);
+  // --- metadata poisoned while unmounted (filesystem.cc). No in-memory
+  // copy exists at mount: poisoned records are never decoded but lost.
+  // True when [off, off+len) holds poison (latent poison becomes known).
+  bool poisoned_at_mount(uint64_t off, uint64_t len);
+  // A record lost to poison: fsck reports it and clears it on repair (with
+  // the poison); a mount records it, and shuts down once loaded.
+  void lost_to_poison(const char* what, Ino ino, uint64_t off, uint64_t len, const std::string& problem);
+  Status replay_journal();
+  void repair_superblocks();
+  // Poisoned inode slots that no name leads to were free (or orphans, which
+  // mount reclaims anyway): cleared and rewritten empty.
+  void reclaim_unnamed_lost_inodes();
+  void cut_chain_before(Inode& inode, Chain& chain);
+  std::vector<std::string> mount_damage_;  // records lost, found at mount
+  std::vector<Ino> lost_inodes_;           // their inode slots
+  bool is_lost_inode(Ino ino) const { return std::find(lost_inodes_.begin(), lost_inodes_.end(), ino) != lost_inodes_.end(); }
 
  public:
   void set_check(CheckState* check) { check_ = check; }
@@ -310,6 +352,10 @@ class FsImpl final : public Filesystem {
   std::vector<BlockRange> quarantine_;  // poisoned free space, kept from the allocator
   std::atomic<bool> shutdown_{false};
   std::string shutdown_reason_;
+  std::mutex consumed_mutex_;
+  std::vector<PoisonRange> consumed_latent_;  // see consume_latent
+  std::atomic<bool> has_consumed_latent_{false};  // the fast check
+  std::atomic<uint64_t> persist_failures_reported_{0};
   std::mutex events_mutex_;
   std::deque<Event> events_;
   uint64_t next_event_seq_ = 1;

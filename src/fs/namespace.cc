@@ -287,6 +287,7 @@ Status FsImpl::rename(Ino parent, std::string_view name, Ino new_parent, std::st
 }
 
 Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
+  LatentNotifier notify_latent(*this);  // truncate zeroes a (maybe shared) tail block
   std::unique_lock lock(mutex_);
   auto got = get(ino);
   if (!got) return std::unexpected(got.error());

@@ -43,6 +43,7 @@ const char* event_kind_name(EventKind kind) {
     case EventKind::kRecovery: return "recovery";
     case EventKind::kHeal: return "heal";
     case EventKind::kCorruption: return "corruption";
+    case EventKind::kError: return "error";
   }
   return "unknown";
 }
@@ -60,6 +61,28 @@ std::string event_to_json(const Event& e) {
 }
 
 void FsImpl::record_event(Event e) {
+  {
+    std::lock_guard lock(events_mutex_);
+    e.seq = next_event_seq_++;
+    e.time_ns = now_ns();
+    events_.push_back(std::move(e));
+    if (events_.size() > kMaxEvents) events_.pop_front();
+  }
+  // Every change of the poison list comes with an event, so a failed save
+  // of the record is reported here at the latest.
+  report_poison_persist_error();
+}
+
+// The device's error record (IMAGE.badblocks) could not be saved: the next
+// mount would see an old list. Never silent: one event per failed save (the
+// media printed it on stderr already); inject fails with it too.
+void FsImpl::report_poison_persist_error() {
+  const uint64_t failures = media_->poison().persist_failures();
+  uint64_t reported = persist_failures_reported_.load();
+  if (failures == reported || !persist_failures_reported_.compare_exchange_strong(reported, failures)) return;
+  Event e;
+  e.kind = EventKind::kError;
+  e.action = media_->poison().last_persist_error();
   std::lock_guard lock(events_mutex_);
   e.seq = next_event_seq_++;
   e.time_ns = now_ns();
@@ -198,6 +221,13 @@ Status FsImpl::_notify_failure(uint64_t offset, uint64_t length, int flags, std:
     follow_ups.push_back(std::move(repair));
   };
 
+  if (shutdown_) {
+    // Nothing is repaired once shut down: the in-memory copies are not
+    // trusted, and the image is left as it is for fsck.
+    failure.action += "; filesystem is shut down, left for fsck";
+    record_event(std::move(failure));
+    return {};
+  }
   const uint64_t first_block = offset / kBlockSize, last_block = (end - 1) / kBlockSize;
   // Fixed regions.
   if (first_block == 0 || last_block >= sb_.copy_block()) {
@@ -292,14 +322,21 @@ Result<PoisonRange> FsImpl::inject_poison(uint64_t offset, uint64_t length, bool
   if (offset >= dev_end || length > dev_end - offset)
     return fail(std::errc::invalid_argument,
                 strfmt("range {}+{} lies outside the device ({} bytes)", offset, length, dev_end));
+  const uint64_t save_failures = media_->poison().persist_failures();
   Result<PoisonRange> r;
   {
     // Exclusive: nobody may read the range while its data is destroyed.
     std::unique_lock lock(mutex_);
     r = media_->inject_poison(offset, length, latent);
   }
-  if (!r || latent) return r;
-  if (auto st = notify_failure(r->offset, r->length, 0); !st) return std::unexpected(st.error());
+  if (!r) return r;
+  if (!latent)
+    if (auto st = notify_failure(r->offset, r->length, 0); !st) return std::unexpected(st.error());
+  // The poison is in place (the data is gone) but the record of it did not
+  // reach IMAGE.badblocks: the caller must know.
+  report_poison_persist_error();
+  if (media_->poison().persist_failures() != save_failures)
+    return fail(std::errc::io_error, "poison injected, but " + media_->poison().last_persist_error());
   return r;
 }
 
@@ -395,6 +432,29 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
   return result;
 }
 
+void FsImpl::consume_latent(uint64_t dev_off, uint64_t len) {
+  if (media_->poison().empty()) return;
+  // make_known reports each range once, even to racing callers.
+  std::vector<PoisonRange> found = media_->poison().make_known(dev_off, len);
+  if (found.empty()) return;
+  std::lock_guard lock(consumed_mutex_);
+  consumed_latent_.insert(consumed_latent_.end(), found.begin(), found.end());
+  has_consumed_latent_.store(true, std::memory_order_release);
+}
+
+// Every write runs this on its way out: one atomic load when nothing was found.
+void FsImpl::notify_consumed_latent() {
+  if (!has_consumed_latent_.load(std::memory_order_acquire)) return;
+  std::vector<PoisonRange> found;
+  {
+    std::lock_guard lock(consumed_mutex_);
+    found.swap(consumed_latent_);
+    has_consumed_latent_.store(false, std::memory_order_release);
+  }
+  // Like MF_ACTION_REQUIRED: an access found the DIMM's record.
+  for (const PoisonRange& r : found) (void)notify_failure(r.offset, r.length, kMfActionRequired);
+}
+
 Result<size_t> FsImpl::read(Ino ino, uint64_t off, size_t len,
                             const std::function<void(std::span<const ReadSegment>)>& sink) {
   return _read(ino, off, len, sink, false);
@@ -409,6 +469,11 @@ Result<size_t> FsImpl::read_direct(Ino ino, uint64_t off, size_t len,
 // poison list goes through notify_failure (latent ones stay unknown).
 Status FsImpl::replay_poison_list() {
   std::vector<Invalidation> unused;  // nothing is cached yet
+  // Latent poison in the checksum table is found here (mount reads entries
+  // on demand, never the whole table): known now, recomputed from the data
+  // below. The other metadata was read by load(), which found its poison.
+  if (sb_.csum_start < sb_.data_start)
+    (void)media_->poison().make_known(block_offset(sb_.csum_start), block_offset(sb_.data_start - sb_.csum_start));
   for (const PoisonRange& r : media_->poison().all()) {
     if (r.latent) continue;
     uint64_t dev_end = block_offset(sb_.total_blocks);

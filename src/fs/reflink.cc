@@ -128,6 +128,9 @@ Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, u
     if (!got) return std::unexpected(got.error());
     // Poisoned bytes never leave the media: the copy stops before them.
     if (!media_->poison().empty() && first_poisoned(segs)) {
+      // Latent poison found here is consumed like a read's (known, notified).
+      for (const ReadSegment& seg : segs)
+        if (seg.data) consume_latent(static_cast<uint64_t>(seg.data - media_->base()), seg.length);
       if (done > 0) return done;
       return fail(std::errc::io_error);
     }
@@ -146,6 +149,7 @@ Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, u
 }
 
 Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t dst_off, uint64_t len) {
+  LatentNotifier notify_latent(*this);  // byte copies may meet latent poison
   std::unique_lock lock(mutex_);
   auto files = get_regular_pair(src_ino, dst_ino);
   if (!files) return std::unexpected(files.error());

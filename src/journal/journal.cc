@@ -74,7 +74,13 @@ void Journal::write_header() {
 Status Journal::read_header() {
   int best = -1;
   uint64_t best_seq = 0;
+  bool any_poisoned = false;
   for (int slot = 0; slot < 2; ++slot) {
+    // A poisoned slot is never read; the other one may still be good.
+    if (!media_.poison().empty() && poisoned(slot * kHeaderSlotStride, kHeaderSize)) {
+      any_poisoned = true;
+      continue;
+    }
     const std::byte* h = media_.at(start_ + slot * kHeaderSlotStride);
     if (get_le<uint32_t>(h + 4) != kHeaderMagic || get_le<uint32_t>(h) != crc32c(h + 4, kHeaderSize - 4))
       continue;
@@ -83,6 +89,10 @@ Status Journal::read_header() {
       best_seq = get_le<uint64_t>(h + 8);
     }
   }
+  if (best < 0 && any_poisoned) {
+    replay_poison_ = PoisonFound::kHeader;
+    return fail(std::errc::io_error, "journal header is poisoned");
+  }
   if (best < 0) return fail(std::errc::io_error, "journal header is corrupt");
   const std::byte* h = media_.at(start_ + best * kHeaderSlotStride);
   seq_ = best_seq;
@@ -90,7 +100,24 @@ Status Journal::read_header() {
   header_slot_ = best ^ 1;  // the next checkpoint keeps this slot intact
   if (head_ < kBlockSize || head_ > end_ || head_ % 8 != 0)
     return fail(std::errc::io_error, "journal header points outside the journal");
+  if (any_poisoned) adopt_newer_log(best_seq);
   return {};
+}
+
+// The other header slot is poisoned and may have been the newer one. Every
+// checkpoint restarts the log at kBlockSize, so the transaction there tells:
+// after the good slot's checkpoint the first one written has its seq; a
+// higher seq can only come from after the lost slot's checkpoint, and that
+// is where the live log starts. (Poison there is met by replay.)
+void Journal::adopt_newer_log(uint64_t header_seq) {
+  if (end_ - kBlockSize < kTxHeaderSize || poisoned(kBlockSize, kTxHeaderSize)) return;
+  const std::byte* tx = media_.at(start_ + kBlockSize);
+  uint64_t len = get_le<uint64_t>(tx + 24), seq = get_le<uint64_t>(tx + 8);
+  if (get_le<uint32_t>(tx + 4) != kTxMagic || seq <= header_seq || len < kTxHeaderSize || len > end_ - kBlockSize ||
+      poisoned(kBlockSize, len) || get_le<uint32_t>(tx) != crc32c(tx + 4, len - 4))
+    return;
+  seq_ = seq;
+  head_ = kBlockSize;
 }
 
 bool Journal::record_in_bounds(uint64_t off, uint64_t len) const {
@@ -100,13 +127,26 @@ bool Journal::record_in_bounds(uint64_t off, uint64_t len) const {
 Result<uint64_t> Journal::replay() {
   if (auto st = read_header(); !st) return std::unexpected(st.error());
   uint64_t applied = 0;
+  const bool any_poison = !media_.poison().empty() && poisoned(0, end_);
   for (;;) {
     if (end_ - head_ < kTxHeaderSize) break;
+    // Poison where the next header would be: whether a transaction is
+    // there cannot be known, so it counts as one lost.
+    if (any_poison && poisoned(head_, kTxHeaderSize)) {
+      replay_poison_ = PoisonFound::kLiveTransaction;
+      return applied;
+    }
     const std::byte* tx = media_.at(start_ + head_);
     uint64_t len = get_le<uint64_t>(tx + 24);
     if (get_le<uint32_t>(tx + 4) != kTxMagic || get_le<uint64_t>(tx + 8) != seq_ ||
-        len < kTxHeaderSize || len > end_ - head_ || get_le<uint32_t>(tx) != crc32c(tx + 4, len - 4))
+        len < kTxHeaderSize || len > end_ - head_)
       break;
+    // The expected transaction, with poisoned bytes: never applied.
+    if (any_poison && poisoned(head_, len)) {
+      replay_poison_ = PoisonFound::kLiveTransaction;
+      return applied;
+    }
+    if (get_le<uint32_t>(tx) != crc32c(tx + 4, len - 4)) break;
     // Validate every record before applying any: a sealed but hostile
     // transaction must not write outside the metadata area.
     uint32_t nrecs = get_le<uint32_t>(tx + 16);
@@ -132,8 +172,21 @@ Result<uint64_t> Journal::replay() {
     ++seq_;
     ++applied;
   }
+  if (any_poison) replay_poison_ = PoisonFound::kPastEnd;
   if (applied > 0) checkpoint();
   return applied;
+}
+
+void Journal::reset() {
+  unflushed_pages_.clear();
+  media_.zero(start_, end_);
+  media_.flush(start_, end_);
+  head_ = kBlockSize;
+  write_header();  // both slots, as format does
+  write_header();
+  media_.drain();
+  replay_poison_ = PoisonFound::kNone;
+  if (on_checkpoint_) on_checkpoint_();
 }
 
 Status Journal::commit(const Transaction& tx) {

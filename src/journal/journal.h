@@ -66,6 +66,18 @@ class Journal {
   Status commit(const Transaction& tx);
   // Drains the in-place writes and restarts the log at its beginning.
   void checkpoint();
+  // Media poison met by replay (poisoned bytes are never applied):
+  // kHeader: no header slot is readable and one is poisoned (the log's start
+  //   and sequence are unknown; replay failed);
+  // kLiveTransaction: replay stopped at `seq`, whose bytes (or the place of
+  //   its header) hold poison; the earlier ones were applied, no checkpoint;
+  // kPastEnd: the log ended before the poison (stale bytes): nothing lost.
+  enum class PoisonFound { kNone, kHeader, kLiveTransaction, kPastEnd };
+  PoisonFound replay_poison() const { return replay_poison_; }
+  uint64_t replay_poison_seq() const { return seq_; }
+  // Forgets the whole log (fsck, after poison lost part of it): zeroes the
+  // region and writes fresh headers, so no stale transaction can match.
+  void reset();
   size_t max_tx_bytes() const { return end_ - kBlockSize; }
   uint64_t commits() const { return commits_; }
   // Called after every checkpoint (the allocator releases pending frees then).
@@ -73,8 +85,10 @@ class Journal {
 
  private:
   Status read_header();
+  void adopt_newer_log(uint64_t header_seq);
   void write_header();
   bool record_in_bounds(uint64_t off, uint64_t len) const;
+  bool poisoned(uint64_t region_off, uint64_t len) { return media_.poison().first(start_ + region_off, len).has_value(); }
   void flush_in_place(uint64_t off, size_t len);
   void flush_unflushed();
 
@@ -88,6 +102,7 @@ class Journal {
   uint64_t commits_ = 0;
   std::vector<uint64_t> unflushed_pages_;  // in-place pages not yet flushed (page-granular media)
   std::function<void()> on_checkpoint_;
+  PoisonFound replay_poison_ = PoisonFound::kNone;
 };
 
 }  // namespace poisonfs

@@ -115,6 +115,7 @@ class PmemMedia final : public Media {
   Status load_poison(const std::string& path);
   void add_device_badblocks(std::vector<PoisonRange>& ranges);
   void save_poison(const std::vector<PoisonRange>& all);
+  std::string write_sidecar(const std::vector<PoisonRange>& all);
 
   uint64_t size() const override { return size_; }
   const std::byte* base() const override { return base_; }
@@ -238,22 +239,43 @@ void PmemMedia::add_device_badblocks(std::vector<PoisonRange>& ranges) {
 }
 
 // Written to a temporary file and renamed, so a crash leaves the old or the
-// new record, never half of one.
+// new record, never half of one. A failure (read-only directory, full disk)
+// leaves the old record, which no longer matches the device: it goes to the
+// daemon's stderr and to the poison list, whose owner reports it.
 void PmemMedia::save_poison(const std::vector<PoisonRange>& all) {
-  std::string tmp = sidecar_ + ".tmp";
+  std::string error = write_sidecar(all);
+  if (error.empty()) return;
+  std::string message = sidecar_ + ": poison record not saved: " + error;
+  std::fprintf(stderr, "poisonfs: %s\n", message.c_str());
+  poison_.set_persist_error(std::move(message));
+}
+
+// Returns the error text, empty on success.
+std::string PmemMedia::write_sidecar(const std::vector<PoisonRange>& all) {
   if (all.empty()) {
-    std::remove(sidecar_.c_str());
-    return;
+    if (std::remove(sidecar_.c_str()) != 0 && errno != ENOENT) return errno_text(errno);
+    return {};
   }
+  std::string tmp = sidecar_ + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "w");
-  if (!f) return;
+  if (!f) return errno_text(errno);
+  bool ok = true;
   for (const PoisonRange& r : all)
-    std::fprintf(f, "%llu %llu %s\n", static_cast<unsigned long long>(r.offset),
-                 static_cast<unsigned long long>(r.length), r.latent ? "latent" : "known");
-  std::fflush(f);
-  fsync(fileno(f));
-  std::fclose(f);
-  std::rename(tmp.c_str(), sidecar_.c_str());
+    ok = ok && std::fprintf(f, "%llu %llu %s\n", static_cast<unsigned long long>(r.offset),
+                            static_cast<unsigned long long>(r.length), r.latent ? "latent" : "known") > 0;
+  ok = ok && std::fflush(f) == 0 && fsync(fileno(f)) == 0;
+  int err = errno;
+  if (std::fclose(f) != 0 && ok) {
+    ok = false;
+    err = errno;
+  }
+  if (ok && std::rename(tmp.c_str(), sidecar_.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (ok) return {};
+  std::remove(tmp.c_str());
+  return errno_text(err ? err : EIO);
 }
 
 Status PmemMedia::open_and_lock(const std::string& path) {

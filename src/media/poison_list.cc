@@ -69,6 +69,17 @@ void PoisonList::changed() {
   on_change_(all());
 }
 
+void PoisonList::set_persist_error(std::string message) {
+  std::lock_guard lock(persist_error_mutex_);
+  persist_error_ = std::move(message);
+  persist_failures_.fetch_add(1, std::memory_order_acq_rel);
+}
+
+std::string PoisonList::last_persist_error() const {
+  std::lock_guard lock(persist_error_mutex_);
+  return persist_error_;
+}
+
 PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
   PoisonRange r{round_down(off), round_up(off + len) - round_down(off), latent};
   {

@@ -509,7 +509,7 @@ class CrashChecker {
         return problem;
     auto device = testing::media_from(c.image.bytes, c.image.poison);
     auto fs = Filesystem::mount(borrow_media(*device), {});
-    if (!fs) return "mount fails: " + fs.error().to_string();
+    if (!fs) return refused_after_journal_poison(*device, w, fs.error().to_string());
     for (const Invariant& inv : invariants_)
       if (std::string problem = (this->*inv)(**fs, w); !problem.empty()) return problem;
     // What the recovery mount (replay, orphans, poison) leaves is clean too.
@@ -520,6 +520,24 @@ class CrashChecker {
   }
 
  private:
+  // Poison in the live journal and a crash before its repair (a double
+  // fault): a committed transaction whose in-place copies were not yet
+  // durable is lost with its journal copy. The mount must refuse and point
+  // to fsck, and `fsck -y` must make the image mount and check clean. No
+  // other crash state may refuse a mount.
+  std::string refused_after_journal_poison(Media& device, const Window& w, const std::string& error) const {
+    if (history_[w.newest].name != "inject poison in the journal log" ||
+        error.find("run fsck.poisonfs") == std::string::npos)
+      return "mount fails: " + error;
+    auto repaired = check_filesystem(device, true);
+    if (!repaired) return "fsck -y fails after a refused mount: " + repaired.error().to_string();
+    auto fs = Filesystem::mount(borrow_media(device), {});
+    if (!fs) return "mount fails after fsck -y: " + fs.error().to_string();
+    if (auto st = (*fs)->unmount(); !st) return "unmount fails: " + st.error().to_string();
+    fs->reset();
+    return fsck_problems(device);
+  }
+
   static std::string fsck_problems(Media& device) {
     auto report = check_filesystem(device, false);
     if (!report) return "fsck fails: " + report.error().to_string();

@@ -1192,62 +1192,422 @@ TEST(PoisonMaps, BmapAndFsmapMarkPoisonedBlocks) {
 // ------------------------------------------------------------------ mount
 
 // Poison that reached the device record while nothing was mounted (an
-// offline `poisonctl inject IMAGE`, or a crash between recording a failure
-// and repairing it): mount sends it through notify_failure. Superblocks
-// and the journal's log are rewritten; a record with no second copy makes
-// the mount refuse cleanly (EIO, "run fsck"), fsck repairs what it can and
-// the next mount clears the poison. Never a crash, never wrong data.
-TEST(PoisonMount, MetadataPoisonedWhileUnmounted) {
-  struct Case {
-    const char* name;
-    std::function<uint64_t(Filesystem&)> where;
-    uint64_t len;
-    bool mounts;   // without fsck
-    bool repairs;  // else fsck -y, then it mounts
-  };
-  std::vector<Case> cases{
-      {"primary superblock", [](Filesystem&) { return uint64_t{0}; }, 64, true, true},
-      {"superblock copy", [](Filesystem& fs) { return (fs.info().total_blocks - 1) * B; }, 64, true, true},
-      {"journal log", [](Filesystem& fs) { return (fs.info().journal_start + 1) * B; }, B, true, true},
-      {"free inode slots", [](Filesystem& fs) { return (fs.info().inode_start + 3) * B; }, 64, false, true},
-      {"extent block", [](Filesystem& fs) { return record_block(fs, walk(fs, "/big"), FsmapOwner::kExtents) * B + 64; }, 64, false, true},
-      {"xattr block", [](Filesystem& fs) { return record_block(fs, walk(fs, "/d/f1"), FsmapOwner::kXattrs) * B + 64; }, 64, false, true},
-      // No copy of these: refused, and fsck cannot bring them back either.
-      {"journal header", [](Filesystem& fs) { return fs.info().journal_start * B; }, 128, false, false},
-      {"root inode", [](Filesystem& fs) { return fs.info().inode_start * B; }, 64, false, false},
-  };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(c.name);
-    Device dev;
-    Tree t = build_tree(*dev);
-    const uint64_t off = c.where(*dev);
+// offline `poisonctl inject IMAGE`, a DIMM that failed while powered off):
+// no in-memory copy exists at mount, so what it decides depends on whether
+// a second copy exists (README "Media failure"):
+//   kRepaired: a copy exists (the other superblock, a log with nothing
+//     live in it, an inode slot nothing names): mounts healthy, rewritten;
+//   kShutdown: records lost (a named inode, a chain slot or header): mounts
+//     shut down (every call EIO, scrub EIO, unmount changes nothing), and
+//     fsck -y salvages what it can so that the image mounts again;
+//   kRefused: committed journal transactions lost: refused with EIO and a
+//     message naming fsck, which restarts the log; then it mounts;
+//   kLost: nothing to mount from (both superblocks, the root inode): refused
+//     (or shut down), and fsck cannot bring it back either.
+enum class AtMount { kRepaired, kShutdown, kRefused, kLost };
+
+struct MountCase {
+  const char* name;
+  std::function<uint64_t(Filesystem&)> where;
+  uint64_t len;
+  AtMount outcome;
+  const char* message = "";  // in the refusal or the shutdown reason
+  bool crash = false;        // the image as a crash leaves it (a live log)
+};
+
+uint64_t inode_slot_of(Filesystem& fs, Ino ino) { return fs.info().inode_start * B + (ino - 1) * 256; }
+
+// Every call of a shut-down filesystem fails with EIO but the root's
+// getattr (the mountpoint stays openable for poisonctl); unmount works and
+// writes nothing.
+void expect_shut_down(Filesystem& fs, const Media& media, const char* reason_part) {
+  Health h = fs.health();
+  EXPECT_TRUE(h.shutdown);
+  EXPECT_NE(h.reason.find(reason_part), std::string::npos) << h.reason;
+  EXPECT_NE(h.reason.find("fsck"), std::string::npos) << h.reason;
+  auto events = all_events(fs);
+  EXPECT_TRUE(std::ranges::any_of(events, [](const Event& e) { return e.kind == EventKind::kShutdown; }));
+  EXPECT_TRUE(std::ranges::any_of(events, [](const Event& e) { return e.kind == EventKind::kFailure; }));
+  EXPECT_EQ(err(fs.lookup(kRootIno, "d")), std::errc::io_error);
+  EXPECT_EQ(err(fs.getattr(2)), std::errc::io_error);
+  EXPECT_EQ(err(fs.mknod(kRootIno, "x", S_IFREG | 0644, 0, kUser)), std::errc::io_error);
+  EXPECT_EQ(err(fs.mkdir(kRootIno, "y", 0755, kUser)), std::errc::io_error);
+  EXPECT_EQ(err(read_range(fs, 2, 0, 10)), std::errc::io_error);
+  EXPECT_EQ(err(fs.write(2, 0, bytes("x"))), std::errc::io_error);
+  EXPECT_EQ(err(fs.getxattr(2, "user.k")), std::errc::io_error);
+  EXPECT_FALSE(fs.readdir(kRootIno, 0, [](const DirEntry&) { return true; }));
+  EXPECT_FALSE(fs.open(2));
+  EXPECT_EQ(err(fs.scrub(nullptr)), std::errc::io_error);
+  EXPECT_EQ(err(fs.inject_poison(0, 64, false)), std::errc::io_error);
+  EXPECT_TRUE(fs.getattr(kRootIno));
+  std::vector<std::byte> before(media.base(), media.base() + media.size());
+  EXPECT_TRUE(fs.unmount());
+  EXPECT_EQ(std::memcmp(before.data(), media.base(), media.size()), 0) << "unmount of a shut-down filesystem wrote";
+}
+
+void run_mount_case(const MountCase& c, bool latent) {
+  SCOPED_TRACE(std::string(c.name) + (latent ? " (latent)" : " (known)"));
+  Device dev;
+  Tree t = build_tree(*dev);
+  if (c.crash) {
+    dev.remount();  // a checkpoint, then live transactions after it
+    Ino f = create(*dev, walk(*dev, "/d"), "late");
+    write_str(*dev, f, 0, "late data");
+    ASSERT_TRUE(dev->setxattr(f, "user.k", "late", 0));
+  }
+  const uint64_t off = c.where(*dev);
+  if (!c.crash) {
     ASSERT_TRUE(dev->unmount());
-    ASSERT_TRUE(dev.media().inject_poison(off, c.len, false));
-    auto fs = Filesystem::mount(dev.copy(), {});
-    EXPECT_EQ(bool(fs), c.mounts) << (fs ? "mounted" : fs.error().to_string());
-    if (fs) {
-      EXPECT_TRUE((*fs)->badblocks().empty());
-      EXPECT_TRUE(find_event(all_events(**fs), EventKind::kRepair, off));
-      verify_tree(**fs, t);
-      continue;
-    }
+  }
+  ASSERT_TRUE(dev.media().inject_poison(off, c.len, latent));
+  auto image = dev.copy();
+  Media* raw = image.get();
+  auto fs = Filesystem::mount(std::move(image), {});
+
+  if (c.outcome == AtMount::kRepaired) {
+    ASSERT_TRUE(fs) << fs.error().to_string();
+    EXPECT_FALSE((*fs)->health().shutdown) << (*fs)->health().reason;
+    EXPECT_TRUE((*fs)->badblocks().empty());
+    EXPECT_TRUE(find_event(all_events(**fs), EventKind::kRepair, off)) << "no repair event";
+    verify_tree(**fs, t);
+    ASSERT_TRUE((*fs)->unmount());
+    auto again = check_filesystem(*raw, false);
+    ASSERT_TRUE(again);
+    EXPECT_TRUE(again->clean()) << again->problems.front();
+    return;
+  }
+  std::unique_ptr<Filesystem> shut;
+  if (c.outcome == AtMount::kShutdown || (c.outcome == AtMount::kLost && fs)) {
+    ASSERT_TRUE(fs) << fs.error().to_string();
+    expect_shut_down(**fs, *raw, c.message);
+    shut = std::move(*fs);  // keeps raw alive
+  } else {
+    ASSERT_FALSE(fs) << "mounted";
     EXPECT_EQ(fs.error().code, std::errc::io_error);
-    if (c.repairs) {
+    EXPECT_NE(fs.error().to_string().find(c.message), std::string::npos) << fs.error().to_string();
+    if (c.outcome == AtMount::kRefused) {
       EXPECT_NE(fs.error().to_string().find("fsck"), std::string::npos) << fs.error().to_string();
     }
-    auto m = dev.copy();
-    auto report = check_filesystem(*m, true);
-    if (!c.repairs) {
-      EXPECT_TRUE(!report || !report->clean());
-      continue;
-    }
-    ASSERT_TRUE(report) << report.error().to_string();
-    EXPECT_FALSE(report->problems.empty());
-    auto again = Filesystem::mount(std::move(m), {});
-    ASSERT_TRUE(again) << again.error().to_string();
-    EXPECT_TRUE((*again)->badblocks().empty());
-    EXPECT_TRUE(find_event(all_events(**again), EventKind::kRepair, off));
+    raw = dev.copy().release();
+    shut.reset();
   }
+  std::unique_ptr<Media> owned(shut ? nullptr : raw);  // raw is the copy above when refused
+  // fsck -n reports it and changes nothing; fsck -y salvages.
+  auto seen = check_filesystem(*raw, false);
+  EXPECT_TRUE(!seen || !seen->clean());
+  auto report = check_filesystem(*raw, true);
+  if (c.outcome == AtMount::kLost) {
+    EXPECT_TRUE(!report || !report->clean());
+    // Still nothing healthy to mount (refused, or shut down again).
+    auto again = Filesystem::mount(borrow_media(*raw), {});
+    EXPECT_TRUE(!again || (*again)->health().shutdown);
+    if (again) {
+      EXPECT_TRUE((*again)->unmount());
+    }
+    return;
+  }
+  ASSERT_TRUE(report) << report.error().to_string();
+  EXPECT_FALSE(report->problems.empty());
+  EXPECT_FALSE(report->repairs.empty());
+  auto after = check_filesystem(*raw, false);
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(after->clean()) << after->problems.front();
+  auto again = Filesystem::mount(borrow_media(*raw), {});
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_FALSE((*again)->health().shutdown);
+  for (const PoisonRange& p : (*again)->badblocks())
+    EXPECT_FALSE(p.offset < off + c.len && off < p.end()) << "still poisoned at " << p.offset;
+  // What survived is served right: never the pattern, never garbage.
+  for (auto& [path, want] : t.files) {
+    Ino ino = 0;
+    auto d = (*again)->lookup(kRootIno, "d");
+    if (path.starts_with("/d/")) {
+      if (!d) continue;
+      auto a = (*again)->lookup(d->ino, path.substr(3));
+      ino = a ? a->ino : 0;
+    } else {
+      auto a = (*again)->lookup(kRootIno, path.substr(1));
+      ino = a ? a->ino : 0;
+    }
+    if (!ino) continue;
+    auto got = read_range(**again, ino, 0, want.size() + 10);
+    ASSERT_TRUE(got) << path;
+    EXPECT_FALSE(has_pattern(*got)) << path;
+    for (size_t i = 0; i < got->size(); ++i)
+      if ((*got)[i] != '\0' && (i >= want.size() || (*got)[i] != want[i])) {
+        ADD_FAILURE() << path << ": wrong byte at " << i;
+        break;
+      }
+  }
+  ASSERT_TRUE((*again)->mknod(kRootIno, "after-fsck", S_IFREG | 0644, 0, kUser));
+  ASSERT_TRUE((*again)->unmount());
+}
+
+const std::vector<MountCase>& mount_cases() {
+  static const std::vector<MountCase> cases{
+      {"primary superblock", [](Filesystem&) { return uint64_t{0}; }, 64, AtMount::kRepaired},
+      {"superblock copy", [](Filesystem& fs) { return (fs.info().total_blocks - 1) * B; }, 64, AtMount::kRepaired},
+      {"journal header, one slot", [](Filesystem& fs) { return fs.info().journal_start * B; }, 64, AtMount::kRepaired},
+      {"journal log past its end", [](Filesystem& fs) { return (fs.info().journal_start + 2) * B; }, B, AtMount::kRepaired},
+      {"free inode slots", [](Filesystem& fs) { return (fs.info().inode_start + 3) * B; }, 64, AtMount::kRepaired},
+      {"journal header, both slots", [](Filesystem& fs) { return fs.info().journal_start * B; }, 128, AtMount::kRefused,
+       "journal header is poisoned"},
+      // Where the next transaction would begin: whether one is there
+      // cannot be told, so it counts as lost.
+      {"journal log start", [](Filesystem& fs) { return (fs.info().journal_start + 1) * B; }, 64, AtMount::kRefused,
+       "journal transaction"},
+      {"live journal transaction", [](Filesystem& fs) { return (fs.info().journal_start + 1) * B + 128; }, 64,
+       AtMount::kRefused, "journal transaction", true},
+      {"a file's inode", [](Filesystem& fs) { return inode_slot_of(fs, walk(fs, "/d/f7")) + 64; }, 64, AtMount::kShutdown,
+       "inode"},
+      {"an extent slot", [](Filesystem& fs) { return record_block(fs, walk(fs, "/big"), FsmapOwner::kExtents) * B + 64; },
+       64, AtMount::kShutdown, "extents"},
+      {"an extent block header", [](Filesystem& fs) { return record_block(fs, walk(fs, "/big"), FsmapOwner::kExtents) * B; },
+       64, AtMount::kShutdown, "extents"},
+      {"a directory block header", [](Filesystem& fs) { return record_block(fs, walk(fs, "/d"), FsmapOwner::kDirectory) * B; },
+       64, AtMount::kShutdown, "directory"},
+      {"a directory slot", [](Filesystem& fs) { return record_block(fs, walk(fs, "/d"), FsmapOwner::kDirectory) * B + 400; },
+       64, AtMount::kShutdown, "directory"},
+      {"an xattr slot", [](Filesystem& fs) { return record_block(fs, walk(fs, "/d/f1"), FsmapOwner::kXattrs) * B + 64; },
+       64, AtMount::kShutdown, "xattr"},
+      {"both superblocks", [](Filesystem&) { return uint64_t{0}; }, 64, AtMount::kLost, "both superblocks"},
+      {"the root inode", [](Filesystem& fs) { return fs.info().inode_start * B; }, 64, AtMount::kLost, "root"},
+  };
+  return cases;
+}
+
+TEST(PoisonMount, MetadataPoisonedWhileUnmounted) {
+  for (const MountCase& c : mount_cases()) {
+    if (std::string_view(c.name) == "both superblocks") continue;  // two ranges: below
+    run_mount_case(c, false);
+  }
+}
+
+// Latent poison is the same to a mount: it reads the records, so it finds it.
+TEST(PoisonMount, LatentMetadataPoisonIsFoundAtMount) {
+  for (const MountCase& c : mount_cases()) {
+    std::string_view n = c.name;
+    if (n == "primary superblock" || n == "free inode slots" || n == "a file's inode" || n == "an extent slot" ||
+        n == "journal header, both slots")
+      run_mount_case(c, true);
+  }
+}
+
+TEST(PoisonMount, BothSuperblocksPoisonedIsRefused) {
+  for (bool latent : {false, true}) {
+    Device dev;
+    build_tree(*dev);
+    const uint64_t last = (dev->info().total_blocks - 1) * B;
+    ASSERT_TRUE(dev->unmount());
+    ASSERT_TRUE(dev.media().inject_poison(0, 64, latent));
+    ASSERT_TRUE(dev.media().inject_poison(last + 64, 64, latent));
+    auto fs = Filesystem::mount(dev.copy(), {});
+    ASSERT_FALSE(fs);
+    EXPECT_EQ(fs.error().code, std::errc::io_error);
+    EXPECT_NE(fs.error().to_string().find("both superblocks"), std::string::npos) << fs.error().to_string();
+    auto m = dev.copy();
+    EXPECT_FALSE(check_filesystem(*m, true)) << "fsck found a superblock";
+  }
+}
+
+// The shut-down state of a mount: scrub (issue 5) and notify_failure
+// repair nothing, unmount leaves the image to fsck.
+TEST(PoisonMount, ShutDownFilesystemRefusesScrubAndRepairsNothing) {
+  Device dev;
+  build_tree(*dev);
+  const uint64_t off = inode_slot_of(*dev, walk(*dev, "/d/f3"));
+  const uint64_t ext = record_block(*dev, walk(*dev, "/big"), FsmapOwner::kExtents) * B;
+  ASSERT_TRUE(dev->unmount());
+  ASSERT_TRUE(dev.media().inject_poison(off, 64, false));
+  auto fs = Filesystem::mount(dev.copy(), {});
+  ASSERT_TRUE(fs) << fs.error().to_string();
+  ASSERT_TRUE((*fs)->health().shutdown);
+  auto sc = (*fs)->scrub(nullptr);
+  ASSERT_FALSE(sc);
+  EXPECT_EQ(sc.error().code, std::errc::io_error);
+  EXPECT_NE(sc.error().to_string().find("shut down"), std::string::npos);
+  // A failure reported now is recorded, never repaired from untrusted memory.
+  const uint64_t seq = last_seq(**fs);
+  ASSERT_TRUE((*fs)->notify_failure(ext, 64, 0));
+  auto ev = all_events(**fs, seq);
+  ASSERT_EQ(ev.size(), 1u);
+  EXPECT_EQ(ev[0].kind, EventKind::kFailure);
+  EXPECT_NE(ev[0].action.find("shut down"), std::string::npos);
+  EXPECT_TRUE((*fs)->unmount());
+}
+
+// ------------------------------------------------------------------ latent poison met by internal reads
+
+// A copy-on-write that meets latent poison: EIO, nothing copied, and the
+// poison is known and notified (every sharer told) as a read would.
+TEST(PoisonLatentInternal, CopyOnWriteMakesItKnownAndNotifies) {
+  Device dev;
+  Ino a = create(*dev, kRootIno, "a");
+  Ino b = create(*dev, kRootIno, "b");
+  std::string w = content(4 * B, 6);
+  write_str(*dev, a, 0, w);
+  ASSERT_TRUE(dev->clone_range(a, 0, b, 0, 0));
+  const uint64_t p = phys_of(*dev, a, B) + 256;
+  ASSERT_TRUE(dev->inject_poison(p, 64, true));
+  std::vector<Inval> inval;
+  dev->set_invalidate_hook([&](Ino ino, uint64_t off, uint64_t len) { inval.push_back({ino, off, len}); });
+  const uint64_t seq = last_seq(*dev);
+  // A partial write: the rest of the block would be copied.
+  EXPECT_EQ(err(dev->write(b, B + 10, bytes("xyz"))), std::errc::io_error);
+  EXPECT_EQ(dev->badblocks(), (std::vector<PoisonRange>{{p, 64, false}}));
+  auto f = find_event(all_events(*dev, seq), EventKind::kFailure, p);
+  ASSERT_TRUE(f) << "no failure event";
+  EXPECT_NE(f->action.find("consumed"), std::string::npos) << f->action;
+  EXPECT_EQ(f->owners.size(), 2u);
+  std::sort(inval.begin(), inval.end());
+  EXPECT_EQ(inval, (std::vector<Inval>{{a, B, B}, {b, B, B}}));
+  EXPECT_EQ(poison_of(*dev, b), (std::vector<FilePoison>{{B + 256, 64}}));
+  // Truncate (tail zeroing) and zero-range meet known poison now: EIO too.
+  EXPECT_FALSE(dev->fallocate(b, kFallocZeroRange | kFallocKeepSize, B + 10, 100));
+  EXPECT_EQ(*read_range(*dev, b, 2 * B, 2 * B), w.substr(2 * B));
+  EXPECT_TRUE(dev.check().clean());
+}
+
+TEST(PoisonLatentInternal, ZeroRangeAndTruncateMakeItKnown) {
+  for (int how = 0; how < 2; ++how) {
+    Device dev;
+    Ino a = create(*dev, kRootIno, "a");
+    Ino b = create(*dev, kRootIno, "b");
+    write_str(*dev, a, 0, content(4 * B, 8));
+    ASSERT_TRUE(dev->clone_range(a, 0, b, 0, 0));
+    // In the head of block 2, which both keep (and so must copy).
+    const uint64_t p = phys_of(*dev, a, 2 * B);
+    ASSERT_TRUE(dev->inject_poison(p, 64, true));
+    if (how == 0) {
+      EXPECT_FALSE(dev->fallocate(b, kFallocZeroRange | kFallocKeepSize, 2 * B + 10, 100));
+    } else {
+      SetAttr set;
+      set.valid = SetAttr::kSize;
+      set.size = 2 * B + 100;  // shrinking drops whole blocks only
+      EXPECT_TRUE(dev->setattr(b, set, kUser));
+      set.size = 4 * B;  // growing zeroes the tail of block 2: its copy
+      EXPECT_FALSE(dev->setattr(b, set, kUser));
+    }
+    EXPECT_EQ(dev->badblocks(), (std::vector<PoisonRange>{{p, 64, false}})) << how;
+    EXPECT_TRUE(find_event(all_events(*dev), EventKind::kFailure, p)) << how;
+    EXPECT_TRUE(dev.check().clean());
+  }
+}
+
+// copy_file_range byte copies (unaligned) stop before latent poison and
+// make it known.
+TEST(PoisonLatentInternal, ByteCopyMakesItKnownAndNotifies) {
+  Device dev;
+  Ino src = create(*dev, kRootIno, "src");
+  std::string ws = content(3 << 20, 5);  // 3 MiB: more than one bounce buffer (1 MiB)
+  write_str(*dev, src, 0, ws);
+  const uint64_t poison_at = (5 << 19) + 128;  // 2.5 MiB + 128
+  const uint64_t p = phys_of(*dev, src, poison_at);
+  ASSERT_TRUE(dev->inject_poison(p, 64, true));
+  std::vector<Inval> inval;
+  dev->set_invalidate_hook([&](Ino ino, uint64_t off, uint64_t len) { inval.push_back({ino, off, len}); });
+  Ino dst = create(*dev, kRootIno, "dst");
+  auto got = dev->copy_range(src, 1, dst, 0, ws.size() - 1);
+  ASSERT_TRUE(got) << got.error().to_string();
+  EXPECT_LE(1 + *got, poison_at);
+  std::string dw = read_all(*dev, dst);
+  EXPECT_FALSE(has_pattern(dw));
+  EXPECT_EQ(dw, ws.substr(1, *got));
+  EXPECT_EQ(dev->health().latent_poison_bytes, 0u);
+  EXPECT_EQ(dev->badblocks(), (std::vector<PoisonRange>{{p, 64, false}}));
+  EXPECT_TRUE(find_event(all_events(*dev), EventKind::kFailure, p));
+  EXPECT_GT(*got, 0u);
+  EXPECT_EQ(inval, (std::vector<Inval>{{src, poison_at / B * B, B}}));
+  // Starting in the poison: EIO, nothing copied.
+  Ino d2 = create(*dev, kRootIno, "d2");
+  EXPECT_EQ(err(dev->copy_range(src, poison_at + 3, d2, 1, 100)), std::errc::io_error);
+  EXPECT_EQ(size_of(*dev, d2), 0u);
+  EXPECT_TRUE(dev.check().clean());
+}
+
+// Replay and fsck meet latent poison in the journal and records: found,
+// made known, never applied or decoded (see PoisonMount above); scrub walks
+// every region and reports what it finds (Scrub.* tests).
+TEST(PoisonLatentInternal, FsckMakesItKnownAndReportsIt) {
+  Device dev;
+  build_tree(*dev);
+  const uint64_t ext = record_block(*dev, walk(*dev, "/big"), FsmapOwner::kExtents) * B + 64;
+  ASSERT_TRUE(dev->unmount());
+  ASSERT_TRUE(dev.media().inject_poison(ext, 64, true));
+  auto m = dev.copy();
+  auto report = check_filesystem(*m, false);
+  ASSERT_TRUE(report);
+  ASSERT_FALSE(report->clean());
+  EXPECT_NE(report->problems.front().find("poisoned"), std::string::npos) << report->problems.front();
+  EXPECT_EQ(m->poison().all(), (std::vector<PoisonRange>{{ext, 64, false}}));
+}
+
+TEST(PoisonLatentInternal, FsckMakesDataPoisonKnown) {
+  Device dev;
+  Tree t = build_tree(*dev);
+  const uint64_t p = phys_of(*dev, walk(*dev, "/big"), 3 * B) + 128;
+  ASSERT_TRUE(dev->unmount());
+  ASSERT_TRUE(dev.media().inject_poison(p, 64, true));
+  auto m = dev.copy();
+  auto report = check_filesystem(*m, false);
+  ASSERT_TRUE(report);
+  EXPECT_TRUE(report->clean()) << "data poison is not a structural problem";
+  EXPECT_EQ(m->poison().all(), (std::vector<PoisonRange>{{p, 64, false}}));
+  // The next mount notifies it (known poison goes through notify_failure).
+  auto fs = Filesystem::mount(std::move(m), {});
+  ASSERT_TRUE(fs);
+  EXPECT_TRUE(find_event(all_events(**fs), EventKind::kFailure, p));
+  EXPECT_EQ(poison_of(**fs, walk(**fs, "/big")), (std::vector<FilePoison>{{3 * B + 128, 64}}));
+}
+
+// ------------------------------------------------------------------ the record of poison
+
+TEST(PoisonPersist, FailedSaveOfTheRecordIsReported) {
+  TempDir dir;
+  const std::string image = dir.path + "/img";
+  {
+    auto m = make_memory_media(16 << 20);
+    ASSERT_TRUE(Filesystem::format(*m, {}));
+    FILE* f = std::fopen(image.c_str(), "w");
+    ASSERT_TRUE(f);
+    ASSERT_EQ(std::fwrite(m->base(), 1, m->size(), f), m->size());
+    std::fclose(f);
+  }
+  auto fs = Filesystem::mount_image(image, {});
+  ASSERT_TRUE(fs) << fs.error().to_string();
+  Ino a = create(**fs, kRootIno, "a");
+  write_str(**fs, a, 0, content(4 * B, 1));
+  // The record cannot be replaced (a directory where its temporary goes:
+  // fails for root too, like a read-only directory or a full disk).
+  ASSERT_EQ(mkdir((image + ".badblocks.tmp").c_str(), 0755), 0);
+  ::testing::internal::CaptureStderr();
+  const uint64_t p = phys_of(**fs, a, B);
+  auto r = (*fs)->inject_poison(p, 64, false);
+  std::string err_text = ::testing::internal::GetCapturedStderr();
+  ASSERT_FALSE(r) << "inject succeeded though its record was not saved";
+  EXPECT_EQ(r.error().code, std::errc::io_error);
+  EXPECT_NE(r.error().to_string().find("not saved"), std::string::npos) << r.error().to_string();
+  EXPECT_NE(err_text.find(".badblocks"), std::string::npos) << err_text;
+  auto ev = all_events(**fs);
+  auto e = std::ranges::find_if(ev, [](const Event& x) { return x.kind == EventKind::kError; });
+  ASSERT_NE(e, ev.end()) << "no error event";
+  EXPECT_NE(e->action.find("not saved"), std::string::npos) << e->action;
+  EXPECT_STREQ(event_kind_name(EventKind::kError), "error");
+  // The poison itself is in force (the data is gone either way).
+  EXPECT_EQ(err(read_range(**fs, a, B, 10)), std::errc::io_error);
+  // Latent poison found by a read changes the list too: one more error event.
+  ASSERT_TRUE(std::filesystem::remove(image + ".badblocks.tmp"));
+  ASSERT_TRUE((*fs)->inject_poison(p + 2 * B, 64, true));
+  ASSERT_EQ(mkdir((image + ".badblocks.tmp").c_str(), 0755), 0);
+  size_t errors_before = std::ranges::count_if(all_events(**fs), [](const Event& x) { return x.kind == EventKind::kError; });
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(err(read_range(**fs, a, 3 * B, 10)), std::errc::io_error);
+  err_text = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err_text.find("not saved"), std::string::npos) << err_text;
+  size_t errors_after = std::ranges::count_if(all_events(**fs), [](const Event& x) { return x.kind == EventKind::kError; });
+  EXPECT_EQ(errors_after, errors_before + 1);
+  ASSERT_TRUE(std::filesystem::remove(image + ".badblocks.tmp"));
+  EXPECT_TRUE((*fs)->unmount());
 }
 
 }  // namespace
