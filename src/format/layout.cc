@@ -1,6 +1,8 @@
 // Encoding, decoding and validation of the on-media records (see layout.h).
 #include "format/layout.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cstring>
 #include "util/strfmt.h"
@@ -216,7 +218,9 @@ Result<std::optional<InodeRec>> decode_inode(const std::byte* in) {
   r.chain_head = get_le<uint64_t>(in + 88);
   r.xattr_head = get_le<uint64_t>(in + 96);
   r.parent = get_le<uint64_t>(in + 104);
-  if (!(r.flags & kInodeInUse) || r.size > kMaxFileSize)
+  // A symlink's target is shorter than a block (symlink() refuses longer
+  // ones) and readlink allocates its size: a huge one would exhaust memory.
+  if (!(r.flags & kInodeInUse) || r.size > kMaxFileSize || (S_ISLNK(r.mode) && r.size >= kBlockSize))
     return fail(std::errc::io_error, "inode record has impossible values");
   return r;
 }

@@ -498,7 +498,57 @@ Status FsImpl::check_links() {
       ++it;
     }
   }
-  if (!check_) return {};
+  // A directory has one name, in the directory its parent field names, and
+  // the root has none: is_ancestor and path_of walk up by these, so a
+  // hostile image must not lead them out of the inode table or around a
+  // loop. Other names are cleared (fsck) or refuse the mount.
+  for (auto& inode : inodes_) {
+    if (!inode || !inode->is_dir() || inode->links.empty()) continue;
+    std::vector<Link>& links = inode->links;
+    size_t keep = links.size();  // none, for the root
+    if (inode->rec.ino != kRootIno) {
+      keep = std::find_if(links.begin(), links.end(), [&](const Link& l) { return l.parent == inode->rec.parent; }) -
+             links.begin();
+      if (keep == links.size()) {
+        auto msg = strfmt("directory {} has parent {}, but directory {} names it", inode->rec.ino,
+                          inode->rec.parent, links.front().parent);
+        if (!check_) return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+        check_->problems.push_back(msg);
+        keep = 0;
+        inode->rec.parent = links.front().parent;
+        if (check_->repair) {
+          check_->repairs.push_back(strfmt("directory {}: parent set to {}", inode->rec.ino, inode->rec.parent));
+          inode->times_dirty = true;  // written by repair_checked
+        }
+      }
+    }
+    for (size_t i = 0; i < links.size(); ++i) {
+      if (i == keep) continue;
+      Inode& dir = *inodes_[links[i].parent - 1];
+      auto entry = dir.entries.find(links[i].name);
+      auto msg = strfmt("directory {} names '{}' -> directory {}, which has a name already", dir.rec.ino,
+                        links[i].name, inode->rec.ino);
+      if (!tolerate(msg, slot_offset(entry->second.slot.block, entry->second.slot.index, kDirentSlotSize),
+                    kDirentSlotSize))
+        return fail(std::errc::io_error, msg + "; run fsck.poisonfs");
+      dir.chain.free_slots.push_back(entry->second.slot);
+      dir.entries.erase(entry);
+      --dir.subdirs;
+    }
+    if (keep < links.size()) links = {links[keep]};
+    else links.clear();
+  }
+  if (!check_) {
+    // Fewer links than names would free an inode that still has names (as
+    // an orphan below, or at its next unlink) and leave them dangling.
+    for (auto& inode : inodes_) {
+      if (!inode || inode->links.empty()) continue;
+      if (inode->rec.nlink == 0 || (!inode->is_dir() && inode->links.size() > inode->rec.nlink))
+        return fail(std::errc::io_error, strfmt("inode {} has nlink {}, but {} names lead to it; run fsck.poisonfs",
+                                                inode->rec.ino, inode->rec.nlink, inode->links.size()));
+    }
+    return {};
+  }
   // Only names in directories reachable from the root lead anywhere: a
   // subtree cut off by a damaged directory then counts as unnamed as a
   // whole, and one repair reclaims all of it.
