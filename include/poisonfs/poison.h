@@ -16,6 +16,7 @@
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,8 @@ class PoisonList {
   PoisonRange add(uint64_t off, uint64_t len, bool latent);
   // Removes the whole units inside [off, off+len); returns what was removed.
   std::vector<PoisonRange> clear(uint64_t off, uint64_t len);
+  // The same for several ranges, with one change (one save of the record).
+  std::vector<PoisonRange> clear_all(std::span<const PoisonRange> ranges);
   // Every range overlapping [off, off+len), clipped to it, in order.
   std::vector<PoisonRange> overlapping(uint64_t off, uint64_t len) const;
   // The first poisoned byte in [off, off+len), if any (and its range).
@@ -71,6 +74,7 @@ class PoisonList {
   mutable std::shared_mutex mutex_;
   std::map<uint64_t, Entry> ranges_;  // start -> (end, latent); disjoint
   std::atomic<size_t> count_{0};
+  void clear_locked(uint64_t off, uint64_t len, std::vector<PoisonRange>& removed);
   std::function<void(const std::vector<PoisonRange>&)> on_change_;
   mutable std::mutex persist_error_mutex_;
   std::string persist_error_;

@@ -424,10 +424,8 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
       // A pure in-place write commits nothing: drain so that the data is
       // durable before the poison list (persisted at once) forgets the range.
       media_->drain();
-      for (const PoisonRange& p : poison_under(**inode, off, off + *n)) {
-        media_->poison().clear(p.offset, p.length);
-        recovered.push_back(p);
-      }
+      recovered = poison_under(**inode, off, off + *n);
+      media_->poison().clear_all(recovered);  // one save of the device's record
       Event e;
       e.kind = EventKind::kRecovery;
       // The poisoned device range: cleared in place, or left to the other sharers.

@@ -239,6 +239,7 @@ class FsImpl final : public Filesystem {
   void repair_journal();
   void quarantine(BlockRange r);
   void record_event(Event e);
+  void push_event_locked(Event e);  // events_mutex_ held
   // A failed save of the poison list's record becomes an event (poison.cc).
   void report_poison_persist_error();
   void shutdown(const std::string& reason);
@@ -358,6 +359,7 @@ class FsImpl final : public Filesystem {
   std::atomic<uint64_t> persist_failures_reported_{0};
   std::mutex events_mutex_;
   std::deque<Event> events_;
+  size_t event_owners_ = 0;  // owners named by events_ (a bound of the history)
   uint64_t next_event_seq_ = 1;
 };
 

@@ -1,6 +1,7 @@
 // The device's poison list (see include/poisonfs/poison.h): disjoint ranges
 // in a map keyed by start; neighbours of the same kind merge.
 #include <algorithm>
+#include <array>
 #include <mutex>
 
 #include "poisonfs/poison.h"
@@ -90,34 +91,44 @@ PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
   return r;
 }
 
-std::vector<PoisonRange> PoisonList::clear(uint64_t off, uint64_t len) {
+// Removes the whole units inside [off, off+len) (clipped to the address
+// space) and appends what it removed. REQUIRES: mutex_ held.
+void PoisonList::clear_locked(uint64_t off, uint64_t len, std::vector<PoisonRange>& removed) {
   // An end past the address space is clipped to it, and a start in the
   // last partial unit has no whole unit after it (round_up would wrap).
-  std::vector<PoisonRange> removed;
   const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
-  if (off > UINT64_MAX - (kPoisonUnit - 1) && off % kPoisonUnit) return removed;
+  if (off > UINT64_MAX - (kPoisonUnit - 1) && off % kPoisonUnit) return;
   uint64_t lo = round_up(off), hi = round_down(end);
-  if (lo >= hi) return removed;
+  if (lo >= hi) return;
+  auto it = ranges_.upper_bound(lo);
+  if (it != ranges_.begin()) --it;
+  while (it != ranges_.end() && it->first < hi) {
+    uint64_t s = it->first, e = it->second.end;
+    bool latent = it->second.latent;
+    if (e <= lo) {
+      ++it;
+      continue;
+    }
+    it = ranges_.erase(it);
+    if (s < lo) ranges_[s] = Entry{lo, latent};
+    if (e > hi) ranges_[hi] = Entry{e, latent};
+    removed.push_back({std::max(s, lo), std::min(e, hi) - std::max(s, lo), latent});
+    if (e > hi) break;
+  }
+  count_.store(ranges_.size(), std::memory_order_release);
+}
+
+std::vector<PoisonRange> PoisonList::clear(uint64_t off, uint64_t len) {
+  return clear_all(std::span<const PoisonRange>(std::array{PoisonRange{off, len, false}}));
+}
+
+std::vector<PoisonRange> PoisonList::clear_all(std::span<const PoisonRange> ranges) {
+  std::vector<PoisonRange> removed;
   {
     std::unique_lock lock(mutex_);
-    auto it = ranges_.upper_bound(lo);
-    if (it != ranges_.begin()) --it;
-    while (it != ranges_.end() && it->first < hi) {
-      uint64_t s = it->first, e = it->second.end;
-      bool latent = it->second.latent;
-      if (e <= lo) {
-        ++it;
-        continue;
-      }
-      it = ranges_.erase(it);
-      if (s < lo) ranges_[s] = Entry{lo, latent};
-      if (e > hi) ranges_[hi] = Entry{e, latent};
-      removed.push_back({std::max(s, lo), std::min(e, hi) - std::max(s, lo), latent});
-      if (e > hi) break;
-    }
-    count_.store(ranges_.size(), std::memory_order_release);
+    for (const PoisonRange& r : ranges) clear_locked(r.offset, r.length, removed);
   }
-  if (!removed.empty()) changed();
+  if (!removed.empty()) changed();  // one save of the record for them all
   return removed;
 }
 
