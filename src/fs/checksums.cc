@@ -28,12 +28,12 @@ void FsImpl::for_each_written_block(uint64_t first, uint64_t count, const std::f
   });
 }
 
-std::vector<EventOwner> FsImpl::data_owners_of(uint64_t block) {
+std::vector<EventOwner> FsImpl::data_owners_of(uint64_t block, uint64_t count) {
   std::vector<EventOwner> owners;
-  rmap_.query(block, 1, [&](const RmapHit& hit) {
+  rmap_.query(block, count, [&](const RmapHit& hit) {
     if (hit.owner.kind == OwnerKind::kData)
       owners.push_back(EventOwner{"data", hit.owner.ino, first_path(hit.owner.ino), block_offset(hit.owner.offset),
-                                  kBlockSize});
+                                  block_offset(hit.count)});
     return true;
   });
   return owners;

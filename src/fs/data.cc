@@ -235,8 +235,11 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
       if (shared && !heal_in_place_.empty()) {
         auto heal = std::lower_bound(heal_in_place_.begin(), heal_in_place_.end(), phys);
         if (heal != heal_in_place_.end() && *heal == phys) {
-          // Recovery with the recorded content: in place, every sharer healed.
-          chunk_end = std::min(chunk_end, block_offset(fb + 1));
+          // Recovery with the recorded content: in place, every sharer
+          // healed; a run of such blocks in one store.
+          uint64_t healing = 1;
+          while (heal + healing != heal_in_place_.end() && *(heal + healing) == phys + healing) ++healing;
+          chunk_end = std::min(chunk_end, block_offset(fb + healing));
           put(block_offset(phys) + (pos - block_offset(fb)), pos, chunk_end - pos);
           pos = chunk_end;
           continue;
@@ -379,16 +382,19 @@ std::vector<uint64_t> FsImpl::healable_blocks(Inode& inode, uint64_t off, std::s
   return out;
 }
 
-// One event per healed block, naming every sharer.
+// One event per run of healed blocks, naming every sharer.
 void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
-  for (uint64_t block : healed) {
+  for (size_t i = 0; i < healed.size();) {
+    size_t j = i + 1;
+    while (j < healed.size() && healed[j] == healed[j - 1] + 1) ++j;
     Event e;
     e.kind = EventKind::kHeal;
-    e.device_offset = block_offset(block);
-    e.length = kBlockSize;
-    e.action = "recovery write matched the block's checksum: every sharer healed in place, sharing kept";
-    e.owners = data_owners_of(block);
+    e.device_offset = block_offset(healed[i]);
+    e.length = block_offset(j - i);
+    e.action = "recovery write matched the blocks' checksums: every sharer healed in place, sharing kept";
+    e.owners = data_owners_of(healed[i], j - i);
     record_event(std::move(e));
+    i = j;
   }
 }
 

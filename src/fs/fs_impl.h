@@ -287,8 +287,8 @@ class FsImpl final : public Filesystem {
   // checksum (unknown entries and poisoned blocks are skipped).
   std::optional<uint64_t> first_corrupt_block(uint64_t dev_off, uint64_t len);
   void record_corruption(uint64_t block, const std::string& found_by);
-  // Every file that maps block, for events.
-  std::vector<EventOwner> data_owners_of(uint64_t block);
+  // Every file that maps [block, block+count), piece by piece, for events.
+  std::vector<EventOwner> data_owners_of(uint64_t block, uint64_t count = 1);
   // Blocks of [first, first+count) that are written file data, i.e. the
   // ones whose checksum means something.
   void for_each_written_block(uint64_t first, uint64_t count, const std::function<void(uint64_t block)>& fn);
