@@ -19,9 +19,10 @@ void FsImpl::for_each_written_block(uint64_t first, uint64_t count, const std::f
       const Extent* e = extents.at_or_after(fb);
       if (!e || e->file_block > fb) break;  // cannot happen: the rmap mirrors the extents
       const uint64_t run = std::min(hit.count - i, e->file_end() - fb);
-      if (!e->unwritten())
+      if (!e->unwritten()) {
         for (uint64_t k = 0; k < run; ++k) fn(hit.phys + i + k);
-      if (!e->unwritten()) next = hit.phys + i + run;
+        next = hit.phys + i + run;
+      }
       i += run;
     }
     return true;
@@ -45,7 +46,7 @@ void FsImpl::recompute_dirty_checksums() {
     for_each_written_block(r.start, r.count, [&](uint64_t b) {
       // A poisoned block keeps its entry: it still describes the lost
       // content, which a recovery write can then be matched against.
-      if (!media_->poison().empty() && media_->poison().first(block_offset(b), kBlockSize)) return;
+      if (media_->poison().first(block_offset(b), kBlockSize)) return;
       csums_.set(b, DataChecksums::of_block(media_->at(block_offset(b))));
     });
   }
@@ -64,30 +65,27 @@ void FsImpl::repair_checksum_block(uint64_t block) {
   const uint64_t end = std::min(sb_.data_end, first + kCsumEntriesPerBlock);
   if (first < end)
     for_each_written_block(first, end - first, [&](uint64_t b) {
-      if (!media_->poison().empty() && media_->poison().first(block_offset(b), kBlockSize)) return;
+      if (media_->poison().first(block_offset(b), kBlockSize)) return;
       put_le<uint32_t>(buf.data() + (b - first) * kCsumEntrySize, DataChecksums::of_block(media_->at(block_offset(b))));
     });
   rewrite_poisoned_block(block, buf.data());
 }
 
+std::optional<bool> FsImpl::checksum_matches(uint64_t block) {
+  const uint32_t recorded = csums_.get(block);
+  if (recorded == 0 || media_->poison().first(block_offset(block), kBlockSize)) return std::nullopt;
+  return DataChecksums::of_block(media_->at(block_offset(block))) == recorded;
+}
+
 std::optional<uint64_t> FsImpl::first_corrupt_block(uint64_t dev_off, uint64_t len) {
-  for (uint64_t b = dev_off / kBlockSize; block_offset(b) < dev_off + len; ++b) {
-    const uint32_t recorded = csums_.get(b);
-    if (recorded == 0) continue;
-    if (!media_->poison().empty() && media_->poison().first(block_offset(b), kBlockSize)) continue;
-    if (DataChecksums::of_block(media_->at(block_offset(b))) != recorded) return b;
-  }
+  for (uint64_t b = dev_off / kBlockSize; block_offset(b) < dev_off + len; ++b)
+    if (checksum_matches(b) == false) return b;
   return std::nullopt;
 }
 
 void FsImpl::record_corruption(uint64_t block, const std::string& found_by) {
-  Event e;
-  e.kind = EventKind::kCorruption;
-  e.device_offset = block_offset(block);
-  e.length = kBlockSize;
-  e.action = strfmt("checksum mismatch (silent corruption) found by {}", found_by);
-  e.owners = data_owners_of(block);
-  record_event(std::move(e));
+  record_event(EventKind::kCorruption, block_offset(block), kBlockSize,
+               strfmt("checksum mismatch (silent corruption) found by {}", found_by), data_owners_of(block));
 }
 
 Status FsImpl::verify_segments(std::span<const ReadSegment> segs) {

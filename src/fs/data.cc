@@ -240,7 +240,11 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
           uint64_t healing = 1;
           while (heal + healing != heal_in_place_.end() && *(heal + healing) == phys + healing) ++healing;
           chunk_end = std::min(chunk_end, block_offset(fb + healing));
-          put(block_offset(phys) + (pos - block_offset(fb)), pos, chunk_end - pos);
+          // The bytes are the recorded content (healable_blocks checked
+          // their crc): the checksum entries stay as they are.
+          const uint64_t at = block_offset(phys) + (pos - block_offset(fb));
+          media_->write(at, data.data() + (pos - off), chunk_end - pos);
+          media_->flush(at, chunk_end - pos);
           pos = chunk_end;
           continue;
         }
@@ -387,13 +391,9 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
   for (size_t i = 0; i < healed.size();) {
     size_t j = i + 1;
     while (j < healed.size() && healed[j] == healed[j - 1] + 1) ++j;
-    Event e;
-    e.kind = EventKind::kHeal;
-    e.device_offset = block_offset(healed[i]);
-    e.length = block_offset(j - i);
-    e.action = "recovery write matched the blocks' checksums: every sharer healed in place, sharing kept";
-    e.owners = data_owners_of(healed[i], j - i);
-    record_event(std::move(e));
+    record_event(EventKind::kHeal, block_offset(healed[i]), block_offset(j - i),
+                 "recovery write matched the blocks' checksums: every sharer healed in place, sharing kept",
+                 data_owners_of(healed[i], j - i));
     i = j;
   }
 }

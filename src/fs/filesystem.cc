@@ -66,7 +66,7 @@ Result<Superblock> read_superblock(Media& media, bool* used_copy) {
                 strfmt("image of {} bytes is too small to hold a poisonfs superblock", media.size()));
   const uint64_t copy_off = (media.size() / kBlockSize - 1) * kBlockSize;
   auto poisoned = [&](uint64_t off) {
-    return !media.poison().empty() && media.poison().first(off, kSuperblockSize).has_value();
+    return media.poison().first(off, kSuperblockSize).has_value();
   };
   const bool primary_poisoned = poisoned(0);
   if (primary_poisoned && (media.size() < 2 * kBlockSize || poisoned(copy_off)))
@@ -186,14 +186,10 @@ void FsImpl::repair_superblocks() {
       check_->repairs.push_back(strfmt("superblock in block {} rewritten from the other copy", off / kBlockSize));
       continue;
     }
-    Event e;
-    e.kind = EventKind::kRepair;
-    e.device_offset = off;
-    e.length = kBlockSize;
-    e.action = off == 0 ? "poisoned primary superblock rewritten from the copy at mount"
-                        : "poisoned superblock copy rewritten from the primary at mount";
-    e.owners.push_back(EventOwner{"superblock", 0, "", 0, 0});
-    record_event(std::move(e));
+    record_event(EventKind::kRepair, off, kBlockSize,
+                 off == 0 ? "poisoned primary superblock rewritten from the copy at mount"
+                          : "poisoned superblock copy rewritten from the primary at mount",
+                 {EventOwner{"superblock", 0, "", 0, 0}});
   }
 }
 
@@ -220,13 +216,9 @@ Status FsImpl::replay_journal() {
       check_->repairs.push_back("journal: poisoned bytes cleared, log restarted");
       return {};
     }
-    Event e;
-    e.kind = EventKind::kRepair;
-    e.device_offset = region;
-    e.length = region_len;
-    e.action = "poison past the end of the journal's log: cleared, log restarted at mount";
-    e.owners.push_back(EventOwner{"journal", 0, "", 0, 0});
-    record_event(std::move(e));
+    record_event(EventKind::kRepair, region, region_len,
+                 "poison past the end of the journal's log: cleared, log restarted at mount",
+                 {EventOwner{"journal", 0, "", 0, 0}});
     return {};
   }
   const std::string what =
@@ -245,7 +237,7 @@ Status FsImpl::replay_journal() {
 }
 
 bool FsImpl::poisoned_at_mount(uint64_t off, uint64_t len) {
-  if (media_->poison().empty() || !media_->poison().first(off, len)) return false;
+  if (!media_->poison().first(off, len)) return false;
   (void)media_->poison().make_known(off, len);  // mount consumed it
   return true;
 }
@@ -261,13 +253,7 @@ void FsImpl::lost_to_poison(const char* what, Ino ino, uint64_t off, uint64_t le
     return;
   }
   mount_damage_.push_back(problem);
-  Event e;
-  e.kind = EventKind::kFailure;
-  e.device_offset = off;
-  e.length = len;
-  e.action = "poison found at mount: " + problem;
-  e.owners.push_back(EventOwner{what, ino, "", 0, 0});
-  record_event(std::move(e));
+  record_event(EventKind::kFailure, off, len, "poison found at mount: " + problem, {EventOwner{what, ino, "", 0, 0}});
 }
 
 const char* chain_what(ChainKind kind) {
@@ -295,13 +281,9 @@ void FsImpl::reclaim_unnamed_lost_inodes() {
     media_->write(off, empty, kInodeSize);
     media_->persist(off, kInodeSize);
     free_inos_.push_back(ino);
-    Event e;
-    e.kind = EventKind::kRepair;
-    e.device_offset = off;
-    e.length = kInodeSize;
-    e.action = strfmt("poisoned inode slot {} is named nowhere (free): rewritten empty at mount", ino);
-    e.owners.push_back(EventOwner{"inodes", ino, "", 0, 0});
-    record_event(std::move(e));
+    record_event(EventKind::kRepair, off, kInodeSize,
+                 strfmt("poisoned inode slot {} is named nowhere (free): rewritten empty at mount", ino),
+                 {EventOwner{"inodes", ino, "", 0, 0}});
   }
   lost_inodes_.clear();
   std::ranges::sort(free_inos_, std::greater<>());  // a stack, lowest on top
@@ -624,13 +606,8 @@ BlockRange FsImpl::allocate_clean(uint64_t count, uint64_t hint) {
   for (const PoisonRange& p : media_->poison().overlapping(lo, hi - lo)) {
     const uint64_t from = std::max(lo, p.offset), to = std::min(hi, p.end());
     media_->clear_poison(from, to - from);
-    Event e;
-    e.kind = EventKind::kRepair;
-    e.device_offset = from;
-    e.length = to - from;
-    e.action = "poison in free space cleared before the blocks were allocated";
-    e.owners.push_back(EventOwner{"free", 0, "", 0, 0});
-    record_event(std::move(e));
+    record_event(EventKind::kRepair, from, to - from, "poison in free space cleared before the blocks were allocated",
+                 {EventOwner{"free", 0, "", 0, 0}});
   }
   return r;
 }

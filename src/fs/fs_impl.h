@@ -239,6 +239,9 @@ class FsImpl final : public Filesystem {
   void repair_journal();
   void quarantine(BlockRange r);
   void record_event(Event e);
+  // The common event: one device range, what was done, its owners.
+  void record_event(EventKind kind, uint64_t offset, uint64_t length, std::string action,
+                    std::vector<EventOwner> owners);
   void push_event_locked(Event e);  // events_mutex_ held
   // A failed save of the poison list's record becomes an event (poison.cc).
   void report_poison_persist_error();
@@ -286,6 +289,9 @@ class FsImpl final : public Filesystem {
   // The first block of the device range whose data does not match its
   // checksum (unknown entries and poisoned blocks are skipped).
   std::optional<uint64_t> first_corrupt_block(uint64_t dev_off, uint64_t len);
+  // Whether block holds what its checksum records; nullopt when that cannot
+  // be told (unknown entry, or poison: the block is never read then).
+  std::optional<bool> checksum_matches(uint64_t block);
   void record_corruption(uint64_t block, const std::string& found_by);
   // Every file that maps [block, block+count), piece by piece, for events.
   std::vector<EventOwner> data_owners_of(uint64_t block, uint64_t count = 1);

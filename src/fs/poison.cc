@@ -73,6 +73,17 @@ void FsImpl::record_event(Event e) {
   report_poison_persist_error();
 }
 
+void FsImpl::record_event(EventKind kind, uint64_t offset, uint64_t length, std::string action,
+                          std::vector<EventOwner> owners) {
+  Event e;
+  e.kind = kind;
+  e.device_offset = offset;
+  e.length = length;
+  e.action = std::move(action);
+  e.owners = std::move(owners);
+  record_event(std::move(e));
+}
+
 // The device's error record (IMAGE.badblocks) could not be saved: the next
 // mount would see an old list. Never silent: one event per failed save (the
 // media printed it on stderr already); inject fails with it too.

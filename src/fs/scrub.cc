@@ -72,10 +72,10 @@ Result<ScrubReport> FsImpl::scrub(const std::function<void(uint64_t done, uint64
       }
       if (data_lo < data_hi && csums_.enabled())
         for_each_written_block(data_lo, data_hi - data_lo, [&](uint64_t block) {
-          if (csums_.get(block) == 0) return;
-          if (!media_->poison().empty() && media_->poison().first(block_offset(block), kBlockSize)) return;
+          const std::optional<bool> matches = checksum_matches(block);
+          if (!matches) return;
           ++rep.blocks_verified;
-          if (first_corrupt_block(block_offset(block), kBlockSize)) {
+          if (!*matches) {
             ++rep.checksum_mismatches;
             record_corruption(block, "scrub");
           }
@@ -99,13 +99,8 @@ Result<ScrubReport> FsImpl::scrub(const std::function<void(uint64_t done, uint64
       media_->clear_poison(block_offset(r.start), block_offset(r.count));
       alloc_.release(r);
       rep.quarantine_cleared_bytes += block_offset(r.count);
-      Event e;
-      e.kind = EventKind::kRepair;
-      e.device_offset = block_offset(r.start);
-      e.length = block_offset(r.count);
-      e.action = "quarantined free space cleared and returned";
-      e.owners.push_back(EventOwner{"free", 0, "", 0, 0});
-      record_event(std::move(e));
+      record_event(EventKind::kRepair, block_offset(r.start), block_offset(r.count),
+                   "quarantined free space cleared and returned", {EventOwner{"free", 0, "", 0, 0}});
     }
   }
   rep.known_poison_bytes = media_->poison().known_bytes();

@@ -147,11 +147,16 @@ std::vector<PoisonRange> PoisonList::overlapping(uint64_t off, uint64_t len) con
   return out;
 }
 
+// On hot paths (reads, checksum checks): no allocation, one lookup.
 std::optional<PoisonRange> PoisonList::first(uint64_t off, uint64_t len) const {
-  if (empty()) return std::nullopt;
-  auto v = overlapping(off, len);
-  if (v.empty()) return std::nullopt;
-  return v.front();
+  if (empty() || len == 0) return std::nullopt;
+  const uint64_t end = off + len < off ? UINT64_MAX : off + len;
+  std::shared_lock lock(mutex_);
+  auto it = ranges_.upper_bound(off);
+  if (it != ranges_.begin() && std::prev(it)->second.end > off) --it;
+  if (it == ranges_.end() || it->first >= end) return std::nullopt;
+  const uint64_t s = std::max(off, it->first), e = std::min(end, it->second.end);
+  return PoisonRange{s, e - s, it->second.latent};
 }
 
 std::vector<PoisonRange> PoisonList::make_known(uint64_t off, uint64_t len) {
