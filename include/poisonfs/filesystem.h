@@ -229,7 +229,11 @@ struct MkfsOptions {
   uint32_t root_uid = 0;     // owner of the root directory
   uint32_t root_gid = 0;
   bool data_checksums = true;  // a crc32c per data block (mkfs --no-checksums: none)
+  uint64_t journal_bytes = 0;  // 0: 1/32 of the device, 256 KiB .. 64 MiB (mkfs -J)
 };
+// The journal sizes mkfs accepts (see kMinJournalBlocks in format/layout.h).
+inline constexpr uint64_t kMinJournalBytes = 256 << 10;
+inline constexpr uint64_t kMaxJournalBytes = 64 << 20;
 
 // Fallocate modes (values of the Linux FALLOC_FL_* flags; stored nowhere).
 inline constexpr int kFallocKeepSize = 0x01;

@@ -55,7 +55,8 @@ void plan_checksums(Superblock& sb) {
 
 }  // namespace
 
-Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums) {
+Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums,
+                                 uint64_t journal_blocks) {
   if (bytes < kMinDeviceBytes)
     return fail(std::errc::invalid_argument,
                 strfmt("device of {} bytes is too small: poisonfs needs at least {} bytes",
@@ -69,8 +70,12 @@ Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data
                 strfmt("device of {} bytes is too small for {} inodes", bytes, inode_count));
   // Journal: 1/32 of the device, 256 KiB .. 64 MiB, big enough for the
   // largest transaction (see journal.h) with room to spare.
+  if (journal_blocks != 0 && (journal_blocks < kMinJournalBlocks || journal_blocks > kMaxJournalBlocks))
+    return fail(std::errc::invalid_argument,
+                strfmt("a journal of {} KiB is outside {} KiB .. {} MiB", journal_blocks * 4,
+                       kMinJournalBlocks * 4, kMaxJournalBlocks / 256));
   sb.journal_start = 1;
-  sb.journal_blocks = clamp_u64(sb.total_blocks / 32, 64, 16384);
+  sb.journal_blocks = journal_blocks ? journal_blocks : clamp_u64(sb.total_blocks / 32, 64, kMaxJournalBlocks);
   if (inode_count == 0) inode_count = clamp_u64(bytes / (16 << 10), 64, 1u << 22);
   sb.inode_count = (inode_count + kInodesPerBlock - 1) / kInodesPerBlock * kInodesPerBlock;
   sb.inode_start = sb.journal_start + sb.journal_blocks;

@@ -91,14 +91,27 @@ struct Superblock {
   bool has_checksums() const { return features_ro_compat & kFeatureDataChecksums; }
 };
 
+// The journal sizes mkfs accepts, in blocks: the smallest holds the largest
+// transaction whose size does not grow with a file's extent count (a 64 KiB
+// xattr value and its record blocks); the largest is the default's cap.
+// Operations over many extents (clone, truncate, punch) commit in pieces
+// that fit.
+inline constexpr uint64_t kMinJournalBlocks = kMinJournalBytes / kBlockSize;
+inline constexpr uint64_t kMaxJournalBlocks = kMaxJournalBytes / kBlockSize;
+
 // Computes the geometry for a device of `bytes`; fails when it is too small.
-Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums = true);
+// journal_blocks 0: 1/32 of the device, 64 .. kMaxJournalBlocks.
+Result<Superblock> plan_geometry(uint64_t bytes, uint64_t inode_count, bool data_checksums = true,
+                                 uint64_t journal_blocks = 0);
 void encode_superblock(const Superblock& sb, std::byte* out /* kSuperblockSize */);
 // Validates magic, checksum, version and internal consistency.
 Result<Superblock> decode_superblock(const std::byte* in, uint64_t device_bytes);
 std::string uuid_to_string(const std::array<uint8_t, 16>& uuid);
 
 inline constexpr uint32_t kInodeInUse = 1;
+// A truncate is unmapping what lies past EOF in several commits; mount
+// finishes it (FsImpl::finish_truncates).
+inline constexpr uint32_t kInodeTruncating = 2;
 
 struct InodeRec {
   uint32_t flags = 0;

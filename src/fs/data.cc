@@ -458,6 +458,33 @@ Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
   return {};
 }
 
+// Punches [fb, fb+n) in pieces of at most extents_per_commit() extents,
+// committing all but the last, which stays staged in tx. A crash leaves part
+// of the range punched, as XFS, which unmaps one extent per transaction.
+Status FsImpl::punch_in_pieces(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
+                               std::vector<BlockRange>& dropped) {
+  const size_t max = extents_per_commit();
+  for (const uint64_t end = fb + n; fb < end;) {
+    uint64_t stop = piece_end(inode, fb, end, max);
+    if (auto st = _punch(inode, fb, stop - fb, tx, dropped); !st) return st;
+    fb = stop;
+    if (fb < end)
+      if (auto st = commit_piece(tx, dropped); !st) return st;
+  }
+  return {};
+}
+
+// The second half of a truncate in pieces; clears kInodeTruncating in the
+// last piece, which stays staged in tx.
+Status FsImpl::unmap_past_eof(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped) {
+  uint64_t keep = div_up(inode.rec.size, kBlockSize);
+  if (auto st = punch_in_pieces(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
+  if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
+  inode.rec.flags &= ~kInodeTruncating;
+  stage_inode(tx, inode);
+  return {};
+}
+
 Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped) {
   if (size < inode.rec.size) {
     uint64_t keep = div_up(size, kBlockSize);
@@ -469,6 +496,16 @@ Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vect
       for (const MappedRange& r : edit.dropped)
         rmap_.remove(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData}, &dropped);
       release_chain(inode, inode.chain, tx, dropped);
+    } else if (piece_end(inode, keep, kMaxFileSize / kBlockSize, extents_per_commit()) < kMaxFileSize / kBlockSize) {
+      // More extents past the new EOF than one commit holds: the new size
+      // and the truncating flag first, so that from the first commit on the
+      // truncate has happened (what lies past EOF is unreachable), then the
+      // extents in pieces; mount finishes what a crash interrupts.
+      inode.rec.size = size;
+      inode.rec.flags |= kInodeTruncating;
+      stage_inode(tx, inode);
+      if (auto st = commit_piece(tx, dropped); !st) return st;
+      if (auto st = unmap_past_eof(inode, tx, dropped); !st) return st;
     } else {
       if (auto st = _punch(inode, keep, kMaxFileSize / kBlockSize - keep, tx, dropped); !st) return st;
       if (inode.extents.size() == 0) release_chain(inode, inode.chain, tx, dropped);
@@ -482,10 +519,19 @@ Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vect
   return {};
 }
 
-// Maps every hole of [fb, fb+n) to newly allocated unwritten blocks.
-Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx) {
+// Maps every hole of [fb, fb+n) to newly allocated unwritten blocks, one
+// commit per extents_per_commit() holes (a crash keeps the holes filled so
+// far, as a partial preallocation on Linux does).
+Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
+                            std::vector<BlockRange>& dropped) {
+  const size_t max = extents_per_commit();
+  size_t filled = 0;
   uint64_t end = fb + n;
   for (uint64_t cur = fb; cur < end;) {
+    if (filled == max) {
+      if (auto st = commit_piece(tx, dropped); !st) return st;
+      filled = 0;
+    }
     Extent* e = inode.extents.at_or_after(cur);
     if (e && e->file_block <= cur) {
       cur = e->file_end();
@@ -502,6 +548,7 @@ Status FsImpl::_preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& 
     std::vector<BlockRange> none;  // inserting drops nothing
     stage_extent_edit(inode, edit, tx, none);
     cur += r.count;
+    ++filled;
   }
   return {};
 }
@@ -557,11 +604,11 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
     } else {
       result = zero_range_in_place(inode, off, block_offset(first_full), tx, dropped);
       if (result) result = zero_range_in_place(inode, block_offset(last_full), end, tx, dropped);
-      if (result) result = _punch(inode, first_full, last_full - first_full, tx, dropped);
+      if (result) result = punch_in_pieces(inode, first_full, last_full - first_full, tx, dropped);
     }
   } else {
     if (mode & kFallocZeroRange) result = zero_range_in_place(inode, off, end, tx, dropped);
-    if (result) result = _preallocate(inode, first_block, end_block - first_block, tx);
+    if (result) result = _preallocate(inode, first_block, end_block - first_block, tx, dropped);
   }
   if (result && !(mode & kFallocKeepSize) && end > inode.rec.size) {
     result = zero_partial_block(inode, inode.rec.size, tx, dropped);

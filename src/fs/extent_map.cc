@@ -30,6 +30,11 @@ Extent* ExtentMap::at_or_after(uint64_t fb) {
   return it == set_.end() ? nullptr : &*it;
 }
 
+Extent* ExtentMap::next(Extent& e) {
+  auto it = std::next(Set::s_iterator_to(e));
+  return it == set_.end() ? nullptr : &*it;
+}
+
 Extent* ExtentMap::before(uint64_t fb) {
   auto it = set_.lower_bound(fb, ExtentByFileBlock{});
   if (it == set_.begin()) return nullptr;

@@ -75,6 +75,7 @@ class ExtentMap {
   Extent* at_or_after(uint64_t fb);
   Extent* containing(uint64_t fb);
   Extent* before(uint64_t fb);  // the last extent starting before fb
+  Extent* next(Extent& e);      // the extent after e, else nullptr
   // Adds a loaded record; returns false if it overlaps an existing extent.
   bool load(Extent* e);
   // Removes [fb, fb+n) from the map (splitting extents at the edges).

@@ -158,6 +158,7 @@ Status FsImpl::load() {
   }
   if (!check_) reclaim_unnamed_lost_inodes();
   if (auto st = reclaim_orphans(); !st) return st;
+  if (auto st = finish_truncates(); !st) return st;
   // A read-only check leaves the image as it is (and skips those regions).
   if (!check_ || check_->repair) recompute_dirty_checksums();
   return check_ ? Status{} : replay_poison_list();
@@ -579,6 +580,23 @@ Status FsImpl::reclaim_orphans() {
   return {};
 }
 
+// A truncate of a file with more extents than one commit holds sets the new
+// size and kInodeTruncating first, then unmaps what lies past EOF in pieces
+// (FsImpl::_truncate). A crash in between leaves the flag and the extents
+// past EOF, which a later extension of the file must not bring back: the
+// truncate is finished here, as ext4 does with its orphan list.
+Status FsImpl::finish_truncates() {
+  for (auto& inode : inodes_) {
+    if (!inode || !(inode->rec.flags & kInodeTruncating)) continue;
+    if (check_ && !check_->repair) continue;  // a read-only check leaves it to the next mount
+    Transaction tx;
+    std::vector<BlockRange> dropped;
+    if (auto st = unmap_past_eof(*inode, tx, dropped); !st) return st;
+    if (auto st = commit(tx, std::move(dropped)); !st) return st;
+  }
+  return {};
+}
+
 Status FsImpl::unmount() {
   std::unique_lock lock(mutex_);
   // Shut down: the in-memory state is not trusted; the image is left as it
@@ -700,7 +718,13 @@ void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx,
 }
 
 Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
-  if (auto st = journal_.commit(tx); !st) return st;
+  if (auto st = journal_.commit(tx); !st) {
+    // The in-memory state already holds the change the media refused: serving
+    // on would serve what a remount cannot find. Stop, as XFS does when a
+    // dirty transaction cannot commit; the media keeps the last commit.
+    if (!tx.empty()) shutdown("a metadata transaction could not be committed (" + st.error().to_string() + ")");
+    return st;
+  }
   for (const BlockRange& r : dropped) alloc_.defer_free(r);
   // Freed blocks under known poison are poisoned free space: quarantined
   // now, as notify_failure and the next mount would do, so the allocator
@@ -723,6 +747,25 @@ Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
   // Running low while freed space waits for a checkpoint: take one now.
   if (alloc_.pending_blocks() > alloc_.free_blocks()) journal_.checkpoint();
   return {};
+}
+
+Status FsImpl::commit_piece(Transaction& tx, std::vector<BlockRange>& dropped) {
+  Status st = commit(tx, std::move(dropped));
+  tx = Transaction{};
+  dropped.clear();
+  return st;
+}
+
+// A changed extent costs one 48-byte journal record (a 32-byte slot and its
+// header) on each side of a clone; 128 bytes each leaves room for the inode,
+// chain links and the records of split extents.
+size_t FsImpl::extents_per_commit() const { return std::max<size_t>(1, journal_.max_tx_bytes() / 128); }
+
+uint64_t FsImpl::piece_end(Inode& inode, uint64_t fb, uint64_t end, size_t max) {
+  size_t count = 0;
+  for (Extent* e = inode.extents.at_or_after(fb); e && e->file_block < end; e = inode.extents.next(*e))
+    if (++count > max) return std::max(fb + 1, e->file_block);
+  return end;
 }
 
 // ---------------------------------------------------------------- attributes

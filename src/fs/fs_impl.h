@@ -169,6 +169,15 @@ class FsImpl final : public Filesystem {
   void stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx, std::vector<BlockRange>& freed);
   // Commits tx, then releases what it dropped (after the commit, never before).
   Status commit(Transaction& tx, std::vector<BlockRange> dropped = {});
+  // Commits what is staged and leaves tx and dropped empty for the next piece.
+  Status commit_piece(Transaction& tx, std::vector<BlockRange>& dropped);
+  // Operations over many extents (clone, punch) work in pieces of at most
+  // this many extents, each one commit: a fragmented file can have more
+  // extents than the journal holds records.
+  size_t extents_per_commit() const;
+  // The end of the first piece of [fb, end) of inode's blocks that holds at
+  // most `max` extents (> fb).
+  uint64_t piece_end(Inode& inode, uint64_t fb, uint64_t end, size_t max);
 
   // Allocates like Allocator::allocate and clears any poison under the new
   // blocks: free space is not patrolled, so latent poison may sit there, and
@@ -204,7 +213,9 @@ class FsImpl final : public Filesystem {
                         std::vector<BlockRange>& dropped);
   Status _truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped);
   Status _punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
-  Status _preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx);
+  Status unmap_past_eof(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped);
+  Status punch_in_pieces(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
+  Status _preallocate(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
   Status zero_partial_block(Inode& inode, uint64_t off, Transaction& tx, std::vector<BlockRange>& dropped);
   Status zero_range_in_place(Inode& inode, uint64_t from, uint64_t to, Transaction& tx,
                              std::vector<BlockRange>& dropped);
@@ -219,6 +230,8 @@ class FsImpl final : public Filesystem {
   Result<std::pair<Inode*, Inode*>> get_regular_pair(Ino src, Ino dst);
   Status _clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n, Transaction& tx,
                 std::vector<BlockRange>& dropped);
+  Status clone_in_pieces(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n, Transaction& tx,
+                         std::vector<BlockRange>& dropped, uint64_t& cloned);
   Result<uint64_t> _copy_bytes(Inode& src, uint64_t src_off, Inode& dst, uint64_t dst_off, uint64_t len,
                                Transaction& tx, std::vector<BlockRange>& dropped);
   uint64_t alloc_hint(Inode& inode, uint64_t fb);
@@ -303,6 +316,7 @@ class FsImpl final : public Filesystem {
   Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
   Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
   Status reclaim_orphans();
+  Status finish_truncates();
   Status check_links();
   Status check_exclusive_metadata();
   // In check mode records the problem and returns true (go on); else false.

@@ -13,7 +13,8 @@
 namespace poisonfs {
 
 Status Filesystem::format(Media& media, const MkfsOptions& options) {
-  auto planned = plan_geometry(media.size(), options.inode_count, options.data_checksums);
+  uint64_t journal_blocks = options.journal_bytes / kBlockSize + (options.journal_bytes % kBlockSize != 0);
+  auto planned = plan_geometry(media.size(), options.inode_count, options.data_checksums, journal_blocks);
   if (!planned) return std::unexpected(planned.error());
   Superblock sb = *planned;
   std::random_device rd;

@@ -58,17 +58,36 @@ const char* fsmap_owner_name(FsmapOwner owner) {
 Status FsImpl::_clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n,
                       Transaction& tx, std::vector<BlockRange>& dropped) {
   std::vector<Piece> pieces;
-  for (Extent* e = src.extents.at_or_after(src_fb); e && e->file_block < src_fb + n;) {
+  for (Extent* e = src.extents.at_or_after(src_fb); e && e->file_block < src_fb + n; e = src.extents.next(*e)) {
     uint64_t from = std::max(src_fb, e->file_block), to = std::min(src_fb + n, e->file_end());
     if (!e->unwritten()) pieces.push_back({from, e->phys_block + (from - e->file_block), to - from});
-    auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
-    e = next == src.extents.end() ? nullptr : &*next;
   }
   if (auto st = reserve_slots(dst, dst.chain, pieces.size() + 2, tx); !st) return st;
   ExtentEdit edit;
   dst.extents.punch(dst_fb, n, edit);
   for (const Piece& p : pieces) dst.extents.insert(dst_fb + (p.file_block - src_fb), p.nblocks, p.phys_block, 0, edit);
   stage_extent_edit(dst, edit, tx, dropped);
+  return {};
+}
+
+// Clones n blocks in pieces of at most extents_per_commit() extents on either
+// side, committing all but the last, which stays staged in tx for the caller.
+// Each commit grows dst over what is cloned so far: a crash leaves a prefix
+// of the clone (as XFS, which remaps one extent per transaction), never a
+// block mapped past EOF. `cloned` counts the blocks done, also on failure.
+Status FsImpl::clone_in_pieces(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, uint64_t n,
+                               Transaction& tx, std::vector<BlockRange>& dropped, uint64_t& cloned) {
+  const size_t max = extents_per_commit();
+  for (cloned = 0; cloned < n;) {
+    uint64_t s = src_fb + cloned, d = dst_fb + cloned;
+    uint64_t step = std::min(piece_end(src, s, src_fb + n, max) - s, piece_end(dst, d, dst_fb + n, max) - d);
+    if (auto st = _clone(src, s, dst, d, step, tx, dropped); !st) return st;
+    cloned += step;
+    if (cloned == n) break;
+    dst.rec.size = std::max(dst.rec.size, block_offset(dst_fb + cloned));
+    stage_inode(tx, dst);
+    if (auto st = commit_piece(tx, dropped); !st) return st;
+  }
   return {};
 }
 
@@ -104,7 +123,8 @@ Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t 
   std::vector<BlockRange> dropped;
   Status st;
   if (dst_off + len > d.rec.size) st = zero_partial_block(d, d.rec.size, tx, dropped);
-  if (st) st = _clone(s, src_off / kBlockSize, d, dst_off / kBlockSize, div_up(len, kBlockSize), tx, dropped);
+  uint64_t cloned = 0;
+  if (st) st = clone_in_pieces(s, src_off / kBlockSize, d, dst_off / kBlockSize, div_up(len, kBlockSize), tx, dropped, cloned);
   if (st) {
     d.rec.size = std::max(d.rec.size, dst_off + len);
     d.rec.mtime_ns = d.rec.ctime_ns = now_ns();
@@ -181,14 +201,13 @@ Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, 
       uint64_t so = src_off + head, doff = dst_off + head;
       Status st;
       if (doff > d.rec.size) st = zero_partial_block(d, d.rec.size, tx, dropped);
-      if (st) st = _clone(s, so / kBlockSize, d, doff / kBlockSize, blocks, tx, dropped);
-      if (st) {
-        uint64_t shared = std::min(blocks * kBlockSize, len - head);
-        d.rec.size = std::max(d.rec.size, doff + shared);
-        *copied += shared;
-      } else if (*copied == 0) {
-        copied = std::unexpected(st.error());
-      }
+      uint64_t cloned = 0;
+      if (st) st = clone_in_pieces(s, so / kBlockSize, d, doff / kBlockSize, blocks, tx, dropped, cloned);
+      // A failure part way is a short copy of what was shared before it.
+      uint64_t shared = std::min(cloned * kBlockSize, len - head);
+      if (shared) d.rec.size = std::max(d.rec.size, doff + shared);
+      *copied += shared;
+      if (!st && *copied == 0) copied = std::unexpected(st.error());
     }
     if (copied && tail && *copied == len - tail) {
       auto more = _copy_bytes(s, src_off + len - tail, d, dst_off + len - tail, tail, tx, dropped);

@@ -3,7 +3,7 @@
 // over Filesystem::format; every check that could refuse the request runs
 // before the image is touched, so a refused mkfs never changes a file.
 //
-//   mkfs.poisonfs [-f] [-L LABEL] [-N INODES] [--no-checksums] IMAGE SIZE
+//   mkfs.poisonfs [-f] [-L LABEL] [-N INODES] [-J SIZE] [--no-checksums] IMAGE SIZE
 #include <fcntl.h>
 #include <getopt.h>
 #include <linux/fs.h>
@@ -35,6 +35,7 @@ struct Options {
   bool force = false;
   std::string label;
   uint64_t inode_count = 0;
+  uint64_t journal_bytes = 0;  // 0: the default
   bool data_checksums = true;
   std::string image;
   std::optional<std::string> size_text;
@@ -47,7 +48,7 @@ struct Options {
 
 // Usage errors print one error line and this synopsis; -h prints the help.
 void usage(FILE* out) {
-  std::fprintf(out, "usage: %s [-f] [-L LABEL] [-N INODES] [--no-checksums] IMAGE SIZE\n", kTool);
+  std::fprintf(out, "usage: %s [-f] [-L LABEL] [-N INODES] [-J SIZE] [--no-checksums] IMAGE SIZE\n", kTool);
   if (out == stderr) return;
   std::fprintf(out,
                "  SIZE   bytes, or with a binary suffix K, M, G, T (e.g. 256M)\n"
@@ -55,6 +56,8 @@ void usage(FILE* out) {
                "  -f     overwrite an existing poisonfs filesystem\n"
                "  -L     volume label\n"
                "  -N     number of inodes (default: derived from the size)\n"
+               "  -J     journal size, 256K .. 64M (default: 1/32 of the device, at least\n"
+               "         256K)\n"
                "  --no-checksums\n"
                "         no crc32c per data block (no silent-corruption detection, no\n"
                "         healing of every sharer by one recovery write)\n");
@@ -65,12 +68,13 @@ Options parse_args(int argc, char** argv) {
   static const option kLong[] = {{"force", no_argument, nullptr, 'f'},
                                  {"label", required_argument, nullptr, 'L'},
                                  {"inodes", required_argument, nullptr, 'N'},
+                                 {"journal-size", required_argument, nullptr, 'J'},
                                  {"no-checksums", no_argument, nullptr, 'C'},
                                  {"help", no_argument, nullptr, 'h'},
                                  {nullptr, 0, nullptr, 0}};
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "+:fL:N:h", kLong, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "+:fL:N:J:h", kLong, nullptr)) != -1) {
     switch (c) {
       case 'f':
         opt.force = true;
@@ -87,6 +91,15 @@ Options parse_args(int argc, char** argv) {
           die(std::string("invalid inode count '") + optarg + "'");
         }
         opt.inode_count = n;
+        break;
+      }
+      case 'J': {
+        // Checked here, before the image is created or changed.
+        auto bytes = parse_size(optarg);
+        if (!bytes) die(std::string("invalid journal size '") + optarg + "'");
+        if (*bytes < kMinJournalBytes || *bytes > kMaxJournalBytes)
+          die(std::string("journal size ") + optarg + " is outside 256K .. 64M");
+        opt.journal_bytes = *bytes;
         break;
       }
       case 'C':
@@ -262,6 +275,7 @@ int run(int argc, char** argv) {
   mkfs.inode_count = opt.inode_count;
   mkfs.label = opt.label;
   mkfs.data_checksums = opt.data_checksums;
+  mkfs.journal_bytes = opt.journal_bytes;
   // Like mke2fs: the root directory belongs to whoever makes the filesystem.
   mkfs.root_uid = getuid();
   mkfs.root_gid = getgid();

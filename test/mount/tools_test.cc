@@ -194,6 +194,29 @@ TEST_F(MkfsTool, AcceptsBinarySuffix) {
   EXPECT_EQ(json_number(s.out, "device_bytes"), 67108864u) << s.out;
 }
 
+TEST_F(MkfsTool, JournalSizeOption) {
+  std::string img = path("journal.img");
+  RunResult r = mkfs({"-J", "256K", img, "64M"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  RunResult s = ctl({"stat", "--json", img});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  EXPECT_EQ(json_number(s.out, "journal_blocks"), 64u) << s.out;
+  EXPECT_EQ(fsck({"-n", img}).exit_code, 0);
+  // Out of range or garbage: one line, nothing created or changed.
+  uint64_t before = checksum(img);
+  for (std::string bad : {"128K", "65M", "0", "x", "-1"}) {
+    SCOPED_TRACE("-J " + bad);
+    r = mkfs({"-J", bad, path("bad.img"), "64M"});
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_EQ(count_lines(r.err), 1u) << r.err;
+    EXPECT_NE(r.err.find("journal size"), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(path("bad.img")));
+    r = mkfs({"-f", "-J", bad, img, "64M"});
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_EQ(checksum(img), before);
+  }
+}
+
 TEST_F(MkfsTool, RefusesExistingImageWithoutForce) {
   std::string img = fresh_image();
   std::string uuid = json_text(ctl({"stat", "--json", img}).out, "uuid");
