@@ -46,7 +46,7 @@ void FsImpl::recompute_dirty_checksums() {
     for_each_written_block(r.start, r.count, [&](uint64_t b) {
       // A poisoned block keeps its entry: it still describes the lost
       // content, which a recovery write can then be matched against.
-      if (media_->poison().first(block_offset(b), kBlockSize)) return;
+      if (poison().first(block_offset(b), kBlockSize)) return;
       csums_.set(b, DataChecksums::of_block(media_->at(block_offset(b))));
     });
   }
@@ -56,7 +56,7 @@ void FsImpl::recompute_dirty_checksums() {
 void FsImpl::repair_checksum_block(uint64_t block) {
   if (block == sb_.csum_start) {
     csums_.rewrite_bitmap();  // durable before the poison is forgotten
-    media_->poison().clear(block_offset(block), kBlockSize);
+    poison().clear(block_offset(block), kBlockSize);
     return;
   }
   // Entries from the data they describe; what cannot be read stays unknown.
@@ -65,7 +65,7 @@ void FsImpl::repair_checksum_block(uint64_t block) {
   const uint64_t end = std::min(sb_.data_end, first + kCsumEntriesPerBlock);
   if (first < end)
     for_each_written_block(first, end - first, [&](uint64_t b) {
-      if (media_->poison().first(block_offset(b), kBlockSize)) return;
+      if (poison().first(block_offset(b), kBlockSize)) return;
       put_le<uint32_t>(buf.data() + (b - first) * kCsumEntrySize, DataChecksums::of_block(media_->at(block_offset(b))));
     });
   rewrite_poisoned_block(block, buf.data());
@@ -73,7 +73,7 @@ void FsImpl::repair_checksum_block(uint64_t block) {
 
 std::optional<bool> FsImpl::checksum_matches(uint64_t block) {
   const uint32_t recorded = csums_.get(block);
-  if (recorded == 0 || media_->poison().first(block_offset(block), kBlockSize)) return std::nullopt;
+  if (recorded == 0 || poison().first(block_offset(block), kBlockSize)) return std::nullopt;
   return DataChecksums::of_block(media_->at(block_offset(block))) == recorded;
 }
 
@@ -113,7 +113,7 @@ std::vector<std::string> FsImpl::verify_data_checksums() {
     // fsck meets latent poison here (and skips the block): known from now
     // on, so the next mount notifies every sharer. Not a problem of the
     // filesystem's structure: data poison is reported by the mount.
-    if (check_ && !media_->poison().empty()) (void)media_->poison().make_known(block_offset(b), kBlockSize);
+    if (check_ && !poison().empty()) (void)poison().make_known(block_offset(b), kBlockSize);
     if (is_stale(b) || !first_corrupt_block(block_offset(b), kBlockSize)) return;
     std::string owners;
     for (const EventOwner& o : data_owners_of(b))

@@ -33,9 +33,9 @@ uint32_t FsImpl::crc_after_store(uint64_t block, size_t lo, size_t hi, const std
   const uint64_t base = block_offset(block);
   const std::byte* old = media_->at(base);
   auto poisoned = [&](size_t from, size_t to) {
-    return from < to && media_->poison().first(base + from, to - from).has_value();
+    return from < to && poison().first(base + from, to - from).has_value();
   };
-  if (media_->poison().empty() || (!poisoned(0, lo) && !poisoned(hi, kBlockSize))) {
+  if (poison().empty() || (!poisoned(0, lo) && !poisoned(hi, kBlockSize))) {
     uint32_t crc = crc32c(old, lo);
     crc = crc32c(src ? src : kZeroBlock.data(), hi - lo, crc);
     return crc32c(old + hi, kBlockSize - hi, crc);
@@ -154,7 +154,7 @@ Status FsImpl::unshare(Inode& inode, uint64_t fb, uint64_t n, uint64_t keep_from
       uint64_t span_from = block_offset(cur), span_to = block_offset(cur + run);
       uint64_t hole_from = std::clamp(keep_from, span_from, span_to), hole_to = std::clamp(keep_to, hole_from, span_to);
       auto poisoned = [&](uint64_t from, uint64_t to) {
-        return from < to && media_->poison().first(block_offset(old_phys) + (from - span_from), to - from);
+        return from < to && poison().first(block_offset(old_phys) + (from - span_from), to - from);
       };
       if (poisoned(span_from, hole_from) || poisoned(hole_to, span_to)) {
         // Latent poison found here is consumed like a read's (known, notified).
@@ -313,13 +313,13 @@ Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::b
 // each piece unclipped to whole units. Empty when the device has none.
 std::vector<PoisonRange> FsImpl::poison_under(Inode& inode, uint64_t off, uint64_t end) {
   std::vector<PoisonRange> out;
-  if (media_->poison().empty()) return out;
+  if (poison().empty()) return out;
   for (Extent* e = inode.extents.at_or_after(off / kBlockSize); e && block_offset(e->file_block) < end;) {
     uint64_t lo = std::max(off, block_offset(e->file_block)), hi = std::min(end, block_offset(e->file_end()));
     uint64_t phys = block_offset(e->phys_block) + (lo - block_offset(e->file_block));
     uint64_t unit_lo = phys / kPoisonUnit * kPoisonUnit;
     uint64_t unit_hi = (phys + (hi - lo) + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit;
-    for (const PoisonRange& p : media_->poison().overlapping(unit_lo, unit_hi - unit_lo)) out.push_back(p);
+    for (const PoisonRange& p : poison().overlapping(unit_lo, unit_hi - unit_lo)) out.push_back(p);
     auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
     e = next == inode.extents.end() ? nullptr : &*next;
   }
@@ -355,7 +355,7 @@ bool FsImpl::restores_recorded_content(uint64_t block, size_t lo, size_t hi, con
   if (recorded == 0) return false;
   const uint64_t base = block_offset(block);
   // Every poisoned byte of the block must be among the written ones.
-  if ((lo > 0 && media_->poison().first(base, lo)) || (hi < kBlockSize && media_->poison().first(base + hi, kBlockSize - hi)))
+  if ((lo > 0 && poison().first(base, lo)) || (hi < kBlockSize && poison().first(base + hi, kBlockSize - hi)))
     return false;
   const std::byte* old = media_->at(base);
   uint32_t crc = crc32c(old, lo);
@@ -376,7 +376,7 @@ std::vector<uint64_t> FsImpl::healable_blocks(Inode& inode, uint64_t off, std::s
     }
     const uint64_t phys = e->phys_block + (fb - e->file_block);
     if (e->unwritten() || rmap_.refcount(phys) < 2 ||
-        !media_->poison().first(block_offset(phys), kBlockSize))
+        !poison().first(block_offset(phys), kBlockSize))
       continue;
     const uint64_t lo = std::max(off, block_offset(fb)), hi = std::min(end, block_offset(fb + 1));
     if (restores_recorded_content(phys, lo - block_offset(fb), hi - block_offset(fb), data.data() + (lo - off)))
@@ -411,7 +411,7 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
     const uint64_t end = off + data.size();
     // The hot path: one atomic load when the device has no poison.
     std::vector<PoisonRange> before;  // the poison the write starts from
-    if (!media_->poison().empty() && !data.empty() && end > off) before = poison_under(**inode, off, end);
+    if (!poison().empty() && !data.empty() && end > off) before = poison_under(**inode, off, end);
     const bool recovery = !before.empty();
     if (recovery)
       if (auto st = check_recovery_write(**inode, off, end); !st) return std::unexpected(st.error());
@@ -431,7 +431,7 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
       // durable before the poison list (persisted at once) forgets the range.
       media_->drain();
       recovered = poison_under(**inode, off, off + *n);
-      media_->poison().clear_all(recovered);  // one save of the device's record
+      poison().clear_all(recovered);  // one save of the device's record
       Event e;
       e.kind = EventKind::kRecovery;
       // The poisoned device range: cleared in place, or left to the other sharers.

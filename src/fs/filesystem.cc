@@ -42,7 +42,7 @@ bool Inode::is_reg() const { return S_ISREG(rec.mode); }
 bool Inode::is_lnk() const { return S_ISLNK(rec.mode); }
 
 FsImpl::FsImpl(std::unique_ptr<Media> media, const Superblock& sb)
-    : media_(std::move(media)), sb_(sb), journal_(*media_, sb_), csums_(*media_, sb_) {
+    : media_(std::move(media)), poison_(media_->poison()), sb_(sb), journal_(*media_, sb_), csums_(*media_, sb_) {
   journal_.set_checkpoint_hook([this] {
     alloc_.release_pending();
     csums_.checkpoint();
@@ -207,7 +207,7 @@ Status FsImpl::replay_journal() {
     if (!replayed) return std::unexpected(replayed.error());
     return {};
   }
-  (void)media_->poison().make_known(region, region_len);  // mount consumed it
+  (void)poison().make_known(region, region_len);  // mount consumed it
   if (found == Journal::PoisonFound::kPastEnd) {
     if (check_) check_->problems.push_back("journal: poison past the end of the log");
     if (check_ && !check_->repair) return {};
@@ -238,8 +238,8 @@ Status FsImpl::replay_journal() {
 }
 
 bool FsImpl::poisoned_at_mount(uint64_t off, uint64_t len) {
-  if (!media_->poison().first(off, len)) return false;
-  (void)media_->poison().make_known(off, len);  // mount consumed it
+  if (!poison().first(off, len)) return false;
+  (void)poison().make_known(off, len);  // mount consumed it
   return true;
 }
 
@@ -247,7 +247,7 @@ void FsImpl::lost_to_poison(const char* what, Ino ino, uint64_t off, uint64_t le
   if (check_) {
     tolerate(problem, off, len);
     // Whole units: clear_poison clears only the units inside its range.
-    for (const PoisonRange& p : media_->poison().overlapping(off, len)) {
+    for (const PoisonRange& p : poison().overlapping(off, len)) {
       uint64_t lo = p.offset / kPoisonUnit * kPoisonUnit, hi = (p.end() + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit;
       check_->poison_to_clear.emplace_back(lo, hi - lo);
     }
@@ -619,9 +619,9 @@ void FsImpl::stage_inode(Transaction& tx, Inode& inode) {
 
 BlockRange FsImpl::allocate_clean(uint64_t count, uint64_t hint) {
   BlockRange r = alloc_.allocate(count, hint);
-  if (r.count == 0 || media_->poison().empty()) return r;
+  if (r.count == 0 || poison().empty()) return r;
   const uint64_t lo = block_offset(r.start), hi = block_offset(r.start + r.count);
-  for (const PoisonRange& p : media_->poison().overlapping(lo, hi - lo)) {
+  for (const PoisonRange& p : poison().overlapping(lo, hi - lo)) {
     const uint64_t from = std::max(lo, p.offset), to = std::min(hi, p.end());
     media_->clear_poison(from, to - from);
     record_event(EventKind::kRepair, from, to - from, "poison in free space cleared before the blocks were allocated",
@@ -730,9 +730,9 @@ Status FsImpl::commit(Transaction& tx, std::vector<BlockRange> dropped) {
   // now, as notify_failure and the next mount would do, so the allocator
   // never hands them to a new owner (DESIGN.md section 3). Not in fsck,
   // whose space accounting knows no quarantine.
-  if (!check_ && !media_->poison().empty()) {
+  if (!check_ && !poison().empty()) {
     for (const BlockRange& r : dropped) {
-      for (const PoisonRange& p : media_->poison().overlapping(block_offset(r.start), r.count * kBlockSize)) {
+      for (const PoisonRange& p : poison().overlapping(block_offset(r.start), r.count * kBlockSize)) {
         if (p.latent) continue;
         quarantine({p.offset / kBlockSize, (p.end() + kBlockSize - 1) / kBlockSize - p.offset / kBlockSize});
         Event q;

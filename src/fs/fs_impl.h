@@ -355,6 +355,10 @@ class FsImpl final : public Filesystem {
 
   mutable std::shared_mutex mutex_;
   std::unique_ptr<Media> media_;
+  // The device's poison list, fetched once: every read and write asks it
+  // whether it is empty, and Media::poison() is a virtual call.
+  PoisonList& poison_;
+  PoisonList& poison() const { return poison_; }
   Superblock sb_;
   Journal journal_;
   DataChecksums csums_;

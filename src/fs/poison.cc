@@ -88,12 +88,12 @@ void FsImpl::record_event(EventKind kind, uint64_t offset, uint64_t length, std:
 // mount would see an old list. Never silent: one event per failed save (the
 // media printed it on stderr already); inject fails with it too.
 void FsImpl::report_poison_persist_error() {
-  const uint64_t failures = media_->poison().persist_failures();
+  const uint64_t failures = poison().persist_failures();
   uint64_t reported = persist_failures_reported_.load();
   if (failures == reported || !persist_failures_reported_.compare_exchange_strong(reported, failures)) return;
   Event e;
   e.kind = EventKind::kError;
-  e.action = media_->poison().last_persist_error();
+  e.action = poison().last_persist_error();
   std::lock_guard lock(events_mutex_);
   push_event_locked(std::move(e));
 }
@@ -134,8 +134,8 @@ Health FsImpl::health() {
   Health h;
   h.shutdown = shutdown_.load();
   h.reason = h.shutdown ? shutdown_reason_ : "";
-  h.known_poison_bytes = media_->poison().known_bytes();
-  h.latent_poison_bytes = media_->poison().latent_bytes();
+  h.known_poison_bytes = poison().known_bytes();
+  h.latent_poison_bytes = poison().latent_bytes();
   {
     std::shared_lock lock(mutex_);
     for (const BlockRange& r : quarantine_) h.quarantined_bytes += r.count * kBlockSize;
@@ -172,7 +172,7 @@ std::string FsImpl::first_path(Ino ino) {
 void FsImpl::rewrite_poisoned_block(uint64_t block, const std::byte* content) {
   media_->write(block_offset(block), content, kBlockSize);
   media_->persist(block_offset(block), kBlockSize);
-  media_->poison().clear(block_offset(block), kBlockSize);
+  poison().clear(block_offset(block), kBlockSize);
 }
 
 // Rewrites a record block from the in-memory records that live in it.
@@ -341,7 +341,7 @@ Result<PoisonRange> FsImpl::inject_poison(uint64_t offset, uint64_t length, bool
   if (offset >= dev_end || length > dev_end - offset)
     return fail(std::errc::invalid_argument,
                 strfmt("range {}+{} lies outside the device ({} bytes)", offset, length, dev_end));
-  const uint64_t save_failures = media_->poison().persist_failures();
+  const uint64_t save_failures = poison().persist_failures();
   Result<PoisonRange> r;
   {
     // Exclusive: nobody may read the range while its data is destroyed.
@@ -354,12 +354,12 @@ Result<PoisonRange> FsImpl::inject_poison(uint64_t offset, uint64_t length, bool
   // The poison is in place (the data is gone) but the record of it did not
   // reach IMAGE.badblocks: the caller must know.
   report_poison_persist_error();
-  if (media_->poison().persist_failures() != save_failures)
-    return fail(std::errc::io_error, "poison injected, but " + media_->poison().last_persist_error());
+  if (poison().persist_failures() != save_failures)
+    return fail(std::errc::io_error, "poison injected, but " + poison().last_persist_error());
   return r;
 }
 
-std::vector<PoisonRange> FsImpl::badblocks() { return media_->poison().all(); }
+std::vector<PoisonRange> FsImpl::badblocks() { return poison().all(); }
 
 Result<std::vector<FilePoison>> FsImpl::file_poison(Ino ino) {
   std::shared_lock lock(mutex_);
@@ -379,9 +379,9 @@ std::string file_poison_json(const std::vector<FilePoison>& ranges) {
 // sharer sees the poison under its blocks, in memory or not.
 std::vector<FilePoison> FsImpl::_file_poison(Inode& inode) {
   std::vector<FilePoison> out;
-  if (media_->poison().empty()) return out;
+  if (poison().empty()) return out;
   for (const Extent& e : inode.extents) {
-    for (const PoisonRange& p : media_->poison().overlapping(block_offset(e.phys_block), e.nblocks * kBlockSize)) {
+    for (const PoisonRange& p : poison().overlapping(block_offset(e.phys_block), e.nblocks * kBlockSize)) {
       if (p.latent) continue;
       uint64_t file_off = block_offset(e.file_block) + (p.offset - block_offset(e.phys_block));
       if (!out.empty() && out.back().file_offset + out.back().length == file_off) out.back().length += p.length;
@@ -396,7 +396,7 @@ std::optional<std::pair<PoisonRange, size_t>> FsImpl::first_poisoned(std::span<c
   for (const ReadSegment& s : segs) {
     if (s.data) {
       uint64_t dev = static_cast<uint64_t>(s.data - media_->base());
-      if (auto p = media_->poison().first(dev, s.length)) return std::pair{*p, pos + (p->offset - dev)};
+      if (auto p = poison().first(dev, s.length)) return std::pair{*p, pos + (p->offset - dev)};
     }
     pos += s.length;
   }
@@ -417,7 +417,7 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
     result = _read_segments(**inode, off, len, segs);
     if (!result) return result;
 #ifndef POISONFS_BENCH_NO_POISON_CHECK  // defined only by bench.sh's baseline build of core_bench (issue 4)
-    auto poisoned = media_->poison().empty() ? std::nullopt : first_poisoned(segs);
+    auto poisoned = poison().empty() ? std::nullopt : first_poisoned(segs);
 #else
     std::optional<std::pair<PoisonRange, size_t>> poisoned;
 #endif
@@ -449,16 +449,16 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
   }
   if (consumed) {
     // Like MF_ACTION_REQUIRED: the read found the DIMM's record.
-    for (const PoisonRange& r : media_->poison().make_known(consumed->offset, consumed->length))
+    for (const PoisonRange& r : poison().make_known(consumed->offset, consumed->length))
       (void)notify_failure(r.offset, r.length, kMfActionRequired);
   }
   return result;
 }
 
 void FsImpl::consume_latent(uint64_t dev_off, uint64_t len) {
-  if (media_->poison().empty()) return;
+  if (poison().empty()) return;
   // make_known reports each range once, even to racing callers.
-  std::vector<PoisonRange> found = media_->poison().make_known(dev_off, len);
+  std::vector<PoisonRange> found = poison().make_known(dev_off, len);
   if (found.empty()) return;
   std::lock_guard lock(consumed_mutex_);
   consumed_latent_.insert(consumed_latent_.end(), found.begin(), found.end());
@@ -496,8 +496,8 @@ Status FsImpl::replay_poison_list() {
   // on demand, never the whole table): known now, recomputed from the data
   // below. The other metadata was read by load(), which found its poison.
   if (sb_.csum_start < sb_.data_start)
-    (void)media_->poison().make_known(block_offset(sb_.csum_start), block_offset(sb_.data_start - sb_.csum_start));
-  for (const PoisonRange& r : media_->poison().all()) {
+    (void)poison().make_known(block_offset(sb_.csum_start), block_offset(sb_.data_start - sb_.csum_start));
+  for (const PoisonRange& r : poison().all()) {
     if (r.latent) continue;
     uint64_t dev_end = block_offset(sb_.total_blocks);
     if (r.offset >= dev_end) continue;

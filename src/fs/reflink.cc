@@ -147,7 +147,7 @@ Result<uint64_t> FsImpl::_copy_bytes(Inode& src, uint64_t src_off, Inode& dst, u
     auto got = _read_segments(src, src_off + done, chunk, segs);
     if (!got) return std::unexpected(got.error());
     // Poisoned bytes never leave the media: the copy stops before them.
-    if (!media_->poison().empty() && first_poisoned(segs)) {
+    if (!poison().empty() && first_poisoned(segs)) {
       // Latent poison found here is consumed like a read's (known, notified).
       for (const ReadSegment& seg : segs)
         if (seg.data) consume_latent(static_cast<uint64_t>(seg.data - media_->base()), seg.length);
@@ -233,7 +233,7 @@ Result<std::vector<BmapEntry>> FsImpl::bmap(Ino ino) {
       auto [shared, run] = sharing_run(e.phys_block + b, e.nblocks - b);
       run = std::min(run, e.nblocks - b);
       // And where known poison starts or ends.
-      auto [poisoned, bytes] = poison_piece(media_->poison(), block_offset(e.phys_block + b),
+      auto [poisoned, bytes] = poison_piece(poison(), block_offset(e.phys_block + b),
                                             block_offset(e.phys_block + b + run));
       run = bytes / kBlockSize;
       out.push_back(BmapEntry{block_offset(e.file_block + b), block_offset(e.phys_block + b), run * kBlockSize,
@@ -254,7 +254,7 @@ Status FsImpl::fsmap(uint64_t start, uint64_t length, const std::function<bool(c
     to = std::min(to, end);
     // In pieces where known poison starts or ends (e.file_offset is from's).
     for (uint64_t at = from; go_on && at < to;) {
-      auto [poisoned, n] = poison_piece(media_->poison(), at, to);
+      auto [poisoned, n] = poison_piece(poison(), at, to);
       FsmapEntry piece = e;
       piece.physical = at;
       piece.length = n;

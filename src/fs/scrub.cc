@@ -61,8 +61,8 @@ Result<ScrubReport> FsImpl::scrub(const std::function<void(uint64_t done, uint64
         });
       }
       // Latent poison anywhere in the chunk becomes known and is notified.
-      if (!media_->poison().empty()) {
-        for (const PoisonRange& r : media_->poison().make_known(block_offset(b), block_offset(n))) {
+      if (!poison().empty()) {
+        for (const PoisonRange& r : poison().make_known(block_offset(b), block_offset(n))) {
           ++rep.latent_found;
           if (r.offset >= total_bytes) continue;
           uint64_t len = std::min(r.length, total_bytes - r.offset);
@@ -103,7 +103,7 @@ Result<ScrubReport> FsImpl::scrub(const std::function<void(uint64_t done, uint64
                    "quarantined free space cleared and returned", {EventOwner{"free", 0, "", 0, 0}});
     }
   }
-  rep.known_poison_bytes = media_->poison().known_bytes();
+  rep.known_poison_bytes = poison().known_bytes();
   return rep;
 }
 
