@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 
@@ -78,6 +79,9 @@ void reply_stat(fuse_req_t req, size_t out_bufsz) {
   st.csum_blocks = info.csum_blocks;
   st.checksum_flags = (info.data_checksums ? POISONFS_STAT_DATA_CHECKSUMS : 0) |
                       (info.verify_checksums ? POISONFS_STAT_VERIFY_CHECKSUMS : 0);
+  const bool killpriv_v2 = context(req).killpriv_v2.load(std::memory_order_relaxed);
+  st.session_flags = killpriv_v2 ? POISONFS_STAT_KILLPRIV_V2 : 0;
+  st.getxattr_requests = context(req).getxattr_requests.load(std::memory_order_relaxed);
   std::memcpy(st.uuid, info.uuid.data(), std::min(info.uuid.size(), sizeof st.uuid - 1));
   reply_record(req, st, out_bufsz);
 }
@@ -120,25 +124,14 @@ long own_mount_id(const std::string& mountpoint) {
   return -1;
 }
 
-// As the kernel does before FICLONERANGE or any write (file_remove_privs):
-// new contents lose the setuid bit, and the setgid bit of a group-executable
-// file, unless the writer is privileged. The kernel cannot do it here, since
-// it does not know that this ioctl writes. Root stands in for CAP_FSETID (the
-// daemon cannot see the caller's capabilities).
-Status kill_suid(fuse_req_t req, fuse_ino_t ino) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
-  if (ctx->uid == 0) return {};
-  auto attr = context(req).fs->getattr(ino);
-  if (!attr) return std::unexpected(attr.error());
-  uint32_t kill = attr->mode & S_ISUID;
-  if ((attr->mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) kill |= S_ISGID;
-  if (kill == 0) return {};
-  SetAttr set;
-  set.valid = SetAttr::kMode;
-  set.mode = attr->mode & ~kill;
-  auto done = context(req).fs->setattr(ino, set, Caller{.uid = ctx->uid, .gid = ctx->gid, .umask = ctx->umask});
-  if (!done) return std::unexpected(done.error());
-  return {};
+// Runs reply once the invalidations queued so far have been sent (see
+// CacheInvalidator::then). REQUIRES: reply does not throw.
+void reply_after_invalidations(fuse_req_t req, std::function<void()> reply) {
+  if (CacheInvalidator* invalidator = context(req).invalidator) {
+    invalidator->then(std::move(reply));
+  } else {
+    reply();  // no session loop (never while requests are served)
+  }
 }
 
 void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void* in_buf, size_t in_bufsz) {
@@ -161,7 +154,9 @@ void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void*
     fuse_reply_err(req, EXDEV);
     return;
   }
-  if (Status killed = kill_suid(req, dst); !killed) {
+  // As the kernel does before FICLONERANGE or any write (file_remove_privs);
+  // it cannot do it here, since it does not know that this ioctl writes.
+  if (Status killed = drop_privileges(req, dst, unflagged_kill(req)); !killed) {
     fuse_reply_err(req, killed.error().errno_value());
     return;
   }
@@ -173,8 +168,8 @@ void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void*
   // The kernel cannot know that dst changed (unlike copy_file_range, which
   // it invalidates itself): drop its cached size and pages before the
   // caller returns, or it reads the old bytes (keep_cache) and the old size.
-  if (context(req).session) fuse_lowlevel_notify_inval_inode(context(req).session, dst, 0, 0);
-  fuse_reply_ioctl(req, 0, nullptr, 0);
+  if (CacheInvalidator* invalidator = context(req).invalidator) invalidator->push(dst, 0, 0);
+  reply_after_invalidations(req, [req] { fuse_reply_ioctl(req, 0, nullptr, 0); });
 }
 
 void bmap(fuse_req_t req, fuse_ino_t ino, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
@@ -297,10 +292,9 @@ void inject(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufs
     fuse_reply_err(req, r.error().errno_value());
     return;
   }
-  if (context(req).invalidator) context(req).invalidator->wait_idle();
   args.out_offset = r->offset;
   args.out_length = r->length;
-  reply_record(req, args, out_bufsz);
+  reply_after_invalidations(req, [req, args, out_bufsz] { reply_record(req, args, out_bufsz); });
 }
 
 // Fills one page of ranges from `all`, continuing at the cursor.
@@ -381,7 +375,6 @@ void scrub(fuse_req_t req, size_t out_bufsz) {
     fuse_reply_err(req, rep.error().errno_value());
     return;
   }
-  if (context(req).invalidator) context(req).invalidator->wait_idle();
   poisonfs_scrub out{};
   out.bytes_scanned = rep->bytes_scanned;
   out.latent_found = rep->latent_found;
@@ -391,7 +384,7 @@ void scrub(fuse_req_t req, size_t out_bufsz) {
   out.blocks_verified = rep->blocks_verified;
   out.checksum_mismatches = rep->checksum_mismatches;
   out.flags = rep->checksums ? POISONFS_SCRUB_CHECKSUMS : 0;
-  reply_record(req, out, out_bufsz);
+  reply_after_invalidations(req, [req, out, out_bufsz] { reply_record(req, out, out_bufsz); });
 }
 
 }  // namespace

@@ -17,16 +17,17 @@ CacheInvalidator::~CacheInvalidator() {
 void CacheInvalidator::push(uint64_t ino, uint64_t offset, uint64_t length) {
   {
     std::lock_guard lock(mutex_);
-    queue_.push_back({ino, offset, length});
-    ++pushed_;
+    queue_.push_back(Item{.ino = ino, .offset = offset, .length = length, .then = {}});
   }
   wake_.notify_one();
 }
 
-void CacheInvalidator::wait_idle() {
-  std::unique_lock lock(mutex_);
-  uint64_t target = pushed_;
-  idle_.wait(lock, [&] { return sent_ >= target || stopping_; });
+void CacheInvalidator::then(std::function<void()> fn) {
+  {
+    std::lock_guard lock(mutex_);
+    queue_.push_back(Item{.then = std::move(fn)});
+  }
+  wake_.notify_one();
 }
 
 void CacheInvalidator::run() {
@@ -34,15 +35,17 @@ void CacheInvalidator::run() {
   for (;;) {
     wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, nothing left
-    Item item = queue_.front();
+    Item item = std::move(queue_.front());
     queue_.pop_front();
     lock.unlock();
-    // -ENOENT: the kernel holds nothing of that inode; nothing to drop.
-    (void)fuse_lowlevel_notify_inval_inode(se_, item.ino, static_cast<off_t>(item.offset),
-                                           static_cast<off_t>(item.length));
+    if (item.then) {
+      item.then();
+    } else {
+      // -ENOENT: the kernel holds nothing of that inode; nothing to drop.
+      (void)fuse_lowlevel_notify_inval_inode(se_, item.ino, static_cast<off_t>(item.offset),
+                                             static_cast<off_t>(item.length));
+    }
     lock.lock();
-    ++sent_;
-    idle_.notify_all();
   }
 }
 

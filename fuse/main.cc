@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -27,11 +28,13 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
 
 #include "invalidator.h"
+#include "killpriv.h"
 #include "ops.h"
 #include "poisonfs/filesystem.h"
 
@@ -43,6 +46,9 @@ namespace poisonfs::fuse {
 namespace {
 
 constexpr unsigned kUnset = UINT_MAX;
+// The readahead window the daemon gives its mount (set_read_ahead): one
+// READ of max_read bytes.
+constexpr unsigned kDefaultReadAheadKb = kMaxIo / 1024;
 
 // The command line as fuse_opt_parse fills it (plain data: fuse_opt stores
 // through offsets). Strings are malloc'ed by fuse_opt or by strdup.
@@ -55,12 +61,14 @@ struct CmdLine {
   int foreground;
   int debug;
   int singlethread;
+  int multithread;
   int clone_fd;
   int show_help;
   int show_version;
   unsigned max_idle_threads;
   unsigned max_threads;
   unsigned max_read;
+  unsigned read_ahead_kb;
   int verify_checksums;
 };
 
@@ -75,10 +83,12 @@ const fuse_opt kOptions[] = {
     PFS_OPT("-f", foreground, 1),
     PFS_OPT("-s", singlethread, 1),
     PFS_OPT("singlethread", singlethread, 1),
+    PFS_OPT("multithread", multithread, 1),
     PFS_OPT("clone_fd", clone_fd, 1),
     PFS_OPT("max_idle_threads=%u", max_idle_threads, 0),
     PFS_OPT("max_threads=%u", max_threads, 0),
     PFS_OPT("max_read=%u", max_read, 0),
+    PFS_OPT("read_ahead_kb=%u", read_ahead_kb, 0),
     PFS_OPT("read_reply=%s", read_reply, 0),
     PFS_OPT("verify_checksums", verify_checksums, 1),
     PFS_OPT("-h", show_help, 1),
@@ -173,11 +183,14 @@ void print_usage(const char* prog) {
       "    -V, --version          print the version and exit\n"
       "    -f                     stay in the foreground\n"
       "    -d, -o debug           log every request (implies -f)\n"
-      "    -s, -o singlethread    serve requests on one thread\n"
-      "    -o clone_fd            one /dev/fuse descriptor per worker thread\n"
-      "    -o max_idle_threads=N  idle worker threads kept (multithreaded loop)\n"
-      "    -o max_threads=N       worker threads at most (multithreaded loop)\n"
+      "    -s, -o singlethread    serve requests on one thread (the default)\n"
+      "    -o multithread         serve requests on libfuse's worker threads\n"
+      "    -o clone_fd            one /dev/fuse descriptor per worker (implies multithread)\n"
+      "    -o max_idle_threads=N  idle workers kept (implies multithread)\n"
+      "    -o max_threads=N       workers at most (implies multithread)\n"
       "    -o max_read=N          largest read request in bytes (default 1 MiB)\n"
+      "    -o read_ahead_kb=N     readahead window of the mount in KiB (default %u;\n"
+      "                           0: the kernel's 128; needs root)\n"
       "    -o read_reply=MODE     how read replies leave: iov (default), data, splice\n"
       "    -o verify_checksums    check every read against the data's crc32c (EIO and a\n"
       "                           corruption event on a mismatch)\n"
@@ -190,7 +203,7 @@ void print_usage(const char* prog) {
       "Always on: default_permissions, fsname=<IMAGE as an absolute path>,\n"
       "subtype=poisonfs. Ignored (mount(8) passes them): rw, dev, suid, exec,\n"
       "auto, noauto, user, nouser, users, nofail, _netdev, defaults.\n",
-      prog);
+      prog, kDefaultReadAheadKb);
 }
 
 // An absolute form of path: the real path when it exists, else cwd + path,
@@ -247,6 +260,37 @@ bool image_is_mounted(const std::string& image) {
     if (fstype == "fuse.poisonfs" && unescape_mountinfo(source) == image) return true;
   }
   return false;
+}
+
+// The device number ("0:42") of the poisonfs mount on mountpoint (the last
+// one listed: the top of a stack), or "" when there is none.
+std::string mount_device(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line, device;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint ... - fstype source options
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, point;
+    fields >> id >> parent >> devno >> root >> point;
+    const bool ours = line.find(" - fuse.poisonfs ") != std::string::npos;
+    if (ours && unescape_mountinfo(point) == mountpoint) device = devno;
+  }
+  return device;
+}
+
+// Raises the readahead window of the mount, before the session loop answers
+// INIT. The kernel starts every FUSE mount at 128 KiB (VM_READAHEAD_PAGES)
+// and, at INIT, keeps the smaller of that and the reply's max_readahead, so
+// max_readahead alone cannot raise it; the bdi's sysfs knob (root only, like
+// blockdev --setra) raises the first term. A sequential buffered reader then
+// gets 1 MiB READs, up to four in flight, instead of 256 KiB READs, at most
+// two (numbers in README.md, Benchmarks).
+void set_read_ahead(const std::string& mountpoint, unsigned kb, bool asked) {
+  const std::string device = mount_device(mountpoint);
+  std::ofstream knob("/sys/class/bdi/" + device + "/read_ahead_kb");
+  if (!device.empty() && knob && (knob << kb << "\n").flush()) return;
+  // Not root (a user mount through fusermount3): the kernel's window stays.
+  if (asked) std::fprintf(stderr, "poisonfs: cannot set read_ahead_kb of %s\n", mountpoint.c_str());
 }
 
 // Opens the image. A daemon that was just unmounted may still be writing
@@ -319,8 +363,22 @@ void report_ready() {
   g_ready_fd = -1;
 }
 
+// One thread serves requests unless asked otherwise. With one request in
+// flight at a time (a synchronous reader or writer) it answers 2-4x more
+// 4 KiB requests than libfuse's multithreaded loop (README.md, Benchmarks):
+// there the kernel hands each request to the worker that has waited longest,
+// so consecutive requests alternate between threads and CPUs. It is safe
+// because no handler waits for another request: whatever must wait for the
+// kernel to drop cached pages (which a READ queued behind it may hold) runs
+// on the invalidation thread (invalidator.h).
+bool multithreaded(const CmdLine& cmd) {
+  if (cmd.singlethread) return false;
+  return cmd.multithread || cmd.clone_fd || cmd.max_idle_threads != kUnset ||
+         cmd.max_threads != kUnset;
+}
+
 int run_loop(fuse_session* se, const CmdLine& cmd) {
-  if (cmd.singlethread) return fuse_session_loop(se);
+  if (!multithreaded(cmd)) return fuse_session_loop(se);
   fuse_loop_config* config = fuse_loop_cfg_create();
   if (!config) return -ENOMEM;
   fuse_loop_cfg_set_clone_fd(config, cmd.clone_fd ? 1 : 0);
@@ -351,6 +409,7 @@ int daemon_main(int argc, char** argv) {
   cmd.max_idle_threads = kUnset;
   cmd.max_threads = kUnset;
   cmd.max_read = kMaxIo;
+  cmd.read_ahead_kb = kUnset;
   CmdLineOwner owner{&cmd, &args};
 
   if (fuse_opt_parse(&args, &cmd, kOptions, process_arg) != 0) {
@@ -403,6 +462,11 @@ int daemon_main(int argc, char** argv) {
     return 1;
   }
   if (cmd.debug) cmd.foreground = 1;
+  if (cmd.read_ahead_kb == kUnset) {
+    context.max_readahead = kDefaultReadAheadKb * 1024;
+  } else if (cmd.read_ahead_kb != 0) {
+    context.max_readahead = std::min<uint64_t>(cmd.read_ahead_kb, UINT_MAX / 1024) * 1024;
+  }
 
   const std::string image = absolute_path(cmd.image);
   std::string mountpoint = cmd.mountpoint;
@@ -474,6 +538,18 @@ int daemon_main(int argc, char** argv) {
   context.mountpoint = mountpoint;
   if (fuse_session_mount(se, mountpoint.c_str()) != 0) {
     std::fprintf(stderr, "%s: cannot mount on '%s'\n", prog, mountpoint.c_str());
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    (void)fs->unmount();
+    return 1;
+  }
+  if (cmd.read_ahead_kb != 0) {
+    set_read_ahead(mountpoint, context.max_readahead / 1024, cmd.read_ahead_kb != kUnset);
+  }
+  // Before the loop reads the INIT request (see killpriv.h).
+  if (int err = install_killpriv_shim(se); err != 0) {
+    std::fprintf(stderr, "%s: cannot install the /dev/fuse shim: %s\n", prog, std::strerror(-err));
+    fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
     (void)fs->unmount();

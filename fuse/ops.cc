@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "killpriv.h"
 #include "poisonfs/ioctl.h"
 
 namespace poisonfs::fuse {
@@ -133,11 +134,13 @@ void pfs_init(void* userdata, fuse_conn_info* conn) {
   auto* mc = static_cast<MountContext*>(userdata);
   conn->max_write = kMaxIo;
   conn->max_read = mc->max_read;
-  conn->max_readahead = kMaxIo;
+  conn->max_readahead = mc->max_readahead;
   conn->time_gran = 1;
-  // The kernel must send O_TRUNC as a separate setattr, do permission checks
-  // and suid/sgid clearing itself, cache nothing dirty, and hand out no
-  // handles for NFS export.
+  // The kernel must send O_TRUNC as a separate setattr (whose
+  // FATTR_KILL_SUIDGID covers the truncation), do permission checks itself,
+  // cache nothing dirty, and hand out no handles for NFS export.
+  // HANDLE_KILLPRIV (v1) stays off: killpriv.h negotiates v2, which says per
+  // request whether the caller lacks CAP_FSETID.
   //
   // No AUTO_INVAL_DATA: with it the kernel drops a file's whole page cache
   // whenever a getattr shows a new mtime or size, i.e. after every write
@@ -236,6 +239,8 @@ void pfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
       set.valid |= SetAttr::kCtime;
       set.ctime = from_timespec(attr->st_ctim);
     }
+    // Truncate by a caller without CAP_FSETID, or chown of a non-directory.
+    if (request_kills_suid_sgid()) set.valid |= SetAttr::kKillSuidSgid;
     reply_attr(req, filesystem(req).setattr(ino, set, caller_of(req)));
   });
 }
@@ -419,6 +424,15 @@ void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
 void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
                fuse_file_info* /*fi*/) {
   guarded(req, [&] {
+    // The kernel says whether the writer lacks CAP_FSETID (killpriv.h); a
+    // write-back of mmapped pages drops nothing, as in the VFS.
+    if (!request_is_page_writeback()) {
+      KillPriv kill = request_kills_suid_sgid() ? KillPriv::kCapsAndSuid : KillPriv::kCaps;
+      if (Status st = drop_privileges(req, ino, kill); !st) {
+        reply_error(req, st.error());
+        return;
+      }
+    }
     Result<size_t> n = filesystem(req).write(
         ino, static_cast<uint64_t>(off),
         std::span<const std::byte>(reinterpret_cast<const std::byte*>(buf), size));
@@ -447,6 +461,10 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
   guarded(req, [&] {
     if (off < 0 || length <= 0) {
       fuse_reply_err(req, EINVAL);
+      return;
+    }
+    if (Status st = drop_privileges(req, ino, unflagged_kill(req)); !st) {
+      reply_error(req, st.error());
       return;
     }
     reply_status(req, filesystem(req).fallocate(ino, mode, static_cast<uint64_t>(off),
@@ -553,6 +571,7 @@ void pfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* 
 
 void pfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
   guarded(req, [&] {
+    context(req)->getxattr_requests.fetch_add(1, std::memory_order_relaxed);
     Result<std::string> value = filesystem(req).getxattr(ino, name);
     if (!value) {
       reply_error(req, value.error());
@@ -606,6 +625,10 @@ void pfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_f
       fuse_reply_err(req, EINVAL);
       return;
     }
+    if (Status st = drop_privileges(req, ino_out, unflagged_kill(req)); !st) {
+      reply_error(req, st.error());
+      return;
+    }
     Result<uint64_t> n = filesystem(req).copy_range(ino_in, static_cast<uint64_t>(off_in), ino_out,
                                                     static_cast<uint64_t>(off_out), len);
     if (!n) {
@@ -617,6 +640,23 @@ void pfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_f
 }
 
 }  // namespace
+
+Status drop_privileges(fuse_req_t req, fuse_ino_t ino, KillPriv kill) {
+  Result<bool> dropped = filesystem(req).drop_privileges(ino, kill);
+  if (!dropped) return std::unexpected(dropped.error());
+  // The kernel no longer changes the mode itself (killpriv.h), and after a
+  // write it refetches only size and times: without this, a stat(STATX_MODE)
+  // or an exec right after the write would see the old setuid bit until the
+  // attribute timeout. An offset of -1 drops attributes, not pages, and
+  // takes no page lock, so it can be sent from the handler, before the reply.
+  fuse_session* se = context(req)->session;
+  if (*dropped && se) fuse_lowlevel_notify_inval_inode(se, ino, -1, 0);
+  return {};
+}
+
+KillPriv unflagged_kill(fuse_req_t req) {
+  return fuse_req_ctx(req)->uid == 0 ? KillPriv::kCaps : KillPriv::kCapsAndSuid;
+}
 
 fuse_lowlevel_ops make_poisonfs_ops() {
   fuse_lowlevel_ops ops{};

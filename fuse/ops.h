@@ -11,6 +11,8 @@
 #include <fuse_lowlevel.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "poisonfs/filesystem.h"
@@ -35,11 +37,20 @@ struct MountContext {
   // Must equal the max_read mount option given to fuse_session_new
   // (libfuse refuses the INIT otherwise).
   unsigned max_read = 1u << 20;
+  // The INIT reply's max_readahead: the kernel keeps the smaller of it and
+  // the mount's readahead window (main.cc, set_read_ahead).
+  unsigned max_readahead = 1u << 20;
   ReadReply read_reply = ReadReply::kIov;
   // Absolute mountpoint: finds this mount's id in /proc/self/mountinfo.
   std::string mountpoint;
   // Sends kernel cache invalidations; set while the session loop runs.
   class CacheInvalidator* invalidator = nullptr;
+  // The kernel accepted FUSE_HANDLE_KILLPRIV_V2 (killpriv.h): it no longer
+  // asks for security.capability before each write.
+  std::atomic<bool> killpriv_v2{false};
+  // GETXATTR requests served (POISONFS_IOC_STAT): shows that writes stopped
+  // asking.
+  std::atomic<uint64_t> getxattr_requests{0};
 };
 
 // Entry and attribute timeouts in seconds: every change goes through this
@@ -53,6 +64,15 @@ inline constexpr unsigned kMaxIo = 1u << 20;
 // Fills the low-level op table. The session's userdata must be a
 // MountContext*.
 fuse_lowlevel_ops make_poisonfs_ops();
+
+// Drops what a change of ino's bytes takes from it (KillPriv), before the
+// change, and has the kernel refetch ino's attributes when it lost anything.
+Status drop_privileges(fuse_req_t req, fuse_ino_t ino, KillPriv kill);
+
+// What a change the kernel does not flag takes (fallocate, copy_file_range,
+// the clone ioctl): root stands in for CAP_FSETID, which the daemon cannot
+// see.
+KillPriv unflagged_kill(fuse_req_t req);
 
 // The poisonfs ioctls (include/poisonfs/ioctl.h), in control.cc. fi->fh
 // holds the file's open flags. Replies exactly once.

@@ -765,7 +765,7 @@ if want poison; then
 
   # 6. Through the mount: recovery writes (dd oflag=direct of the true bytes
   #    over 256 poisoned blocks) vs plain overwrites of the same range, and
-  #    crc32c with fio. Every poison and clear also rewrites IMAGE.badblocks
+  #    crc32c with fio. Every poison and clear also appends to IMAGE.badblocks
   #    here, which the in-process cases do not pay.
   RIMG=$SHM/recovery.img
   RMNT=$W/recovery

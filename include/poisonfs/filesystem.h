@@ -54,6 +54,15 @@ struct Caller {
   uint32_t umask = 0;
 };
 
+// What a change of a file's bytes or owner takes away, as the VFS does
+// (file_remove_privs, notify_change); a FUSE kernel told
+// FUSE_HANDLE_KILLPRIV_V2 leaves it to the filesystem. security.capability
+// grants privileges to exactly the old bytes, so it always goes. The setuid
+// bit, and the setgid bit of a group-executable file (without
+// group-execute, setgid marks locking, not privilege), go too unless the
+// writer has CAP_FSETID; a chown always takes them.
+enum class KillPriv : uint8_t { kCaps, kCapsAndSuid };
+
 // Which fields a setattr changes.
 struct SetAttr {
   enum : uint32_t {
@@ -66,6 +75,9 @@ struct SetAttr {
     kAtimeNow = 1u << 6,
     kMtimeNow = 1u << 7,
     kCtime = 1u << 8,
+    // Truncate (kSize) and chown (kUid/kGid of a non-directory) drop
+    // security.capability; with this bit the setuid/setgid bits too (KillPriv).
+    kKillSuidSgid = 1u << 9,
   };
   uint32_t valid = 0;
   uint32_t mode = 0, uid = 0, gid = 0;
@@ -292,6 +304,10 @@ class Filesystem {
   // Convenience copy for tools and tests.
   Result<size_t> read_copy(Ino ino, uint64_t off, std::span<std::byte> out);
   virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) = 0;
+  // What a writer does before it changes a file's bytes (write, fallocate,
+  // copy_file_range, clone): drops what kill says (see KillPriv). Returns
+  // whether the file lost anything.
+  virtual Result<bool> drop_privileges(Ino ino, KillPriv kill) = 0;
   virtual Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) = 0;
   virtual Status fsync(Ino ino, bool datasync) = 0;
 

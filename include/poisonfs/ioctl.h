@@ -27,10 +27,18 @@ struct poisonfs_stat {
   char uuid[40];  // NUL-terminated text form
   uint64_t csum_start, csum_blocks;  // data checksum region (0 blocks: none)
   uint64_t checksum_flags;           // POISONFS_STAT_*
-  uint64_t reserved[13];
+  // The FUSE session: flags (POISONFS_STAT_KILLPRIV_V2), and GETXATTR
+  // requests served since mount (a debug counter: the kernel asks for
+  // security.capability before every write unless KILLPRIV_V2 is in force).
+  uint64_t session_flags;
+  uint64_t getxattr_requests;
+  uint64_t reserved[11];
 };
 #define POISONFS_STAT_DATA_CHECKSUMS 0x1u    // the image keeps a crc32c per data block
 #define POISONFS_STAT_VERIFY_CHECKSUMS 0x2u  // mounted with -o verify_checksums
+// The kernel accepted FUSE_HANDLE_KILLPRIV_V2: the daemon drops setuid/setgid
+// and security.capability on write, truncate and chown.
+#define POISONFS_STAT_KILLPRIV_V2 0x1u
 
 #define POISONFS_IOC_STAT _IOR(POISONFS_IOC_MAGIC, 1, struct poisonfs_stat)
 

@@ -32,6 +32,15 @@ struct PoisonRange {
   bool operator==(const PoisonRange&) const = default;
 };
 
+// One change of the list, as its saver (on_change) records it: ranges
+// added (known wins over latent where they meet) or removed, in the order
+// given. Replayed in order on the list before it, it gives the list after.
+struct PoisonChange {
+  enum class Kind : uint8_t { kAdded, kRemoved };
+  Kind kind;
+  std::span<const PoisonRange> ranges;
+};
+
 class PoisonList {
  public:
   // Adds [off, off+len) rounded out to units (known wins over latent where
@@ -43,6 +52,8 @@ class PoisonList {
   std::vector<PoisonRange> clear_all(std::span<const PoisonRange> ranges);
   // Every range overlapping [off, off+len), clipped to it, in order.
   std::vector<PoisonRange> overlapping(uint64_t off, uint64_t len) const;
+  // The same, appended to `out` (one allocation for several queries).
+  void append_overlapping(uint64_t off, uint64_t len, std::vector<PoisonRange>& out) const;
   // The first poisoned byte in [off, off+len), if any (and its range).
   std::optional<PoisonRange> first(uint64_t off, uint64_t len) const;
   // Marks the latent ranges overlapping [off, off+len) known; returns them.
@@ -52,9 +63,11 @@ class PoisonList {
   bool empty() const { return count_.load(std::memory_order_acquire) == 0; }
   uint64_t known_bytes() const;
   uint64_t latent_bytes() const;
-  // Called (outside the lock) after every change with the whole list: the
-  // media persists its error record there.
-  void set_on_change(std::function<void(const std::vector<PoisonRange>&)> fn) { on_change_ = std::move(fn); }
+  // Called after every change, outside the lock that readers take: the
+  // media persists its error record there. Changes and their calls are
+  // serialized, in the same order, so all() inside the callback is the list
+  // right after the change. REQUIRES: the callback changes no list.
+  void set_on_change(std::function<void(const PoisonChange&)> fn) { on_change_ = std::move(fn); }
   // The saver (on_change) reports here that the record could not be
   // persisted. Its owner compares persist_failures() before and after a
   // change (the operation fails) and with what it reported (an event).
@@ -69,13 +82,18 @@ class PoisonList {
   };
   void insert_locked(uint64_t off, uint64_t end, bool latent);
   void merge_locked(uint64_t lo, uint64_t hi);
-  void changed();
+  void changed(PoisonChange::Kind kind, std::span<const PoisonRange> ranges);
 
+  // Lock order: change_mutex_, then mutex_. A change holds change_mutex_
+  // through its on_change call, so that the record gets the changes in the
+  // order they were made (a log of changes replays correctly only in that
+  // order); readers take mutex_ alone and never wait for the record.
+  std::mutex change_mutex_;
   mutable std::shared_mutex mutex_;
   std::map<uint64_t, Entry> ranges_;  // start -> (end, latent); disjoint
   std::atomic<size_t> count_{0};
   void clear_locked(uint64_t off, uint64_t len, std::vector<PoisonRange>& removed);
-  std::function<void(const std::vector<PoisonRange>&)> on_change_;
+  std::function<void(const PoisonChange&)> on_change_;
   mutable std::mutex persist_error_mutex_;
   std::string persist_error_;
   std::atomic<uint64_t> persist_failures_{0};

@@ -23,8 +23,16 @@ uint64_t clamp_u64(uint64_t v, uint64_t lo, uint64_t hi) { return std::min(std::
 
 }  // namespace
 
+// 64 bytes per step, OR-ed (the compiler vectorizes it): mount asks this of
+// every free inode slot and every empty record slot.
 bool all_zero(const std::byte* p, size_t n) {
-  for (size_t i = 0; i < n; ++i)
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t w[8];
+    std::memcpy(w, p + i, sizeof w);
+    if ((w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7]) != 0) return false;
+  }
+  for (; i < n; ++i)
     if (p[i] != std::byte{0}) return false;
   return true;
 }

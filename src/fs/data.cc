@@ -319,7 +319,7 @@ std::vector<PoisonRange> FsImpl::poison_under(Inode& inode, uint64_t off, uint64
     uint64_t phys = block_offset(e->phys_block) + (lo - block_offset(e->file_block));
     uint64_t unit_lo = phys / kPoisonUnit * kPoisonUnit;
     uint64_t unit_hi = (phys + (hi - lo) + kPoisonUnit - 1) / kPoisonUnit * kPoisonUnit;
-    for (const PoisonRange& p : poison().overlapping(unit_lo, unit_hi - unit_lo)) out.push_back(p);
+    poison().append_overlapping(unit_lo, unit_hi - unit_lo, out);
     auto next = std::next(ExtentMap::Set::s_iterator_to(*e));
     e = next == inode.extents.end() ? nullptr : &*next;
   }
@@ -333,8 +333,9 @@ std::vector<PoisonRange> FsImpl::poison_under(Inode& inode, uint64_t off, uint64
 // sharers stay poisoned; blocks this file owns alone are written in place,
 // and only then, after the transaction commits, is their poison cleared: a
 // crash before leaves the range poisoned (EIO), never stale bytes.
-Status FsImpl::check_recovery_write(Inode& inode, uint64_t off, uint64_t end) {
-  for (const PoisonRange& p : poison_under(inode, off, end)) {
+// `poison` is poison_under(inode, off, end).
+Status FsImpl::check_recovery_write(Inode& inode, uint64_t off, uint64_t end, std::span<const PoisonRange> poison) {
+  for (const PoisonRange& p : poison) {
     // Device bytes of p must lie inside the device bytes of [off, end).
     bool covered = false;
     for (Extent* e = inode.extents.at_or_after(off / kBlockSize); e && block_offset(e->file_block) < end;) {
@@ -400,7 +401,6 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
 
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
   LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
-  std::vector<PoisonRange> recovered;
   Result<size_t> n;
   {
     std::unique_lock lock(mutex_);
@@ -414,13 +414,14 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
     if (!poison().empty() && !data.empty() && end > off) before = poison_under(**inode, off, end);
     const bool recovery = !before.empty();
     if (recovery)
-      if (auto st = check_recovery_write(**inode, off, end); !st) return std::unexpected(st.error());
+      if (auto st = check_recovery_write(**inode, off, end, before); !st) return std::unexpected(st.error());
     Transaction tx;
     std::vector<BlockRange> dropped;
     if (recovery) heal_in_place_ = healable_blocks(**inode, off, data);
     n = _write(**inode, off, data, tx, dropped);
     std::vector<uint64_t> healed;
     healed.swap(heal_in_place_);
+    const bool remapped = !tx.empty();  // else every byte went in place
     // Committed even when nothing was written: a record block linked into
     // the inode's chain (in memory already) must reach the media too.
     auto committed = commit(tx, std::move(dropped));
@@ -430,7 +431,10 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
       // A pure in-place write commits nothing: drain so that the data is
       // durable before the poison list (persisted at once) forgets the range.
       media_->drain();
-      recovered = poison_under(**inode, off, off + *n);
+      // Unless blocks were remapped (copy-on-write) or the write fell short,
+      // that is the poison it started from: no second lookup.
+      const std::vector<PoisonRange> recovered =
+          remapped || *n != data.size() ? poison_under(**inode, off, off + *n) : before;
       poison().clear_all(recovered);  // one save of the device's record
       Event e;
       e.kind = EventKind::kRecovery;

@@ -42,17 +42,27 @@ Extent* ExtentMap::before(uint64_t fb) {
 }
 
 bool ExtentMap::load(Extent* e) {
-  Extent* prev = before(e->file_end());
-  if (prev && prev->file_end() > e->file_block) return false;
   // kSlotValid marks a used record slot, not a kind of extent: kept, it
   // would stop a loaded extent from merging with a new one of its kind.
   e->flags &= ~kSlotValid;
-  set_.insert(*e);
+  last_insert_ = nullptr;
+  // Records are usually stored in file order (appended as the file grew):
+  // one past the last extent goes at the end with no search. (The tree's
+  // rbegin() would search: Boost.Intrusive walks down to its maximum.)
+  if (set_.empty() || (load_tail_ && load_tail_->file_end() <= e->file_block)) {
+    set_.push_back(*e);
+    load_tail_ = e;
+  } else {
+    Extent* prev = before(e->file_end());
+    if (prev && prev->file_end() > e->file_block) return false;
+    set_.insert(*e);  // before load_tail_, which stays the last
+  }
   mapped_ += e->nblocks;
   return true;
 }
 
 void ExtentMap::split_at(uint64_t fb, ExtentEdit& edit) {
+  load_tail_ = last_insert_ = nullptr;
   Extent* e = containing(fb);
   if (!e || e->file_block == fb) return;
   auto* right = new Extent;
@@ -67,6 +77,7 @@ void ExtentMap::split_at(uint64_t fb, ExtentEdit& edit) {
 }
 
 void ExtentMap::erase(Extent* e, ExtentEdit& edit) {
+  load_tail_ = last_insert_ = nullptr;
   set_.erase(set_.iterator_to(*e));
   mapped_ -= e->nblocks;
   if (e->slot.valid()) edit.freed_slots.push_back(e->slot);
@@ -92,9 +103,10 @@ void ExtentMap::clear(ExtentEdit& edit) {
 }
 
 void ExtentMap::insert(uint64_t fb, uint64_t n, uint64_t phys, uint32_t flags, ExtentEdit& edit) {
+  load_tail_ = nullptr;
   mapped_ += n;
   edit.added.push_back({{phys, n}, fb});
-  Extent* prev = before(fb);
+  auto [prev, next_it] = hole_at(fb);
   Extent* cur = nullptr;
   if (prev && prev->file_end() == fb && prev->phys_end() == phys && prev->flags == flags) {
     prev->nblocks += n;
@@ -105,10 +117,13 @@ void ExtentMap::insert(uint64_t fb, uint64_t n, uint64_t phys, uint32_t flags, E
     cur->phys_block = phys;
     cur->nblocks = n;
     cur->flags = flags;
-    set_.insert(*cur);
+    // push_back at the end: Boost.Intrusive's insert_before(end()) would
+    // walk down to the last extent first.
+    if (next_it == set_.end()) set_.push_back(*cur);
+    else set_.insert_before(next_it, *cur);
   }
+  const bool at_end = next_it == set_.end();
   edit.dirty.push_back(cur);
-  auto next_it = std::next(set_.iterator_to(*cur));
   if (next_it != set_.end()) {
     Extent* next = &*next_it;
     if (next->file_block == cur->file_end() && next->phys_block == cur->phys_end() &&
@@ -120,6 +135,21 @@ void ExtentMap::insert(uint64_t fb, uint64_t n, uint64_t phys, uint32_t flags, E
       edit.graveyard.push_back(next);  // its blocks now belong to cur: nothing dropped
     }
   }
+  last_insert_ = cur;
+  last_insert_is_last_ = at_end;
+}
+
+// The range is a hole, so the new extent goes right before the first one
+// after fb. A clone inserts its pieces in file order (65,536 and more in a
+// row): each then lies right after the last insert, found with no search.
+std::pair<Extent*, ExtentMap::Set::iterator> ExtentMap::hole_at(uint64_t fb) {
+  if (last_insert_ && last_insert_->file_block < fb) {
+    if (last_insert_is_last_) return {last_insert_, set_.end()};
+    auto next = std::next(set_.iterator_to(*last_insert_));
+    if (next == set_.end() || next->file_block >= fb) return {last_insert_, next};
+  }
+  auto next = set_.lower_bound(fb, ExtentByFileBlock{});
+  return {next == set_.begin() ? nullptr : &*std::prev(next), next};
 }
 
 }  // namespace poisonfs

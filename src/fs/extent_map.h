@@ -13,6 +13,7 @@
 
 #include <boost/intrusive/set.hpp>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "alloc/allocator.h"
@@ -97,9 +98,21 @@ class ExtentMap {
   // Splits the extent containing fb (if fb is inside it) so that an extent starts at fb.
   void split_at(uint64_t fb, ExtentEdit& edit);
   void erase(Extent* e, ExtentEdit& edit);
+  // Where insert() puts an extent at fb: the last extent starting before
+  // it (or null) and the first one after it.
+  std::pair<Extent*, Set::iterator> hole_at(uint64_t fb);
 
   Set set_;
   uint64_t mapped_ = 0;
+  // The last extent while the map is being loaded (null once edited): the
+  // usual next record goes right after it.
+  Extent* load_tail_ = nullptr;
+  // The extent of the last insert, null when an extent may have been
+  // erased or added elsewhere since: the usual next insert goes right after
+  // it. last_insert_is_last_: no extent follows it (Boost.Intrusive finds
+  // the successor of the last one only by walking up to the root).
+  Extent* last_insert_ = nullptr;
+  bool last_insert_is_last_ = false;
 };
 
 }  // namespace poisonfs

@@ -2,8 +2,9 @@
 //
 // Mount order (DESIGN.md section 6): check the superblock (fall back to its
 // copy), replay the journal, scan the inode table and every chain into the
-// DRAM indexes, rebuild free space as the complement of what the records
-// own, then reclaim orphans (inodes unlinked while open when the daemon died).
+// DRAM indexes, build the reverse map from them in one sorted pass, rebuild
+// free space as the complement of what the records own, then reclaim
+// orphans (inodes unlinked while open when the daemon died).
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -127,13 +128,18 @@ Status FsImpl::load() {
 
   inodes_.clear();
   inodes_.resize(sb_.inode_count);
-  std::vector<BlockRange> used;
   for (uint64_t ino = sb_.inode_count; ino >= 1; --ino) {
-    if (auto st = load_inode(ino, used); !st) return st;
+    if (auto st = load_inode(ino); !st) return st;
     if (!inodes_[ino - 1] && !is_lost_inode(ino)) free_inos_.push_back(ino);
   }
-  // Free space is the complement of everything the reverse map holds.
-  rmap_.for_each_segment([&](uint64_t start, uint64_t count, uint32_t) { used.push_back({start, count}); });
+  rmap_.build(ownership_records());
+  // Free space is the complement of everything the reverse map holds
+  // (adjacent segments coalesced: a fragmented but full region is one range).
+  std::vector<BlockRange> used;
+  rmap_.for_each_segment([&](uint64_t start, uint64_t count, uint32_t) {
+    if (!used.empty() && used.back().end() == start) used.back().count += count;
+    else used.push_back({start, count});
+  });
   alloc_.rebuild(sb_.data_start, sb_.data_end, std::move(used));
   if (auto st = check_exclusive_metadata(); !st) return st;
   Inode* root = inodes_[kRootIno - 1].get();
@@ -317,7 +323,26 @@ Status FsImpl::check_exclusive_metadata() {
   return result;
 }
 
-Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
+// Every block the loaded records own, for the reverse map: built in one
+// sorted sweep (Rmap::build), not one tree insert and merge per record.
+std::vector<RmapRecord> FsImpl::ownership_records() const {
+  size_t count = 0;
+  for (const auto& inode : inodes_)
+    if (inode) count += inode->chain.blocks.size() + inode->xattr_chain.blocks.size() + inode->extents.size();
+  std::vector<RmapRecord> records;
+  records.reserve(count);
+  for (const auto& inode : inodes_) {
+    if (!inode) continue;
+    const Ino ino = inode->rec.ino;
+    for (const Chain* chain : {&inode->chain, &inode->xattr_chain})
+      for (uint64_t block : chain->blocks) records.push_back({block, 1, Owner{ino, 0, owner_kind_of(chain->kind)}});
+    for (const Extent& e : inode->extents)
+      records.push_back({e.phys_block, e.nblocks, Owner{ino, e.file_block, OwnerKind::kData}});
+  }
+  return records;
+}
+
+Status FsImpl::load_inode(uint64_t ino) {
   uint64_t off = inode_offset(sb_, ino);
   if (poisoned_at_mount(off, kInodeSize)) {
     // Whether the slot was in use is known once the names are (check_links).
@@ -338,17 +363,15 @@ Status FsImpl::load_inode(uint64_t ino, std::vector<BlockRange>& used) {
   inode->rec = **rec;
   inode->chain.kind = inode->is_dir() ? ChainKind::kDirents : ChainKind::kExtents;
   inode->xattr_chain.kind = ChainKind::kXattrs;
-  if (auto st = load_chain(*inode, inode->chain, inode->rec.chain_head, used); !st) return st;
-  if (auto st = load_chain(*inode, inode->xattr_chain, inode->rec.xattr_head, used); !st) return st;
-  (void)used;
-  for (const Extent& e : inode->extents) rmap_.add(e.phys_block, e.nblocks, Owner{ino, e.file_block, OwnerKind::kData});
+  if (auto st = load_chain(*inode, inode->chain, inode->rec.chain_head); !st) return st;
+  if (auto st = load_chain(*inode, inode->xattr_chain, inode->rec.xattr_head); !st) return st;
   next_generation_ = std::max(next_generation_, inode->rec.generation + 1);
   ++inodes_used_;
   inodes_[ino - 1] = std::move(inode);
   return {};
 }
 
-Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used) {
+Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head) {
   const uint64_t ino = inode.rec.ino;
   const uint32_t slot_size = slot_size_of(chain.kind), nslots = slots_per_block(chain.kind);
   std::unordered_set<uint64_t> visited;  // a hostile chain may loop
@@ -380,8 +403,6 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector
     }
     auto h = decode_chain_header(media_->at(block_offset(block)));
     chain.blocks.push_back(block);
-    rmap_.add(block, 1, Owner{ino, 0, owner_kind_of(chain.kind)});
-    (void)used;
     for (uint32_t i = 0; i < nslots; ++i) {
       const std::byte* p = media_->at(slot_offset(block, i, slot_size));
       SlotRef slot{block, i};
@@ -695,7 +716,12 @@ void FsImpl::free_slot(Chain& chain, SlotRef slot, Transaction& tx) {
 void FsImpl::stage_extent_edit(Inode& inode, ExtentEdit& edit, Transaction& tx,
                                std::vector<BlockRange>& freed) {
   // Adds before drops: an edit that maps the same blocks again (unwritten
-  // to written) must never see them unowned in between.
+  // to written) must never see them unowned in between. Each in physical
+  // order: the reverse map then finds every range next to the previous one
+  // without a search (a clone's blocks come in file order, from anywhere).
+  auto by_start = [](const MappedRange& a, const MappedRange& b) { return a.start < b.start; };
+  for (auto* ranges : {&edit.added, &edit.dropped})
+    if (!std::is_sorted(ranges->begin(), ranges->end(), by_start)) std::sort(ranges->begin(), ranges->end(), by_start);
   for (const MappedRange& r : edit.added)
     rmap_.add(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData});
   for (const MappedRange& r : edit.dropped)

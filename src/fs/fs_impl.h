@@ -78,6 +78,8 @@ struct Inode {
 int64_t now_ns();
 // The read-only xattr that shows a file's known poison.
 inline constexpr std::string_view kPoisonXattr = "user.poisonfs.poison";
+// File capabilities: privileges granted to one content (see KillPriv).
+inline constexpr std::string_view kCapabilityXattr = "security.capability";
 std::string file_poison_json(const std::vector<FilePoison>& ranges);
 OwnerKind owner_kind_of(ChainKind kind);
 const char* chain_what(ChainKind kind);  // "extents", "directory", "xattr" (event owners)
@@ -125,6 +127,7 @@ class FsImpl final : public Filesystem {
   Result<size_t> read(Ino ino, uint64_t off, size_t len,
                       const std::function<void(std::span<const ReadSegment>)>& sink) override;
   Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) override;
+  Result<bool> drop_privileges(Ino ino, KillPriv kill) override;
   Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
   Status fsync(Ino ino, bool datasync) override;
   Status readdir(Ino ino, uint64_t cookie, const std::function<bool(const DirEntry&)>& fn) override;
@@ -212,6 +215,8 @@ class FsImpl final : public Filesystem {
   Result<size_t> _write(Inode& inode, uint64_t off, std::span<const std::byte> data, Transaction& tx,
                         std::vector<BlockRange>& dropped);
   Status _truncate(Inode& inode, uint64_t size, Transaction& tx, std::vector<BlockRange>& dropped);
+  // Stages what kill takes from inode (see KillPriv); false when it has nothing to lose.
+  bool _drop_privileges(Inode& inode, KillPriv kill, Transaction& tx);
   Status _punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
   Status unmap_past_eof(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped);
   Status punch_in_pieces(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx, std::vector<BlockRange>& dropped);
@@ -288,7 +293,7 @@ class FsImpl final : public Filesystem {
   };
   std::vector<FilePoison> _file_poison(Inode& inode);
   std::vector<PoisonRange> poison_under(Inode& inode, uint64_t off, uint64_t end);
-  Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end);
+  Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end, std::span<const PoisonRange> poison);
 
   // --- checksums (checksums.cc in src/fs)
   // After a crash: recomputes the entries of the regions whose intent was
@@ -313,8 +318,9 @@ class FsImpl final : public Filesystem {
   void for_each_written_block(uint64_t first, uint64_t count, const std::function<void(uint64_t block)>& fn);
 
   // --- load (filesystem.cc)
-  Status load_inode(uint64_t ino, std::vector<BlockRange>& used);
-  Status load_chain(Inode& inode, Chain& chain, uint64_t head, std::vector<BlockRange>& used);
+  Status load_inode(uint64_t ino);
+  Status load_chain(Inode& inode, Chain& chain, uint64_t head);
+  std::vector<RmapRecord> ownership_records() const;
   Status reclaim_orphans();
   Status finish_truncates();
   Status check_links();

@@ -311,6 +311,13 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
   if (set.valid & SetAttr::kMode) inode.rec.mode = (inode.rec.mode & S_IFMT) | (set.mode & 07777);
   if (set.valid & SetAttr::kUid) inode.rec.uid = set.uid;
   if (set.valid & SetAttr::kGid) inode.rec.gid = set.gid;
+  // New contents or a new owner lose what was granted to the old (as
+  // notify_change does for truncate and chown).
+  const bool chown = (set.valid & (SetAttr::kUid | SetAttr::kGid)) && !inode.is_dir();
+  if ((set.valid & SetAttr::kSize) || chown) {
+    const bool suid = (set.valid & SetAttr::kKillSuidSgid) != 0;
+    (void)_drop_privileges(inode, suid ? KillPriv::kCapsAndSuid : KillPriv::kCaps, tx);
+  }
   auto ns = [](const Timespec& t) { return t.sec * 1'000'000'000 + t.nsec; };
   if (set.valid & SetAttr::kAtime) inode.rec.atime_ns = ns(set.atime);
   if (set.valid & SetAttr::kAtimeNow) inode.rec.atime_ns = now;
@@ -320,6 +327,52 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
   stage_inode(tx, inode);
   if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
   return attr_of(inode);
+}
+
+namespace {
+
+// The mode bits kill takes from mode.
+uint32_t suid_bits(uint32_t mode, KillPriv kill) {
+  if (kill != KillPriv::kCapsAndSuid) return 0;
+  uint32_t bits = mode & S_ISUID;
+  if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) bits |= S_ISGID;
+  return bits;
+}
+
+bool has_privileges(const Inode& inode, KillPriv kill) {
+  return suid_bits(inode.rec.mode, kill) != 0 || inode.xattrs.contains(kCapabilityXattr);
+}
+
+}  // namespace
+
+bool FsImpl::_drop_privileges(Inode& inode, KillPriv kill, Transaction& tx) {
+  if (!has_privileges(inode, kill)) return false;
+  if (auto it = inode.xattrs.find(kCapabilityXattr); it != inode.xattrs.end()) {
+    free_slot(inode.xattr_chain, it->second.slot, tx);
+    inode.xattrs.erase(it);
+  }
+  inode.rec.mode &= ~suid_bits(inode.rec.mode, kill);
+  inode.rec.ctime_ns = now_ns();
+  stage_inode(tx, inode);
+  return true;
+}
+
+Result<bool> FsImpl::drop_privileges(Ino ino, KillPriv kill) {
+  {
+    // Called before every write: most files have nothing to lose, and
+    // finding that out needs no exclusive lock.
+    std::shared_lock lock(mutex_);
+    auto got = get(ino);
+    if (!got) return std::unexpected(got.error());
+    if (!has_privileges(**got, kill)) return false;
+  }
+  std::unique_lock lock(mutex_);
+  auto got = get(ino);
+  if (!got) return std::unexpected(got.error());
+  Transaction tx;
+  if (!_drop_privileges(**got, kill, tx)) return false;
+  if (auto st = commit(tx); !st) return std::unexpected(st.error());
+  return true;
 }
 
 Status FsImpl::open(Ino ino) {

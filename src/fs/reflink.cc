@@ -63,6 +63,7 @@ Status FsImpl::_clone(Inode& src, uint64_t src_fb, Inode& dst, uint64_t dst_fb, 
     if (!e->unwritten()) pieces.push_back({from, e->phys_block + (from - e->file_block), to - from});
   }
   if (auto st = reserve_slots(dst, dst.chain, pieces.size() + 2, tx); !st) return st;
+  tx.expect(pieces.size() + 2, (pieces.size() + 2) * kExtentSlotSize);  // a record per piece, at most
   ExtentEdit edit;
   dst.extents.punch(dst_fb, n, edit);
   for (const Piece& p : pieces) dst.extents.insert(dst_fb + (p.file_block - src_fb), p.nblocks, p.phys_block, 0, edit);

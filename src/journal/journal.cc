@@ -2,6 +2,7 @@
 #include "journal/journal.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include "util/strfmt.h"
 
@@ -25,13 +26,38 @@ size_t pad8(size_t n) { return (n + 7) & ~size_t{7}; }
 
 }  // namespace
 
+// Where off's entry is or would go. REQUIRES: a free slot exists.
+uint32_t* Transaction::index_slot(uint64_t off) {
+  const size_t mask = index_.size() - 1;
+  uint64_t h = off * 0x9e3779b97f4a7c15;  // offsets share their low bits: mix the high ones down
+  for (size_t i = (h ^ (h >> 32)) & mask;; i = (i + 1) & mask) {
+    uint32_t v = index_[i];
+    if (v == 0 || records_[v - 1].off == off) return &index_[i];
+  }
+}
+
+// Sizes the table for `records` (kept at most half full) and re-enters
+// every record in order, so that each offset ends up naming its latest.
+void Transaction::grow_index(size_t records) {
+  index_.assign(std::bit_ceil(std::max<size_t>(64, records * 2)), 0);
+  for (size_t i = 0; i < records_.size(); ++i) *index_slot(records_[i].off) = static_cast<uint32_t>(i + 1);
+}
+
+void Transaction::expect(size_t records, size_t bytes) {
+  records_.reserve(records_.size() + records);
+  bytes_.reserve(bytes_.size() + bytes);
+  if ((records_.size() + records) * 2 > index_.size()) grow_index(records_.size() + records);
+}
+
 std::byte* Transaction::reserve(uint64_t off, size_t len) {
-  auto it = index_.find(off);
-  if (it != index_.end() && records_[it->second].len == len) return bytes_.data() + records_[it->second].pos;
+  if ((records_.size() + 1) * 2 > index_.size()) grow_index(2 * records_.size() + 1);
+  uint32_t* slot = index_slot(off);
+  if (*slot != 0 && records_[*slot - 1].len == len) return bytes_.data() + records_[*slot - 1].pos;
   size_t pos = bytes_.size();
   bytes_.resize(pos + len);
   records_.push_back(Record{off, pos, static_cast<uint32_t>(len)});
-  index_[off] = records_.size() - 1;
+  *slot = static_cast<uint32_t>(records_.size());
+  record_bytes_ += kRecHeaderSize + pad8(len);
   return bytes_.data() + pos;
 }
 
@@ -39,11 +65,7 @@ void Transaction::write(uint64_t off, const void* data, size_t len) {
   std::memcpy(reserve(off, len), data, len);
 }
 
-size_t Transaction::encoded_size() const {
-  size_t n = kTxHeaderSize;
-  for (const Record& r : records_) n += kRecHeaderSize + pad8(r.len);
-  return n;
-}
+size_t Transaction::encoded_size() const { return kTxHeaderSize + record_bytes_; }
 
 Journal::Journal(Media& media, const Superblock& sb)
     : media_(media),

@@ -21,7 +21,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <unordered_map>
 #include <vector>
 
 #include "format/layout.h"
@@ -36,6 +35,10 @@ class Transaction {
   void write(uint64_t off, const void* data, size_t len);
   // Reserves len bytes for a record at off and returns where to encode it.
   std::byte* reserve(uint64_t off, size_t len);
+  // Makes room for `records` more records of `bytes` in all at once: a
+  // caller that knows a transaction is large (a clone stages one record per
+  // extent) saves growing it step by step.
+  void expect(size_t records, size_t bytes);
   bool empty() const { return records_.empty(); }
   size_t encoded_size() const;
   size_t record_count() const { return records_.size(); }
@@ -47,9 +50,16 @@ class Transaction {
     size_t pos;
     uint32_t len;
   };
+  uint32_t* index_slot(uint64_t off);
+  void grow_index(size_t records);
+
   std::vector<Record> records_;
   std::vector<std::byte> bytes_;
-  std::unordered_map<uint64_t, size_t> index_;  // off -> records_ index
+  // off -> 1 + index of the latest record at off (0: empty), open
+  // addressing with linear probing: a clone stages one record per extent
+  // (65,536 and more), and a node-based map costs an allocation for each.
+  std::vector<uint32_t> index_;
+  size_t record_bytes_ = 0;  // encoded records, headers included
 };
 
 class Journal {

@@ -60,14 +60,9 @@ void PoisonList::merge_locked(uint64_t lo, uint64_t hi) {
   count_.store(ranges_.size(), std::memory_order_release);
 }
 
-// Serialized, snapshot and call together: with two changes racing, the
-// callback that runs last must not save the older snapshot (the record
-// would lose the newer change), nor may two saves interleave.
-void PoisonList::changed() {
-  if (!on_change_) return;
-  static std::mutex order;
-  std::lock_guard lock(order);
-  on_change_(all());
+// REQUIRES: change_mutex_ held (since before the change), mutex_ not.
+void PoisonList::changed(PoisonChange::Kind kind, std::span<const PoisonRange> ranges) {
+  if (on_change_) on_change_(PoisonChange{kind, ranges});
 }
 
 void PoisonList::set_persist_error(std::string message) {
@@ -83,11 +78,12 @@ std::string PoisonList::last_persist_error() const {
 
 PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
   PoisonRange r{round_down(off), round_up(off + len) - round_down(off), latent};
+  std::lock_guard changing(change_mutex_);
   {
     std::unique_lock lock(mutex_);
     insert_locked(r.offset, r.end(), latent);
   }
-  changed();
+  changed(PoisonChange::Kind::kAdded, std::span(&r, 1));
   return r;
 }
 
@@ -124,17 +120,23 @@ std::vector<PoisonRange> PoisonList::clear(uint64_t off, uint64_t len) {
 
 std::vector<PoisonRange> PoisonList::clear_all(std::span<const PoisonRange> ranges) {
   std::vector<PoisonRange> removed;
+  std::lock_guard changing(change_mutex_);
   {
     std::unique_lock lock(mutex_);
     for (const PoisonRange& r : ranges) clear_locked(r.offset, r.length, removed);
   }
-  if (!removed.empty()) changed();  // one save of the record for them all
+  if (!removed.empty()) changed(PoisonChange::Kind::kRemoved, removed);  // one save of the record for them all
   return removed;
 }
 
 std::vector<PoisonRange> PoisonList::overlapping(uint64_t off, uint64_t len) const {
   std::vector<PoisonRange> out;
-  if (empty() || len == 0) return out;
+  append_overlapping(off, len, out);
+  return out;
+}
+
+void PoisonList::append_overlapping(uint64_t off, uint64_t len, std::vector<PoisonRange>& out) const {
+  if (empty() || len == 0) return;
   uint64_t end = off + len < off ? UINT64_MAX : off + len;
   std::shared_lock lock(mutex_);
   auto it = ranges_.upper_bound(off);
@@ -144,7 +146,6 @@ std::vector<PoisonRange> PoisonList::overlapping(uint64_t off, uint64_t len) con
     uint64_t s = std::max(off, it->first), e = std::min(end, it->second.end);
     out.push_back({s, e - s, it->second.latent});
   }
-  return out;
 }
 
 // On hot paths (reads, checksum checks): no allocation, one lookup.
@@ -163,6 +164,7 @@ std::vector<PoisonRange> PoisonList::make_known(uint64_t off, uint64_t len) {
   std::vector<PoisonRange> found;
   if (empty() || len == 0) return found;
   const uint64_t end = len > UINT64_MAX - off ? UINT64_MAX : off + len;
+  std::lock_guard changing(change_mutex_);
   {
     // Found and marked under one lock: two readers consuming the same
     // latent range race here, and only one of them may report it.
@@ -177,7 +179,7 @@ std::vector<PoisonRange> PoisonList::make_known(uint64_t off, uint64_t len) {
     }
     for (const PoisonRange& r : found) merge_locked(r.offset, r.end());
   }
-  if (!found.empty()) changed();
+  if (!found.empty()) changed(PoisonChange::Kind::kAdded, found);  // added known: known wins
   return found;
 }
 

@@ -11,7 +11,8 @@
 // Segments sit in a Boost.Intrusive tree ordered by start: a range query
 // finds the first overlapping segment in O(log n) and walks its neighbours,
 // O(log n + hits). Nothing here is stored on media: mount rebuilds the map
-// from the extent records, and fsck checks them against each other.
+// from the extent records in one pass (build), and fsck checks them against
+// each other.
 #pragma once
 
 #include <boost/intrusive/set.hpp>
@@ -38,6 +39,14 @@ struct Owner {
   auto operator<=>(const Owner&) const = default;
 };
 
+// What one record says: `owner` (offset meaning at `start`) owns
+// [start, start+count). The input of Rmap::build.
+struct RmapRecord {
+  uint64_t start = 0;
+  uint64_t count = 0;
+  Owner owner;
+};
+
 // One owner of a piece of a queried range, clipped to the query.
 struct RmapHit {
   uint64_t phys = 0;   // first block
@@ -55,6 +64,9 @@ class Rmap {
 
   // Records that `owner` (offset meaning at `start`) owns [start, start+count).
   void add(uint64_t start, uint64_t count, const Owner& owner);
+  // Replaces the whole map with `records` (any order, overlaps allowed): the
+  // same map as clear() and add() of each, built in one sorted sweep (mount).
+  void build(std::vector<RmapRecord> records);
   // Removes that ownership; appends the pieces that no longer have any
   // owner to `unowned`. Pieces where owner was not found are ignored.
   void remove(uint64_t start, uint64_t count, const Owner& owner, std::vector<BlockRange>* unowned);

@@ -3,7 +3,9 @@
 // bits deny, the control ioctls (device map, poison injection and listing,
 // scrub, events) must refuse them with EPERM whatever descriptor they use, and
 // neither reflink path (copy_file_range, POISONFS_IOC_CLONE_RANGE) nor freshly
-// allocated blocks may show them another user's bytes.
+// allocated blocks may show them another user's bytes. Writers lose setuid,
+// setgid and file capabilities as the VFS decides, though the daemon, not the
+// kernel, drops them (FUSE_HANDLE_KILLPRIV_V2).
 //
 // The checks run in a forked child with nobody's credentials; a child cannot
 // fail a GoogleTest test, so it reports each failed check as a line on a pipe
@@ -20,6 +22,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -79,6 +82,38 @@ int clone_ioctl(int dst_fd, int64_t src_fd, uint64_t src_off = 0, uint64_t len =
   args.src_length = len;
   args.dest_offset = dst_off;
   return ioctl(dst_fd, POISONFS_IOC_CLONE_RANGE, &args) == 0 ? 0 : errno;
+}
+
+// One block written with O_DIRECT at offset 0 through a second descriptor
+// of the same file (fd's own flags stay).
+int direct_write(int fd) {
+  int dfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  if (dfd < 0) return errno;
+  void* buf = nullptr;
+  if (posix_memalign(&buf, kBlock, kBlock) != 0) {
+    close(dfd);
+    return ENOMEM;
+  }
+  std::memset(buf, 'd', kBlock);
+  int e = err_of(pwrite(dfd, buf, kBlock, 0));
+  std::free(buf);
+  close(dfd);
+  return e;
+}
+
+// The mode as the kernel has it cached: statx asking only for STATX_MODE is
+// answered without a GETATTR unless the mode was invalidated or expired.
+uint32_t cached_mode(const std::string& p) {
+  struct statx sx;
+  if (statx(AT_FDCWD, p.c_str(), 0, STATX_MODE, &sx) != 0) return ~0u;
+  return sx.stx_mode & 07777;
+}
+
+// The mode from a full stat (after a change, the kernel asks the daemon).
+uint32_t mode_of(const std::string& p) {
+  struct stat st;
+  if (stat(p.c_str(), &st) != 0) return ~0u;
+  return st.st_mode & 07777;
 }
 
 // The child's side of a check run: each failed expectation becomes a line.
@@ -470,6 +505,8 @@ TEST_F(SecurityTest, WritingIntoASetuidFileDropsTheBits) {
          return err_of(copy_file_range(s, &in, dst, &out, kBlock, 0));
        }},
       {"CLONE_RANGE", [](int dst, int s) { return clone_ioctl(dst, s); }},
+      {"fallocate", [](int dst, int) { return err_of(fallocate(dst, 0, 0, 2 * kBlock)); }},
+      {"O_DIRECT write", [](int dst, int) { return direct_write(dst); }},
   };
   for (const Way& way : ways) {
     SCOPED_TRACE(way.name);
@@ -483,11 +520,148 @@ TEST_F(SecurityTest, WritingIntoASetuidFileDropsTheBits) {
       close(s);
     });
     EXPECT_EQ(failures, "");
+    // What the kernel has cached first: it no longer changes the mode
+    // itself, so the daemon must have told it.
+    EXPECT_EQ(cached_mode(victim), 0777u) << std::oct << cached_mode(victim);
     // A fresh stat from the daemon, not the kernel's cached attributes.
     struct stat st;
     ASSERT_EQ(stat(victim.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0777u) << std::oct << (st.st_mode & 07777);
   }
+}
+
+// A privileged writer (CAP_FSETID: root here) keeps the bits it writes
+// under, by every way of writing, as with any local filesystem.
+TEST_F(SecurityTest, PrivilegedWritersKeepTheBits) {
+  const std::string f = path("root-suid");
+  const std::vector<std::pair<const char*, std::function<int(int)>>> ways = {
+      {"write", [](int fd) { return err_of(pwrite(fd, "x", 1, 0)); }},
+      {"ftruncate", [](int fd) { return err_of(ftruncate(fd, 1)); }},
+      {"fallocate", [](int fd) { return err_of(fallocate(fd, 0, 0, 2 * kBlock)); }},
+      {"O_DIRECT write", [](int fd) { return direct_write(fd); }},
+  };
+  for (const auto& [name, way] : ways) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(write_file(f, std::string(kBlock, 'v'), 06755));
+    int fd = open(f.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(way(fd), 0);
+    close(fd);
+    EXPECT_EQ(cached_mode(f), 06755u) << std::oct << cached_mode(f);
+    EXPECT_EQ(mode_of(f), 06755u) << std::oct << mode_of(f);
+  }
+}
+
+// Without group-execute, setgid marks mandatory locking, not privilege: an
+// unprivileged writer leaves it, as the VFS does.
+TEST_F(SecurityTest, SetgidWithoutGroupExecuteStaysOnWrite) {
+  const std::string victim = shared_dir() + "/locking";
+  ASSERT_TRUE(write_file(victim, std::string(kBlock, 'v'), 02767));
+  std::string failures = as_nobody([&](Probe& p) {
+    int fd = open(victim.c_str(), O_WRONLY | O_CLOEXEC);
+    p.expect(fd >= 0, "open");
+    p.expect_errno(err_of(pwrite(fd, "x", 1, 0)), 0, "write");
+    p.expect_errno(err_of(ftruncate(fd, 10)), 0, "ftruncate");
+    close(fd);
+  });
+  EXPECT_EQ(failures, "");
+  EXPECT_EQ(cached_mode(victim), 02767u) << std::oct << cached_mode(victim);
+  EXPECT_EQ(mode_of(victim), 02767u) << std::oct << mode_of(victim);
+}
+
+// Truncation by name and by O_TRUNC (a SETATTR of its own, since the
+// daemon does not take O_TRUNC atomically) drop the bits like ftruncate.
+TEST_F(SecurityTest, TruncatingByNameOrOTruncDropsTheBits) {
+  const std::string victim = shared_dir() + "/suid-trunc";
+  const std::vector<std::pair<const char*, std::function<int()>>> ways = {
+      {"truncate", [&] { return err_of(truncate(victim.c_str(), 1)); }},
+      {"O_TRUNC", [&] { return open_err(victim, O_WRONLY | O_TRUNC); }},
+  };
+  for (const auto& [name, way] : ways) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(write_file(victim, std::string(kBlock, 'v'), 06777));
+    std::string failures = as_nobody([&](Probe& p) { p.expect_errno(way(), 0, name); });
+    EXPECT_EQ(failures, "");
+    EXPECT_EQ(mode_of(victim), 0777u) << std::oct << mode_of(victim);
+  }
+}
+
+// chown of a file drops setuid, and setgid with group-execute, even when
+// root does it; a directory keeps its setgid bit (it passes the group on).
+TEST_F(SecurityTest, ChownDropsTheBitsOfFilesOnly) {
+  const std::string f = path("owned"), d = path("owned-dir");
+  const std::vector<std::pair<uint32_t, uint32_t>> cases = {
+      {06755, 0755}, {02755, 0755}, {02745, 02745}};
+  for (const auto& [before, after] : cases) {
+    SCOPED_TRACE(std::to_string(before));
+    ASSERT_TRUE(write_file(f, "x", before));
+    ASSERT_EQ(chown(f.c_str(), kNobody, kNogroup), 0);
+    EXPECT_EQ(cached_mode(f), after) << std::oct << cached_mode(f);
+    EXPECT_EQ(mode_of(f), after) << std::oct << mode_of(f);
+  }
+  ASSERT_EQ(mkdir(d.c_str(), 0775), 0);
+  ASSERT_EQ(chmod(d.c_str(), 02775), 0);
+  ASSERT_EQ(chown(d.c_str(), kNobody, kNogroup), 0);
+  EXPECT_EQ(mode_of(d), 02775u) << std::oct << mode_of(d);
+}
+
+// A file capability grants privileges to one content: writing, truncating
+// or giving the file away removes it (even by root), and nothing else: other
+// xattrs stay, and the poison xattr stays read-only.
+TEST_F(SecurityTest, FileCapabilitiesGoWithTheirBytes) {
+  const std::string f = path("capable");
+  // VFS_CAP_REVISION_2 (magic 0x02000001, little-endian), no capabilities.
+  const unsigned char cap[20] = {0x01, 0x00, 0x00, 0x02};
+  const std::vector<std::pair<const char*, std::function<int()>>> ways = {
+      {"write", [&] {
+         int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
+         int e = fd < 0 ? errno : err_of(pwrite(fd, "x", 1, 0));
+         if (fd >= 0) close(fd);
+         return e;
+       }},
+      {"truncate", [&] { return err_of(truncate(f.c_str(), 1)); }},
+      {"chown", [&] { return err_of(chown(f.c_str(), kNobody, kNogroup)); }},
+  };
+  for (const auto& [name, way] : ways) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(write_file(f, std::string(kBlock, 'v'), 0755));
+    if (setxattr(f.c_str(), "security.capability", cap, sizeof cap, 0) != 0)
+      GTEST_SKIP() << "security.capability cannot be set here: " << std::strerror(errno);
+    ASSERT_EQ(setxattr(f.c_str(), "user.keep", "1", 1, 0), 0);
+    ASSERT_GT(getxattr(f.c_str(), "security.capability", nullptr, 0), 0);
+    EXPECT_EQ(way(), 0);
+    EXPECT_EQ(getxattr(f.c_str(), "security.capability", nullptr, 0), -1);
+    EXPECT_EQ(errno, ENODATA);
+    char v[4];
+    EXPECT_EQ(getxattr(f.c_str(), "user.keep", v, sizeof v), 1);
+    EXPECT_EQ(err_of(setxattr(f.c_str(), "user.poisonfs.poison", "[]", 2, 0)), EPERM);
+  }
+}
+
+// The daemon tells the kernel that it drops privileges itself
+// (FUSE_HANDLE_KILLPRIV_V2, fuse/killpriv.h), so the kernel stops asking
+// for security.capability (GETXATTR) before every write.
+TEST_F(SecurityTest, WritesDoNotAskForCapabilities) {
+  const std::string f = path("many-writes");
+  int fd = open(f.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  auto stat_of = [&] {
+    poisonfs_stat st{};
+    EXPECT_EQ(ioctl(fd, POISONFS_IOC_STAT, &st), 0) << std::strerror(errno);
+    return st;
+  };
+  EXPECT_EQ(stat_of().session_flags & POISONFS_STAT_KILLPRIV_V2, POISONFS_STAT_KILLPRIV_V2);
+  const std::string block(kBlock, 'w');
+  ASSERT_EQ(pwrite(fd, block.data(), kBlock, 0), static_cast<ssize_t>(kBlock));  // may ask once
+  const uint64_t before = stat_of().getxattr_requests;
+  constexpr int kWrites = 200;
+  for (int i = 0; i < kWrites; ++i)
+    ASSERT_EQ(pwrite(fd, block.data(), kBlock, static_cast<off_t>((i * 37 % 64) * kBlock)),
+              static_cast<ssize_t>(kBlock));
+  const uint64_t asked = stat_of().getxattr_requests - before;
+  EXPECT_LE(asked, 1u) << "the kernel asked for security.capability " << asked << " times in "
+                       << kWrites << " writes";
+  close(fd);
 }
 
 // ---- stale data ---------------------------------------------------------------

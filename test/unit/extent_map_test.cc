@@ -148,6 +148,34 @@ TEST(ExtentMap, LoadRefusesOverlaps) {
   EXPECT_EQ(m.mapped_blocks(), 25u);
 }
 
+// Records mostly come in file order (appended after the last extent with no
+// search), sometimes not; an overlap is refused either way, and loading
+// still works after an edit.
+TEST(ExtentMap, LoadInAndOutOfFileOrder) {
+  ExtentMap m;
+  ASSERT_TRUE(m.load(loaded(10, 100, 5, 0, 1, 0)));
+  ASSERT_TRUE(m.load(loaded(15, 200, 5, 0, 1, 1)));  // right after the last
+  ASSERT_TRUE(m.load(loaded(0, 300, 5, 0, 1, 2)));   // before the first
+  ASSERT_TRUE(m.load(loaded(40, 400, 5, 0, 1, 3)));  // after a gap
+  for (auto [fb, n] : std::vector<std::pair<uint64_t, uint64_t>>{{44, 2}, {19, 2}, {4, 7}, {30, 11}}) {
+    Extent* e = loaded(fb, 900, n, 0, 1, 9);
+    EXPECT_FALSE(m.load(e)) << fb << "+" << n;
+    delete e;
+  }
+  ASSERT_TRUE(m.load(loaded(25, 500, 5, 0, 1, 4)));  // in a gap, before the last
+  ASSERT_TRUE(m.load(loaded(45, 600, 5, 0, 1, 5)));  // the last is still known
+  ExtentEdit edit;
+  m.punch(45, 5, edit);  // an edit: the last extent is gone
+  Extent* e = loaded(47, 900, 1, 0, 1, 9);
+  ASSERT_TRUE(m.load(e));
+  e = loaded(44, 900, 2, 0, 1, 9);
+  EXPECT_FALSE(m.load(e));
+  delete e;
+  EXPECT_EQ(pieces(m), (std::vector<Piece>{{0, 300, 5, 0}, {10, 100, 5, 0}, {15, 200, 5, 0}, {25, 500, 5, 0},
+                                          {40, 400, 5, 0}, {47, 900, 1, 0}}));
+  EXPECT_EQ(m.mapped_blocks(), 26u);
+}
+
 TEST(ExtentMap, LookupsFindContainingAndFollowingExtents) {
   ExtentMap m;
   ExtentEdit edit;

@@ -2,7 +2,8 @@
 // in-memory device: directory operations and their POSIX error codes,
 // rename in all its forms, hard links, setgid inheritance, the lifetime of
 // unlinked open files, readdir cookies, xattrs, symlinks, truncate, sparse
-// files, fallocate modes, running out of space, and a long random run of
+// files, fallocate modes, what writers drop (setuid, setgid, file
+// capabilities), running out of space, and a long random run of
 // data operations against a model of every file's bytes, with remounts
 // (clean and crashed) along the way and a clean fsck at the end.
 #include <dirent.h>
@@ -653,6 +654,81 @@ TEST(FsXattr, RemovedFileFreesItsXattrBlocks) {
   EXPECT_EQ(free_blocks(*fs), free0 - 10);
   ASSERT_TRUE(fs->unlink(kRootIno, "f"));
   EXPECT_EQ(free_blocks(*fs), free0);
+}
+
+// ---------------------------------------------------------------- privileges
+
+uint32_t mode_of(Filesystem& fs, Ino ino) { return fs.getattr(ino)->mode & 07777; }
+
+void set_mode(Filesystem& fs, Ino ino, uint32_t mode) {
+  SetAttr set;
+  set.valid = SetAttr::kMode;
+  set.mode = mode;
+  ASSERT_TRUE(fs.setattr(ino, set, Caller{}));
+}
+
+// What a writer takes before it writes (KillPriv): setuid, setgid with
+// group-execute, and security.capability; other xattrs stay.
+TEST(FsPrivileges, DropPrivilegesFollowsTheVfsRules) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  const std::string cap(20, '\1');
+  set_mode(*fs, f, 06755);
+  ASSERT_TRUE(fs->setxattr(f, "security.capability", cap, 0));
+  ASSERT_TRUE(fs->setxattr(f, "user.keep", "1", 0));
+  // A privileged writer (CAP_FSETID) keeps the bits, not the capability.
+  EXPECT_EQ(fs->drop_privileges(f, KillPriv::kCaps), true);
+  EXPECT_EQ(mode_of(*fs, f), 06755u);
+  EXPECT_EQ(err(fs->getxattr(f, "security.capability")), std::errc::no_message_available);
+  EXPECT_EQ(fs->drop_privileges(f, KillPriv::kCaps), false);  // nothing left to lose
+  EXPECT_EQ(fs->drop_privileges(f, KillPriv::kCapsAndSuid), true);
+  EXPECT_EQ(mode_of(*fs, f), 0755u);
+  EXPECT_EQ(fs->drop_privileges(f, KillPriv::kCapsAndSuid), false);
+  // Setgid without group-execute marks mandatory locking: it stays.
+  set_mode(*fs, f, 02745);
+  EXPECT_EQ(fs->drop_privileges(f, KillPriv::kCapsAndSuid), false);
+  EXPECT_EQ(mode_of(*fs, f), 02745u);
+  EXPECT_EQ(*fs->getxattr(f, "user.keep"), "1");
+  fs.remount();
+  EXPECT_EQ(mode_of(*fs, f), 02745u);
+  EXPECT_EQ(err(fs->getxattr(f, "security.capability")), std::errc::no_message_available);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+// Truncate and chown drop what notify_change would: the capability always,
+// the bits when kKillSuidSgid says so; a directory's chown drops nothing.
+TEST(FsPrivileges, TruncateAndChownDropWhatTheKernelSays) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  Ino d = make_dir(*fs, kRootIno, "d");
+  const std::string cap(20, '\1');
+  auto apply = [&](Ino ino, uint32_t valid) {
+    SetAttr set;
+    set.valid = valid;
+    set.size = 1;
+    set.uid = 7;
+    set.gid = 7;
+    auto a = fs->setattr(ino, set, Caller{});
+    EXPECT_TRUE(a);
+    return a ? a->mode & 07777 : 0;
+  };
+  set_mode(*fs, f, 06755);
+  ASSERT_TRUE(fs->setxattr(f, "security.capability", cap, 0));
+  EXPECT_EQ(apply(f, SetAttr::kSize), 06755u);  // truncate by root: bits stay
+  EXPECT_EQ(err(fs->getxattr(f, "security.capability")), std::errc::no_message_available);
+  EXPECT_EQ(apply(f, SetAttr::kSize | SetAttr::kKillSuidSgid), 0755u);
+  set_mode(*fs, f, 06755);
+  ASSERT_TRUE(fs->setxattr(f, "security.capability", cap, 0));
+  EXPECT_EQ(apply(f, SetAttr::kUid | SetAttr::kGid | SetAttr::kKillSuidSgid), 0755u);
+  EXPECT_EQ(err(fs->getxattr(f, "security.capability")), std::errc::no_message_available);
+  // Times alone drop nothing.
+  set_mode(*fs, f, 06755);
+  EXPECT_EQ(apply(f, SetAttr::kMtimeNow | SetAttr::kKillSuidSgid), 06755u);
+  set_mode(*fs, d, 02775);
+  ASSERT_TRUE(fs->setxattr(d, "security.capability", cap, 0));
+  EXPECT_EQ(apply(d, SetAttr::kUid | SetAttr::kKillSuidSgid), 02775u);
+  EXPECT_EQ(*fs->getxattr(d, "security.capability"), cap);
+  EXPECT_TRUE(fs.check().clean());
 }
 
 // ---------------------------------------------------------------- data

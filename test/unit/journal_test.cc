@@ -6,8 +6,10 @@
 // refused; the log wraps through checkpoints; oversized transactions fail.
 #include <gtest/gtest.h>
 
+
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -117,6 +119,40 @@ TEST(Transaction, LaterWriteOfTheSameRecordReplacesTheEarlier) {
   tx.write((1 << 20) + 256, b.data(), 3);
   EXPECT_EQ(tx.record_count(), 2u);
   EXPECT_EQ(tx.encoded_size() % 8, 0u);
+}
+
+// Thousands of records (the index grows many times, and once ahead with
+// expect): each offset keeps its latest bytes, a same-length write replaces
+// in place, a new length adds a record, and the encoded size adds up.
+TEST(Transaction, ManyRecordsKeepTheLatestBytesPerOffset) {
+  for (bool expect_first : {false, true}) {
+    Transaction tx;
+    if (expect_first) tx.expect(5000, 5000 * 32);
+    std::map<uint64_t, uint8_t> latest;
+    size_t records = 0, bytes = 0;
+    for (uint64_t i = 0; i < 5000; ++i) {
+      uint64_t off = (1 << 20) + (i * 7919 % 5000) * 32;  // 32-byte slots, out of order
+      auto v = fill(32, static_cast<uint8_t>(i));
+      if (!latest.contains(off)) {
+        ++records;
+        bytes += 16 + 32;  // record header + bytes
+      }
+      tx.write(off, v.data(), v.size());
+      latest[off] = static_cast<uint8_t>(i);
+      if (i % 3 == 0) {  // again, other bytes, same length: replaced
+        auto w = fill(32, static_cast<uint8_t>(i + 100));
+        tx.write(off, w.data(), w.size());
+        latest[off] = static_cast<uint8_t>(i + 100);
+      }
+    }
+    EXPECT_EQ(tx.record_count(), records);
+    EXPECT_EQ(tx.encoded_size(), 32 + bytes);
+    for (auto [off, seed] : latest)
+      EXPECT_EQ(std::memcmp(tx.reserve(off, 32), fill(32, seed).data(), 32), 0) << off;
+    EXPECT_EQ(tx.record_count(), records);  // those reserves found the records
+    tx.reserve(1 << 20, 8);                 // another length: a record of its own
+    EXPECT_EQ(tx.record_count(), records + 1);
+  }
 }
 
 // Two drains per commit: the first orders the caller's data before the

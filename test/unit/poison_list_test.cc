@@ -8,13 +8,19 @@
 // - Media::inject_poison destroys the data with the pattern, clear_poison
 //   leaves zeros, bad ranges are refused and change nothing;
 // - the pmem media keeps the list in IMAGE.badblocks across close/reopen,
-//   and a private (read-only) open never writes it.
+//   and a private (read-only) open never writes it;
+// - the record file (src/media/poison_record.h): every change round trips
+//   through the log, a torn last group (cut at every length) or a group
+//   with a bad checksum is ignored, the older plain format loads and takes
+//   appends, compaction keeps the list and bounds the file, failed saves
+//   are reported and caught up with.
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -28,8 +34,10 @@
 #include <mutex>
 #include <vector>
 
+#include "media/poison_record.h"
 #include "poisonfs/media.h"
 #include "poisonfs/poison.h"
+#include "unit/full_disk.h"
 
 namespace poisonfs {
 
@@ -240,9 +248,9 @@ TEST(PoisonList, ChangeCallbackSeesEveryChangeAndOnlyChanges) {
   PoisonList list;
   int calls = 0;
   std::vector<PoisonRange> last;
-  list.set_on_change([&](const std::vector<PoisonRange>& all) {
+  list.set_on_change([&](const PoisonChange&) {
     ++calls;
-    last = all;
+    last = list.all();
   });
   list.add(0, 64, true);
   EXPECT_EQ(calls, 1);
@@ -350,10 +358,10 @@ TEST(PoisonList, ConcurrentChangesLeaveTheCallbackWithTheLastState) {
     PoisonList list;
     std::mutex m;
     std::vector<PoisonRange> last;
-    list.set_on_change([&](const std::vector<PoisonRange>& all) {
+    list.set_on_change([&](const PoisonChange&) {
       std::this_thread::yield();  // a slow writer of the record
       std::lock_guard g(m);
-      last = all;
+      last = list.all();
     });
     std::atomic<int> ready{0};
     std::vector<std::thread> threads;
@@ -437,7 +445,8 @@ TEST(PoisonMedia, ClearZeroesBeforeTheRecordDropsTheUnits) {
   ASSERT_TRUE(m->inject_poison(4096, 4 * U, false));
   ASSERT_TRUE(m->inject_poison(8192 + U, U, true));
   int calls = 0;
-  m->poison().set_on_change([&](const std::vector<PoisonRange>& all) {
+  m->poison().set_on_change([&](const PoisonChange&) {
+    const std::vector<PoisonRange> all = m->poison().all();
     ++calls;
     for (uint64_t off : {uint64_t{4096}, uint64_t{4096 + U}, uint64_t{4096 + 2 * U}, uint64_t{4096 + 3 * U},
                          uint64_t{8192 + U}}) {
@@ -612,6 +621,223 @@ TEST(PoisonPmemMedia, RecordIsRoundedAndClippedOnLoad) {
   ASSERT_TRUE(m);
   EXPECT_EQ(m->poison().all(),
             (std::vector<PoisonRange>{{64, 64, false}, {192, 64, true}, {(1 << 20) - 64, 64, false}}));
+}
+
+
+// ------------------------------------------------------------------ record file
+
+constexpr uint64_t kRecordDevice = 1 << 30;
+
+// A list saved to a record file at every change, as the pmem media saves it.
+struct RecordedList {
+  PoisonRecord record;
+  PoisonList list;
+  std::vector<std::string> errors;  // of failed saves
+  explicit RecordedList(const std::string& path) : record(path) {
+    list.set_on_change([this](const PoisonChange& change) {
+      if (std::string e = record.save(change, list); !e.empty()) errors.push_back(e);
+    });
+  }
+  std::vector<PoisonRange> loaded() const { return parse_poison_record(slurp(record.path()), kRecordDevice).ranges; }
+};
+
+TEST(PoisonRecord, EveryChangeRoundTripsThroughTheLog) {
+  TempDir dir;
+  RecordedList r(dir.path + "/img.badblocks");
+  std::mt19937_64 rng(7);
+  auto pick = [&](uint64_t n) { return std::uniform_int_distribution<uint64_t>(0, n - 1)(rng); };
+  for (int step = 0; step < 600; ++step) {
+    const uint64_t off = pick(1024) * U + pick(2) * 7, len = 1 + pick(8 * U);
+    switch (pick(4)) {
+      case 0: r.list.clear(off, len); break;
+      case 1: r.list.make_known(off, len); break;
+      default: r.list.add(off, len, pick(2)); break;
+    }
+    ASSERT_EQ(show(r.loaded()), show(r.list.all())) << "step " << step;
+  }
+  EXPECT_TRUE(r.errors.empty());
+  // The changes were appended, not rewritten: the file is a log.
+  EXPECT_TRUE(r.record.needs_compaction());
+  EXPECT_NE(slurp(r.record.path()).find("\n= "), std::string::npos);
+  const PoisonRecordContents c = parse_poison_record(slurp(r.record.path()), kRecordDevice);
+  EXPECT_GT(c.groups, 0u);
+  EXPECT_FALSE(c.damaged);
+}
+
+TEST(PoisonRecord, TornLastGroupIsIgnoredAtEveryLength) {
+  TempDir dir;
+  RecordedList r(dir.path + "/img.badblocks");
+  r.list.add(0, U, false);
+  r.list.add(10 * U, 2 * U, true);
+  r.list.add(20 * U, U, false);
+  const std::string before_text = slurp(r.record.path());
+  const std::vector<PoisonRange> before = r.list.all();
+  // The last change, one group of two lines: both ranges removed.
+  r.list.clear_all(std::vector<PoisonRange>{{0, U, false}, {10 * U, 2 * U, false}});
+  const std::vector<PoisonRange> after = r.list.all();
+  const std::string full = slurp(r.record.path());
+  ASSERT_EQ(full.compare(0, before_text.size(), before_text), 0);
+  const std::string group = full.substr(before_text.size());
+  ASSERT_EQ(std::count(group.begin(), group.end(), '\n'), 3);
+  for (size_t len = 0; len <= group.size(); ++len) {
+    SCOPED_TRACE(::testing::Message() << "group cut to " << len << " of " << group.size() << " bytes");
+    const PoisonRecordContents c = parse_poison_record(before_text + group.substr(0, len), kRecordDevice);
+    // Only the newline may be missing from a group that counts.
+    const bool whole = len + 1 >= group.size();
+    EXPECT_EQ(show(c.ranges), show(whole ? after : before));
+    EXPECT_EQ(c.damaged, len > 0 && !whole);
+  }
+}
+
+TEST(PoisonRecord, GroupWithABadChecksumIsIgnored) {
+  TempDir dir;
+  RecordedList r(dir.path + "/img.badblocks");
+  r.list.add(0, U, false);  // the base (the first save compacts)
+  const size_t base = slurp(r.record.path()).size();
+  r.list.add(10 * U, U, false);
+  const size_t first = slurp(r.record.path()).size();
+  r.list.add(20 * U, U, true);
+  const size_t second = slurp(r.record.path()).size();
+  r.list.add(30 * U, U, false);
+  const std::string text = slurp(r.record.path());
+  ASSERT_GT(first, base);
+  const std::vector<PoisonRange> without_second{{0, U, false}, {10 * U, U, false}, {30 * U, U, false}};
+  // A changed byte in the second group's line, or in its checksum.
+  for (size_t at : {first + 3, second - 2}) {
+    std::string bad = text;
+    bad[at] = bad[at] == '1' ? '2' : '1';
+    const PoisonRecordContents c = parse_poison_record(bad, kRecordDevice);
+    EXPECT_EQ(show(c.ranges), show(without_second)) << "byte " << at << " changed";
+    EXPECT_TRUE(c.damaged);
+    EXPECT_EQ(c.groups, 2u);
+  }
+}
+
+TEST(PoisonRecord, OlderPlainRecordStillLoadsAndTakesAppends) {
+  TempDir dir;
+  const std::string img = dir.image("img");
+  {
+    std::ofstream out(img + ".badblocks");
+    out << "4096 64 known\n8192 128 latent\n";
+  }
+  const std::vector<PoisonRange> old{{4096, 64, false}, {8192, 128, true}};
+  EXPECT_EQ(parse_poison_record(slurp(img + ".badblocks"), 1 << 20).ranges, old);
+  {
+    auto m = open_media(img, MapMode::kShared);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->poison().all(), old);
+    m->poison().make_known(8192, 1);
+    ASSERT_TRUE(m->inject_poison(65536, 64, true));
+    // A daemon that dies here leaves the log: it loads the same.
+    EXPECT_EQ(parse_poison_record(slurp(img + ".badblocks"), 1 << 20).ranges, m->poison().all());
+  }
+  auto m = open_media(img, MapMode::kPrivate);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->poison().all(), (std::vector<PoisonRange>{{4096, 64, false}, {8192, 128, false}, {65536, 64, true}}));
+}
+
+// A shared open rewrites a record that carries a torn group (left by a
+// crash) as a clean base, so that appends never follow the torn bytes.
+TEST(PoisonRecord, SharedOpenCompactsATornLog) {
+  TempDir dir;
+  const std::string img = dir.image("img");
+  {
+    std::ofstream out(img + ".badblocks");
+    out << "4096 64 known\n+ 8192 64 latent\n= 0123";
+  }
+  {
+    auto m = open_media(img, MapMode::kShared);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->poison().all(), (std::vector<PoisonRange>{{4096, 64, false}}));
+    EXPECT_EQ(slurp(img + ".badblocks"), "4096 64 known\n");
+    ASSERT_TRUE(m->inject_poison(12288, 64, false));
+  }
+  auto m = open_media(img, MapMode::kPrivate);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->poison().all(), (std::vector<PoisonRange>{{4096, 64, false}, {12288, 64, false}}));
+}
+
+TEST(PoisonRecord, CompactionKeepsTheListAndBoundsTheLog) {
+  TempDir dir;
+  RecordedList r(dir.path + "/img.badblocks");
+  for (uint64_t i = 0; i < 300; ++i) r.list.add(i * 2 * U, U, true);
+  const uint64_t base = encode_poison_base(r.list.all()).size();
+  // Thousands of changes over a list of a constant size: the file stays
+  // within the bound (twice the base plus 64 KiB, plus the last group).
+  uintmax_t largest = 0;
+  for (uint64_t i = 0; i < 6000; ++i) {
+    const uint64_t off = (i % 300) * 2 * U;
+    if (i % 2 == 0) r.list.make_known(off, U);
+    else r.list.add(off, U, false);
+    largest = std::max(largest, std::filesystem::file_size(r.record.path()));
+  }
+  EXPECT_LE(largest, 2 * base + 64 * 1024 + 64);
+  EXPECT_TRUE(r.errors.empty());
+  EXPECT_EQ(show(r.loaded()), show(r.list.all()));
+  // An explicit compaction leaves the base alone, in the plain format.
+  ASSERT_EQ(r.record.compact(r.list.all()), "");
+  EXPECT_FALSE(r.record.needs_compaction());
+  EXPECT_EQ(slurp(r.record.path()), encode_poison_base(r.list.all()));
+  r.list.add(1 << 20, U, false);
+  EXPECT_EQ(show(r.loaded()), show(r.list.all()));
+}
+
+TEST(PoisonRecord, CloseOfASharedMappingCompacts) {
+  TempDir dir;
+  const std::string img = dir.image("img");
+  std::vector<PoisonRange> list;
+  {
+    auto m = open_media(img, MapMode::kShared);
+    ASSERT_TRUE(m);
+    ASSERT_TRUE(m->inject_poison(4096, 64, false));
+    ASSERT_TRUE(m->inject_poison(8192, 64, true));
+    m->clear_poison(4096, 64);
+    ASSERT_TRUE(m->inject_poison(12288, 128, false));
+    EXPECT_NE(slurp(img + ".badblocks").find("\n= "), std::string::npos);  // a log
+    list = m->poison().all();
+  }
+  EXPECT_EQ(slurp(img + ".badblocks"), encode_poison_base(list));
+  EXPECT_FALSE(exists(img + ".badblocks.tmp"));
+}
+
+TEST(PoisonRecord, FailedSavesAreReportedAndCaughtUpWith) {
+  TempDir dir;
+  RecordedList r(dir.path + "/img.badblocks");
+  // The rewrite fails: a directory where its temporary file goes.
+  ASSERT_EQ(mkdir((r.record.path() + ".tmp").c_str(), 0755), 0);
+  r.list.add(0, U, false);
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_FALSE(exists(r.record.path()));
+  EXPECT_TRUE(r.record.needs_compaction());  // a close would try again
+  ASSERT_EQ(rmdir((r.record.path() + ".tmp").c_str()), 0);
+  r.list.add(4 * U, U, true);  // rewritten whole: the lost change is back
+  EXPECT_EQ(r.errors.size(), 1u);
+  EXPECT_EQ(show(r.loaded()), show(r.list.all()));
+  // An append fails: the disk under the open log is full.
+  ASSERT_EQ(testing::fill_disk_under(r.record.path()), 1);
+  r.list.make_known(4 * U, 1);
+  ASSERT_EQ(r.errors.size(), 2u);
+  EXPECT_NE(r.errors.back().find("space"), std::string::npos) << r.errors.back();
+  r.list.add(8 * U, U, false);  // the next save compacts
+  EXPECT_EQ(r.errors.size(), 2u);
+  EXPECT_EQ(show(r.loaded()), show(r.list.all()));
+  EXPECT_EQ(r.list.all(), (std::vector<PoisonRange>{{0, U, false}, {4 * U, U, false}, {8 * U, U, false}}));
+}
+
+TEST(PoisonRecord, FailedAppendIsReportedByTheMedia) {
+  TempDir dir;
+  const std::string img = dir.image("img");
+  auto m = open_media(img, MapMode::kShared);
+  ASSERT_TRUE(m);
+  ASSERT_TRUE(m->inject_poison(4096, 64, false));
+  EXPECT_EQ(m->poison().persist_failures(), 0u);
+  ASSERT_EQ(testing::fill_disk_under(img + ".badblocks"), 1);
+  ::testing::internal::CaptureStderr();
+  ASSERT_TRUE(m->inject_poison(8192, 64, false));
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(m->poison().persist_failures(), 1u);
+  EXPECT_NE(m->poison().last_persist_error().find("not saved"), std::string::npos);
+  EXPECT_NE(err.find(".badblocks"), std::string::npos) << err;
 }
 
 }  // namespace

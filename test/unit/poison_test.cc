@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "poisonfs/filesystem.h"
+#include "unit/full_disk.h"
 #include "unit/test_device.h"
 
 namespace poisonfs {
@@ -1595,10 +1596,11 @@ TEST(PoisonPersist, FailedSaveOfTheRecordIsReported) {
   EXPECT_STREQ(event_kind_name(EventKind::kError), "error");
   // The poison itself is in force (the data is gone either way).
   EXPECT_EQ(err(read_range(**fs, a, B, 10)), std::errc::io_error);
-  // Latent poison found by a read changes the list too: one more error event.
+  // Latent poison found by a read changes the list too: one more error event
+  // (an append to the record, which now fails on a full disk).
   ASSERT_TRUE(std::filesystem::remove(image + ".badblocks.tmp"));
   ASSERT_TRUE((*fs)->inject_poison(p + 2 * B, 64, true));
-  ASSERT_EQ(mkdir((image + ".badblocks.tmp").c_str(), 0755), 0);
+  ASSERT_EQ(testing::fill_disk_under(image + ".badblocks"), 1);
   size_t errors_before = std::ranges::count_if(all_events(**fs), [](const Event& x) { return x.kind == EventKind::kError; });
   ::testing::internal::CaptureStderr();
   EXPECT_EQ(err(read_range(**fs, a, 3 * B, 10)), std::errc::io_error);
@@ -1606,7 +1608,6 @@ TEST(PoisonPersist, FailedSaveOfTheRecordIsReported) {
   EXPECT_NE(err_text.find("not saved"), std::string::npos) << err_text;
   size_t errors_after = std::ranges::count_if(all_events(**fs), [](const Event& x) { return x.kind == EventKind::kError; });
   EXPECT_EQ(errors_after, errors_before + 1);
-  ASSERT_TRUE(std::filesystem::remove(image + ".badblocks.tmp"));
   EXPECT_TRUE((*fs)->unmount());
 }
 

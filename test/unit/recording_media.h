@@ -118,8 +118,8 @@ class RecordingMedia final : public Media {
 
  private:
   void watch_poison() {
-    poison_.set_on_change([this](const std::vector<PoisonRange>& all) {
-      if (recording_) log_.push_back(Op{Op::kPoisonList, 0, 0, {}, all});
+    poison_.set_on_change([this](const PoisonChange&) {
+      if (recording_) log_.push_back(Op{Op::kPoisonList, 0, 0, {}, poison_.all()});
     });
   }
 

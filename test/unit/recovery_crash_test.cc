@@ -11,7 +11,7 @@
 //
 // The crash model. The device's poison list lives outside the media (the
 // simulated DIMM's record IMAGE.badblocks, saved by PoisonList's on_change
-// callback, written to a temporary file and renamed): a change is durable
+// callback, appended to a log and synced): a change is durable
 // when the call returns, in program order with the media's persist points.
 // Media stores are durable only after a barrier; between barriers any of
 // them may have reached the media or not, the last one possibly torn. Two
@@ -324,9 +324,9 @@ size_t run_crash_case(const Case& c, Model model, const std::string& name) {
   r.initial_poison = raw->poison().all();
   EXPECT_FALSE(r.initial_poison.empty());
   std::vector<size_t> change_pos;
-  raw->poison().set_on_change([&](const std::vector<PoisonRange>& all) {
+  raw->poison().set_on_change([&](const PoisonChange&) {
     change_pos.push_back(raw->log().size());
-    r.poison_lists.push_back(all);
+    r.poison_lists.push_back(raw->poison().all());
   });
   raw->set_recording(true);
   c.recover(**fs);

@@ -1,0 +1,124 @@
+// The FUSE_HANDLE_KILLPRIV_V2 shim: see killpriv.h for why and how.
+#include "killpriv.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstring>
+
+namespace poisonfs::fuse {
+namespace {
+
+// The request the calling thread read last, i.e. the one it handles.
+struct CurrentRequest {
+  uint32_t opcode = 0;
+  uint64_t unique = 0;
+  uint32_t flags = 0;  // WRITE: write_flags; SETATTR: valid; INIT: the kernel's flags
+};
+
+thread_local CurrentRequest t_request;
+
+// Copies the field of type T at offset `at` of a request argument of `size`
+// bytes; leaves *out alone when the argument is too short (an old kernel).
+template <class T>
+void field_at(const std::byte* arg, size_t size, size_t at, T* out) {
+  if (size >= at + sizeof(T)) std::memcpy(out, arg + at, sizeof(T));
+}
+
+void note_request(const void* buf, ssize_t n) {
+  t_request = {};
+  if (n < static_cast<ssize_t>(sizeof(fuse_in_header))) return;
+  fuse_in_header h;
+  std::memcpy(&h, buf, sizeof h);
+  t_request.opcode = h.opcode;
+  t_request.unique = h.unique;
+  const std::byte* arg = static_cast<const std::byte*>(buf) + sizeof h;
+  const size_t size = static_cast<size_t>(n) - sizeof h;
+  switch (h.opcode) {
+    case FUSE_INIT:
+      field_at(arg, size, offsetof(fuse_init_in, flags), &t_request.flags);
+      break;
+    case FUSE_WRITE:
+      field_at(arg, size, offsetof(fuse_write_in, write_flags), &t_request.flags);
+      break;
+    case FUSE_SETATTR:
+      field_at(arg, size, offsetof(fuse_setattr_in, valid), &t_request.flags);
+      break;
+    default:
+      break;
+  }
+}
+
+ssize_t shim_read(int fd, void* buf, size_t len, void* /*userdata*/) {
+  ssize_t n = read(fd, buf, len);
+  note_request(buf, n);
+  return n;
+}
+
+// Sends the INIT reply in iov with FUSE_HANDLE_KILLPRIV_V2 added, when it
+// is the successful reply to an INIT whose kernel offered the flag.
+ssize_t write_init_reply(int fd, const iovec* iov, int count, MountContext* mc) {
+  fuse_out_header out;
+  fuse_init_out init{};
+  const bool patch =
+      (t_request.flags & FUSE_HANDLE_KILLPRIV_V2) && count == 2 && iov[0].iov_len == sizeof out &&
+      iov[1].iov_len >= offsetof(fuse_init_out, flags) + 4 && iov[1].iov_len <= sizeof init;
+  if (!patch) return writev(fd, iov, count);
+  std::memcpy(&out, iov[0].iov_base, sizeof out);
+  if (out.unique != t_request.unique || out.error != 0) return writev(fd, iov, count);
+  std::memcpy(&init, iov[1].iov_base, iov[1].iov_len);
+  init.flags |= FUSE_HANDLE_KILLPRIV_V2;
+  const iovec patched[2] = {iov[0], iovec{&init, iov[1].iov_len}};
+  ssize_t n = writev(fd, patched, 2);
+  // The kernel took the reply as sent: killing privileges is ours now.
+  if (n >= 0) mc->killpriv_v2.store(true, std::memory_order_relaxed);
+  return n;
+}
+
+ssize_t shim_writev(int fd, iovec* iov, int count, void* userdata) {
+  if (t_request.opcode == FUSE_INIT)
+    return write_init_reply(fd, iov, count, static_cast<MountContext*>(userdata));
+  return writev(fd, iov, count);
+}
+
+// Replies spliced from a pipe (-o read_reply=splice) go out unchanged.
+ssize_t shim_splice_send(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
+                         unsigned flags, void* /*userdata*/) {
+  return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+}  // namespace
+
+int install_killpriv_shim(fuse_session* se) {
+  // No splice_receive: requests must come through shim_read to be seen.
+  // The daemon never asks for FUSE_CAP_SPLICE_READ anyway. libfuse keeps the
+  // descriptor it already has (closed once, by fuse_session_destroy) and
+  // hands the callbacks the session's userdata, our MountContext.
+  const fuse_custom_io io = {
+      .writev = shim_writev,
+      .read = shim_read,
+      .splice_receive = nullptr,
+      .splice_send = shim_splice_send,
+  };
+  return fuse_session_custom_io(se, &io, fuse_session_fd(se));
+}
+
+bool request_kills_suid_sgid() {
+  switch (t_request.opcode) {
+    case FUSE_WRITE:
+      return (t_request.flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+    case FUSE_SETATTR:
+      return (t_request.flags & FATTR_KILL_SUIDGID) != 0;
+    default:
+      return false;
+  }
+}
+
+bool request_is_page_writeback() {
+  return t_request.opcode == FUSE_WRITE && (t_request.flags & FUSE_WRITE_CACHE) != 0;
+}
+
+}  // namespace poisonfs::fuse
