@@ -525,6 +525,18 @@ struct Injector {
     uint64_t block_end = std::min(off / kBlock * kBlock + kBlock, e_end);
     uint64_t len = kUnit * (1 + rng() % ((block_end - off) / kUnit));
     uint64_t phys = e.physical + (off - e.file_offset);
+    // Every file of this worker that maps those bytes is hit (clones share).
+    // A clone shorter than the source can map the bytes past its own EOF;
+    // a unit there is skipped: no write of that clone covers it (it would
+    // have to write past EOF), and recovering it through a sharer that is
+    // not the writer's own file is not what this driver models.
+    std::vector<std::vector<Range>> hits(kFilesPerWorker);
+    for (int t = 0; t < kFilesPerWorker; ++t) {
+      if (!m.files[t].exists) continue;
+      hits[t] = mapped_at(file_path(w, t), phys, len);
+      for (const Range& r : hits[t])
+        if (r.off + r.len > m.files[t].size / kUnit * kUnit) return;
+    }
     bool latent = rng() % 3 == 0;
     int status;
     std::string out = run_capture(g_ctl + " inject '" + g_mnt + "' " + std::to_string(phys) + " " +
@@ -535,11 +547,10 @@ struct Injector {
       return report(m, "poisonctl inject %" PRIu64 " %" PRIu64 " failed: %s", phys, len, out.c_str());
     }
     ++(latent ? g->injected_latent : g->injected);
-    // Every file of this worker that maps those bytes is hit (clones share).
     for (int t = 0; t < kFilesPerWorker; ++t) {
       FileModel& f = m.files[t];
       if (!f.exists) continue;
-      for (const Range& r : mapped_at(file_path(w, t), phys, len)) {
+      for (const Range& r : hits[t]) {
         if (f.npoison == kMaxPoison) {
           report(m, "too many poisoned ranges in %s", file_path(w, t).c_str());
           break;
