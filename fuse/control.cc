@@ -368,8 +368,7 @@ void status(fuse_req_t req, size_t out_bufsz) {
   reply_record(req, st, out_bufsz);
 }
 
-// Runs the whole scrub inside this request (no progress over the mount).
-void scrub(fuse_req_t req, size_t out_bufsz) {
+void run_scrub(fuse_req_t req, size_t out_bufsz) {
   auto rep = context(req).fs->scrub(nullptr);
   if (!rep) {
     fuse_reply_err(req, rep.error().errno_value());
@@ -385,6 +384,17 @@ void scrub(fuse_req_t req, size_t out_bufsz) {
   out.checksum_mismatches = rep->checksum_mismatches;
   out.flags = rep->checksums ? POISONFS_SCRUB_CHECKSUMS : 0;
   reply_after_invalidations(req, [req, out, out_bufsz] { reply_record(req, out, out_bufsz); });
+}
+
+// The whole scrub in one request (no progress over the mount), run by the
+// background worker: the session loop goes on serving the mount meanwhile
+// (the core locks the filesystem one chunk at a time).
+void scrub(fuse_req_t req, size_t out_bufsz) {
+  if (SerialWorker* background = context(req).background) {
+    background->post([req, out_bufsz] { run_scrub(req, out_bufsz); });
+  } else {
+    run_scrub(req, out_bufsz);  // no session loop (never while requests are served)
+  }
 }
 
 }  // namespace

@@ -563,7 +563,14 @@ int daemon_main(int argc, char** argv) {
     CacheInvalidator invalidator(se);
     context.invalidator = &invalidator;
     fs->set_invalidate_hook([&invalidator](Ino ino, uint64_t off, uint64_t len) { invalidator.push(ino, off, len); });
-    res = run_loop(se, cmd);
+    {
+      // Destroyed first: a scrub still running finishes (and queues its
+      // reply on the invalidator) before the invalidator stops.
+      SerialWorker background;
+      context.background = &background;
+      res = run_loop(se, cmd);
+      context.background = nullptr;
+    }
     fs->set_invalidate_hook(nullptr);
     context.invalidator = nullptr;
   }

@@ -45,6 +45,9 @@ struct MountContext {
   std::string mountpoint;
   // Sends kernel cache invalidations; set while the session loop runs.
   class CacheInvalidator* invalidator = nullptr;
+  // Runs long control requests (scrub) off the session loop; set while the
+  // loop runs (invalidator.h).
+  class SerialWorker* background = nullptr;
   // The kernel accepted FUSE_HANDLE_KILLPRIV_V2 (killpriv.h): it no longer
   // asks for security.capability before each write.
   std::atomic<bool> killpriv_v2{false};
