@@ -500,8 +500,9 @@ Status FsImpl::_truncate(Inode& inode, uint64_t size, Transaction& tx, std::vect
       for (const MappedRange& r : edit.dropped)
         rmap_.remove(r.start, r.count, Owner{inode.rec.ino, r.file_block, OwnerKind::kData}, &dropped);
       release_chain(inode, inode.chain, tx, dropped);
-    } else if (piece_end(inode, keep, kMaxFileSize / kBlockSize, extents_per_commit()) < kMaxFileSize / kBlockSize) {
-      // More extents past the new EOF than one commit holds: the new size
+    } else if (inode.extents.size() > extents_per_commit()) {
+      // Maybe more extents past the new EOF than one commit holds (the
+      // count is O(1); walking them to be sure would walk them twice): the new size
       // and the truncating flag first, so that from the first commit on the
       // truncate has happened (what lies past EOF is unreachable), then the
       // extents in pieces; mount finishes what a crash interrupts.
