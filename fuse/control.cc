@@ -2,7 +2,7 @@
 // include/poisonfs/ioctl.h). Restricted FUSE ioctls carry fixed-size records
 // whose size is in the command, so the kernel copies them in and out.
 //
-// Who may call what: STAT, FSMAP and PATHS show the whole device and every
+// Who may call what: STAT, FSMAP (and FSMAP_PACKED) and PATHS show the whole device and every
 // name, so only root and the user who mounted may use them (like GETFSMAP,
 // which needs CAP_SYS_ADMIN). BMAP shows a file the caller has open.
 // CLONE_RANGE needs the destination open for writing and the source open
@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 
+#include "fs/fsmap_pack.h"
 #include "invalidator.h"
 #include "ops.h"
 #include "poisonfs/ioctl.h"
@@ -196,6 +197,19 @@ void bmap(fuse_req_t req, fuse_ino_t ino, const void* in_buf, size_t in_bufsz, s
   reply_record(req, *page, out_bufsz);
 }
 
+// Moves a GETFSMAP-style cursor (an offset and how many records there were
+// returned already) past the first `count` records of a page.
+template <class Records>
+void advance_cursor(uint64_t& cursor_physical, uint32_t& cursor_skip, const Records& recs, size_t count) {
+  if (count == 0) return;
+  uint64_t last = recs[count - 1].physical;
+  uint32_t same = 0;
+  for (size_t i = count; i > 0 && recs[i - 1].physical == last; --i) ++same;
+  // Records at `last` from an earlier page count too.
+  cursor_skip = (last == cursor_physical ? cursor_skip : 0) + same;
+  cursor_physical = last;
+}
+
 void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   auto page = std::make_unique<poisonfs_fsmap>();
   if (!take_input(req, in_buf, in_bufsz, page.get())) return;
@@ -227,15 +241,47 @@ void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz
     fuse_reply_err(req, st.error().errno_value());
     return;
   }
-  if (page->count > 0) {
-    uint64_t last = page->recs[page->count - 1].physical;
-    uint32_t same = 0;
-    for (uint32_t i = page->count; i > 0 && page->recs[i - 1].physical == last; --i) ++same;
-    // Records at `last` from an earlier page count too.
-    page->cursor_skip = (last == page->cursor_physical ? page->cursor_skip : 0) + same;
-    page->cursor_physical = last;
-  }
+  advance_cursor(page->cursor_physical, page->cursor_skip, page->recs, page->count);
   reply_record(req, *page, out_bufsz);
+}
+
+// FSMAP and the paths of its data owners in one packed page.
+void fsmap_packed(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto page = std::make_unique<poisonfs_fsmap_packed>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  uint64_t from = std::max(page->start, page->cursor_physical);
+  uint64_t end = page->length > UINT64_MAX - page->start ? UINT64_MAX : page->start + page->length;
+  uint32_t skip = page->cursor_physical >= page->start ? page->cursor_skip : 0;
+  FsmapPacker packer(page->buf);
+  bool full = false;
+  Filesystem& fs = *context(req).fs;
+  Status st = fs.fsmap(from, end - from, [&](const FsmapEntry& e) {
+    if (skip > 0 && e.physical == from) {
+      --skip;
+      return true;
+    }
+    full = !packer.add(e);
+    return !full;
+  });
+  if (!st) {
+    fuse_reply_err(req, st.error().errno_value());
+    return;
+  }
+  size_t collected = packer.records().size();
+  size_t kept = packer.finish(
+      [&fs](std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
+        fs.paths(inos, names, first);
+      });
+  page->count = static_cast<uint32_t>(kept);
+  page->used = static_cast<uint32_t>(packer.used());
+  page->flags = full || kept < collected ? 0 : POISONFS_OF_LAST;
+  advance_cursor(page->cursor_physical, page->cursor_skip, packer.records(), kept);
+  if (out_bufsz < sizeof *page) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  // Only what is used: the kernel copies back as many bytes as the reply has.
+  fuse_reply_ioctl(req, 0, page.get(), offsetof(poisonfs_fsmap_packed, buf) + page->used);
 }
 
 void paths(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
@@ -405,6 +451,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
                        cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS_BATCH) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP_PACKED) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_INJECT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_BADBLOCKS) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_EVENTS) ||
@@ -420,6 +467,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
     case POISONFS_IOC_FSMAP: return fsmap(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS: return paths(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS_BATCH: return paths_batch(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_FSMAP_PACKED: return fsmap_packed(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_INJECT: return inject(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_BADBLOCKS: return badblocks(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_FILE_POISON: return file_poison(req, ino, in_buf, in_bufsz, out_bufsz);

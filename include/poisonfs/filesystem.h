@@ -338,6 +338,10 @@ class Filesystem {
                        const std::function<bool(const FsmapEntry&)>& fn) = 0;
   // Every path of ino from the root ("/a/b"), one per hard link.
   virtual Result<std::vector<std::string>> paths(Ino ino) = 0;
+  // The paths of many inodes under one lock (fsmap names thousands), flat:
+  // those of inos[i] are names[first[i]] .. names[first[i+1]-1] (none for
+  // an inode that no longer exists).
+  virtual void paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) = 0;
 
   // --- media failure (DESIGN.md section 2)
   // A media error at device bytes [offset, offset+length): every owner is

@@ -186,6 +186,32 @@ struct poisonfs_paths_batch {
 };
 #define POISONFS_IOC_PATHS_BATCH _IOWR(POISONFS_IOC_MAGIC, 11, struct poisonfs_paths_batch)
 
+// Owners of a device byte range and the paths of their data owners in one
+// round trip (FSMAP plus PATHS_BATCH, packed: one call names ~1,000 sharers
+// of a block). Paginated like POISONFS_IOC_FSMAP. buf holds `count`
+// records, then the path table, `used` bytes in all; integers are LEB128
+// varints (7 bits a byte, low first):
+//   record: head byte = owner (bits 0-3) | 0x10 shared | 0x20 poisoned |
+//           0x40 same physical and length as the record before;
+//           unless 0x40: zigzag(physical - previous physical), length;
+//           owners with an inode (data, extents, directory, xattr): inode;
+//           data: file_offset.
+//   path table: entries; each: inode, paths + 1 (0: not sent, ask
+//           POISONFS_IOC_PATHS_BATCH), then per path: bytes shared with the
+//           previous path of the table, suffix length, suffix bytes.
+#define POISONFS_FSMAP_PACKED_BYTES 16336
+struct poisonfs_fsmap_packed {
+  uint64_t start;            // in
+  uint64_t length;           // in
+  uint64_t cursor_physical;  // in/out: 0 on the first call
+  uint32_t cursor_skip;      // in/out: 0 on the first call
+  uint32_t count;            // out: records in buf
+  uint32_t used;             // out: bytes of buf used
+  uint32_t flags;            // out: POISONFS_OF_LAST
+  uint8_t buf[POISONFS_FSMAP_PACKED_BYTES];
+};
+#define POISONFS_IOC_FSMAP_PACKED _IOWR(POISONFS_IOC_MAGIC, 17, struct poisonfs_fsmap_packed)
+
 // Scrub (control operation): walks every allocated byte and the metadata;
 // latent poison found becomes known and is notified, quarantined free space
 // is cleared and returned. Runs inside the ioctl request: no progress is

@@ -140,6 +140,7 @@ class FsImpl final : public Filesystem {
   Result<std::vector<BmapEntry>> bmap(Ino ino) override;
   Status fsmap(uint64_t start, uint64_t length, const std::function<bool(const FsmapEntry&)>& fn) override;
   Result<std::vector<std::string>> paths(Ino ino) override;
+  void paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) override;
   Status notify_failure(uint64_t offset, uint64_t length, int flags) override;
   Result<PoisonRange> inject_poison(uint64_t offset, uint64_t length, bool latent) override;
   std::vector<PoisonRange> badblocks() override;

@@ -313,14 +313,49 @@ Result<std::vector<std::string>> FsImpl::paths(Ino ino) {
   return out;
 }
 
+void FsImpl::paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
+  std::shared_lock lock(mutex_);
+  names.clear();
+  first.clear();
+  names.reserve(inos.size());
+  first.reserve(inos.size() + 1);
+  for (Ino ino : inos) {
+    first.push_back(names.size());
+    if (ino == kRootIno) names.emplace_back("/");
+    if (ino <= kRootIno || ino > inodes_.size() || !inodes_[ino - 1]) continue;
+    for (const Link& link : inodes_[ino - 1]->links) names.push_back(path_of(link));
+  }
+  first.push_back(names.size());
+}
+
 // The path a name makes from the root. Directories have one name, so
-// walking up by their only link is exact.
+// walking up by their only link is exact. Two walks (the length, then the
+// names from the back) build it in one allocation: fsmap names thousands.
 std::string FsImpl::path_of(const Link& link) {
-  std::string path = "/" + link.name;
+  size_t length = 1 + link.name.size();
+  bool detached = false;  // an open, unlinked directory on the way up
   for (Ino dir = link.parent; dir != kRootIno;) {
-    Inode* d = inodes_[dir - 1].get();
-    if (!d || d->links.empty()) return "?" + path;  // detached (an open, unlinked directory)
-    path = "/" + d->links.front().name + path;
+    const Inode* d = inodes_[dir - 1].get();
+    if (!d || d->links.empty()) {
+      detached = true;
+      break;
+    }
+    length += 1 + d->links.front().name.size();
+    dir = d->links.front().parent;
+  }
+  std::string path(length + (detached ? 1 : 0), '/');
+  if (detached) path[0] = '?';
+  size_t end = path.size();
+  auto put = [&](const std::string& name) {
+    end -= name.size();
+    std::memcpy(path.data() + end, name.data(), name.size());
+    --end;  // the '/' before it is already there
+  };
+  put(link.name);
+  for (Ino dir = link.parent; dir != kRootIno;) {
+    const Inode* d = inodes_[dir - 1].get();
+    if (!d || d->links.empty()) break;
+    put(d->links.front().name);
     dir = d->links.front().parent;
   }
   return path;

@@ -47,6 +47,7 @@
 #include <thread>
 #include <vector>
 
+#include "fs/fsmap_pack.h"
 #include "poisonfs/filesystem.h"
 #include "poisonfs/ioctl.h"
 #include "poisonfs/media.h"
@@ -88,23 +89,49 @@ std::string unescape(const std::string& s) {
   return out;
 }
 
+// The whole of a small (procfs) file, or empty.
+std::string read_small_file(const char* path) {
+  std::string text;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[8192];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return text;
+}
+
+// The next space-separated field of `rest` (consumed).
+std::string_view next_field(std::string_view& rest) {
+  size_t end = rest.find(' ');
+  std::string_view field = rest.substr(0, end);
+  rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+  return field;
+}
+
+// Parsed by hand, not with streams: every poisonctl call reads it, and
+// stream set-up alone cost it a tenth of a millisecond.
 std::vector<MountEntry> poisonfs_mounts() {
   std::vector<MountEntry> mounts;
-  std::ifstream mountinfo("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(mountinfo, line)) {
+  std::string text = read_small_file("/proc/self/mountinfo");
+  std::string_view all(text);
+  while (!all.empty()) {
+    size_t eol = all.find('\n');
+    std::string_view line = all.substr(0, eol);
+    all = eol == std::string_view::npos ? std::string_view{} : all.substr(eol + 1);
     // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superopts
-    std::istringstream head(line);
+    size_t sep = line.find(" - ");
+    if (sep == std::string_view::npos) continue;
+    std::string_view tail = line.substr(sep + 3);
+    if (next_field(tail) != "fuse.poisonfs") continue;
+    std::string_view head = line.substr(0, sep);
     MountEntry e;
-    std::string id, parent, root;
-    head >> id >> parent >> e.devno >> root >> e.mountpoint;
-    auto sep = line.find(" - ");
-    if (sep == std::string::npos) continue;
-    std::istringstream tail(line.substr(sep + 3));
-    tail >> e.fstype >> e.source;
-    if (e.fstype != "fuse.poisonfs") continue;
-    e.mountpoint = unescape(e.mountpoint);
-    e.source = unescape(e.source);
+    next_field(head);  // id
+    next_field(head);  // parent
+    e.devno = next_field(head);
+    next_field(head);  // root
+    e.mountpoint = unescape(std::string(next_field(head)));
+    e.fstype = "fuse.poisonfs";
+    e.source = unescape(std::string(next_field(tail)));
     mounts.push_back(std::move(e));
   }
   return mounts;
@@ -859,84 +886,105 @@ int cmd_bmap(const std::vector<std::string>& args) {
 constexpr std::string_view kFsmapSynopsis = "fsmap [--json] MOUNTPOINT|IMAGE [START [LENGTH]]";
 
 bool is_data(const FsmapEntry& e) { return e.owner == FsmapOwner::kData; }
-bool has_inode(const FsmapEntry& e) {
-  return e.owner == FsmapOwner::kData || e.owner == FsmapOwner::kExtents ||
-         e.owner == FsmapOwner::kDirectory || e.owner == FsmapOwner::kXattrs;
+bool has_inode(const FsmapEntry& e) { return fsmap_owner_has_inode(e.owner); }
+
+// The distinct inodes of the data records of a listing, sorted.
+std::vector<Ino> data_inodes(const std::vector<FsmapEntry>& entries) {
+  std::vector<Ino> inos;
+  for (const FsmapEntry& e : entries) {
+    if (is_data(e) && (inos.empty() || inos.back() != e.ino)) inos.push_back(e.ino);
+  }
+  std::sort(inos.begin(), inos.end());
+  inos.erase(std::unique(inos.begin(), inos.end()), inos.end());
+  return inos;
 }
 
-// The paths of the data owners of a listing, fetched once per inode and
-// kept as the JSON fragment every record of that inode repeats.
+// The paths of the data owners of a listing, kept once per inode as the
+// JSON fragment every record of that inode repeats.
 class PathTable {
  public:
-  // Collects the distinct data inodes of `entries`.
-  explicit PathTable(const std::vector<FsmapEntry>& entries) {
-    for (const FsmapEntry& e : entries) {
-      if (is_data(e) && (inos_.empty() || inos_.back() != e.ino)) inos_.push_back(e.ino);
-    }
-    std::sort(inos_.begin(), inos_.end());
-    inos_.erase(std::unique(inos_.begin(), inos_.end()), inos_.end());
-    first_.reserve(inos_.size() + 1);
-    json_at_.reserve(inos_.size() + 1);
-  }
-  const std::vector<Ino>& inos() const { return inos_; }
-
-  // Appends the paths of inos()[first_.size()]. Sorted: the core lists
-  // hard links in an order that a remount may change.
-  void add(std::vector<std::string_view>& paths) {
-    std::sort(paths.begin(), paths.end());
-    first_.push_back(static_cast<uint32_t>(names_.size()));
-    json_at_.push_back(json_.size());
-    for (std::string_view p : paths) names_.emplace_back(p);
-    if (paths.empty()) {
+  // Sets the paths of ino, in any order; the first set of an inode counts.
+  // Sorted: the core lists hard links in an order a remount may change.
+  template <class Paths>
+  void add(Ino ino, const Paths& given) {
+    paths_.assign(given.begin(), given.end());
+    std::sort(paths_.begin(), paths_.end());
+    Slot slot{ino, static_cast<uint32_t>(names_.size()), static_cast<uint32_t>(paths_.size()), json_.size(), 0};
+    for (std::string_view p : paths_) names_.emplace_back(p);
+    if (paths_.empty()) {
       json_ += ", \"path\": null";
-      return;
-    }
-    json_ += ", \"path\": ";
-    append_json_string(json_, paths.front());
-    if (paths.size() > 1) {
-      json_ += ", \"paths\": [";
-      for (size_t i = 0; i < paths.size(); ++i) {
-        if (i) json_ += ", ";
-        append_json_string(json_, paths[i]);
+    } else {
+      json_ += ", \"path\": ";
+      append_json_string(json_, paths_.front());
+      if (paths_.size() > 1) {
+        json_ += ", \"paths\": [";
+        for (size_t k = 0; k < paths_.size(); ++k) {
+          if (k) json_ += ", ";
+          append_json_string(json_, paths_[k]);
+        }
+        json_ += ']';
       }
-      json_ += ']';
     }
+    slot.json_len = json_.size() - slot.json_at;
+    slots_.push_back(slot);
+    sorted_ = false;
   }
-  void finish() {
-    std::vector<std::string_view> none;
-    while (first_.size() < inos_.size()) add(none);
-    first_.push_back(static_cast<uint32_t>(names_.size()));
-    json_at_.push_back(json_.size());
+  // The data inodes of `entries` that no add() named.
+  std::vector<Ino> missing(const std::vector<FsmapEntry>& entries) {
+    sort();
+    std::vector<Ino> out;
+    for (Ino ino : data_inodes(entries))
+      if (find(ino) == nullptr) out.push_back(ino);
+    return out;
+  }
+  // Those left have no path (gone since the listing).
+  void finish(const std::vector<FsmapEntry>& entries) {
+    for (Ino ino : missing(entries)) add(ino, std::vector<std::string_view>{});
+    sort();
   }
 
   std::string_view json(Ino ino) const {
-    size_t i = index(ino);
-    if (i == npos) return ", \"path\": null";
-    return std::string_view(json_).substr(json_at_[i], json_at_[i + 1] - json_at_[i]);
+    const Slot* s = find(ino);
+    if (!s) return ", \"path\": null";
+    return std::string_view(json_).substr(s->json_at, s->json_len);
   }
   // The first path and how many there are.
   std::pair<std::string_view, size_t> first_path(Ino ino) const {
-    size_t i = index(ino);
-    if (i == npos || first_[i] == first_[i + 1]) return {{}, 0};
-    return {names_[first_[i]], first_[i + 1] - first_[i]};
+    const Slot* s = find(ino);
+    if (!s || s->count == 0) return {{}, 0};
+    return {names_[s->first], s->count};
   }
 
  private:
-  static constexpr size_t npos = SIZE_MAX;
-  size_t index(Ino ino) const {
-    // Consecutive records usually name the same inode.
-    if (last_ < inos_.size() && inos_[last_] == ino) return last_;
-    auto it = std::lower_bound(inos_.begin(), inos_.end(), ino);
-    if (it == inos_.end() || *it != ino) return npos;
-    last_ = static_cast<size_t>(it - inos_.begin());
-    return last_;
+  struct Slot {
+    Ino ino;
+    uint32_t first;  // its first name in names_
+    uint32_t count;
+    size_t json_at;
+    size_t json_len;
+  };
+  void sort() {
+    if (sorted_) return;
+    std::stable_sort(slots_.begin(), slots_.end(), [](const Slot& a, const Slot& b) { return a.ino < b.ino; });
+    slots_.erase(std::unique(slots_.begin(), slots_.end(), [](const Slot& a, const Slot& b) { return a.ino == b.ino; }),
+                 slots_.end());
+    sorted_ = true;
+    last_ = 0;
   }
-  std::vector<Ino> inos_;
-  std::vector<uint32_t> first_;  // per inode: its first name in names_
+  const Slot* find(Ino ino) const {
+    // Consecutive records usually name the same inode.
+    if (last_ < slots_.size() && slots_[last_].ino == ino) return &slots_[last_];
+    auto it = std::lower_bound(slots_.begin(), slots_.end(), ino, [](const Slot& s, Ino i) { return s.ino < i; });
+    if (it == slots_.end() || it->ino != ino) return nullptr;
+    last_ = static_cast<size_t>(it - slots_.begin());
+    return &*it;
+  }
+  std::vector<Slot> slots_;
+  bool sorted_ = true;
   std::vector<std::string> names_;
   std::string json_;
-  std::vector<size_t> json_at_;
-  mutable size_t last_ = npos;
+  std::vector<std::string_view> paths_;  // scratch of add()
+  mutable size_t last_ = 0;
 };
 
 Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64_t length,
@@ -976,12 +1024,11 @@ Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64
   return {};
 }
 
-// The paths of every inode in the table, up to 128 inodes per round trip
+// Adds the paths of `inos` to the table, up to 128 inodes per round trip
 // (one ioctl per inode would cost ~15 us each: 15 ms for 1,001 owners).
-Status paths_from_mount(int fd, const std::string& where, PathTable& table) {
+Status paths_batch_from_mount(int fd, const std::string& where, const std::vector<Ino>& inos, PathTable& table) {
   auto rec = std::make_unique<poisonfs_paths_batch>();
   std::vector<std::string_view> names;
-  const std::vector<Ino>& inos = table.inos();
   for (size_t next = 0; next < inos.size();) {
     uint32_t count = static_cast<uint32_t>(std::min<size_t>(POISONFS_PATHS_BATCH_MAX, inos.size() - next));
     rec->count = count;
@@ -1006,27 +1053,73 @@ Status paths_from_mount(int fd, const std::string& where, PathTable& table) {
         if (name.empty()) break;
         names.push_back(name);
       }
-      table.add(names);
+      table.add(inos[next + i], names);
     }
     next += rec->done;
   }
-  table.finish();
   return {};
 }
 
-Status paths_from_core(Filesystem& fs, PathTable& table) {
-  std::vector<std::string_view> names;
-  for (Ino ino : table.inos()) {
-    names.clear();
-    auto got = fs.paths(ino);
-    if (!got && got.error().code != std::errc::no_such_file_or_directory) {
-      return fail(got.error().code, "paths of inode " + std::to_string(ino) + ": " + got.error().to_string());
+// The owners of a range and the paths of the data owners, one packed page
+// (about a thousand owners) per round trip. ENOTTY: a daemon older than
+// POISONFS_IOC_FSMAP_PACKED.
+Status fsmap_packed_from_mount(int fd, const std::string& where, uint64_t start, uint64_t length,
+                               std::vector<FsmapEntry>& entries, PathTable& table) {
+  auto page = std::make_unique<poisonfs_fsmap_packed>();
+  uint64_t cursor_physical = 0;
+  uint32_t cursor_skip = 0;
+  auto on_paths = [&table](Ino ino, bool sent, std::span<const std::string> paths) {
+    if (sent) table.add(ino, paths);
+  };
+  for (;;) {
+    std::memset(page.get(), 0, offsetof(poisonfs_fsmap_packed, buf));
+    page->start = start;
+    page->length = length;
+    page->cursor_physical = cursor_physical;
+    page->cursor_skip = cursor_skip;
+    if (ioctl(fd, POISONFS_IOC_FSMAP_PACKED, page.get()) != 0) {
+      int err = errno;
+      std::string hint = err == EPERM ? " (only root and the user who mounted may list the device)" : "";
+      return fail(std::errc{err}, where + ": POISONFS_IOC_FSMAP_PACKED failed: " + errno_text(err) + hint);
     }
-    if (got) names.assign(got->begin(), got->end());
-    table.add(names);
+    if (page->used > sizeof page->buf) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_FSMAP_PACKED reply");
+    if (auto st = unpack_fsmap({page->buf, page->used}, page->count, entries, on_paths); !st) {
+      return fail(std::errc::io_error, where + ": " + st.error().to_string());
+    }
+    if (page->flags & POISONFS_OF_LAST) return {};
+    if (page->count == 0) return fail(std::errc::io_error, where + ": POISONFS_IOC_FSMAP_PACKED made no progress");
+    cursor_physical = page->cursor_physical;
+    cursor_skip = page->cursor_skip;
   }
-  table.finish();
+}
+
+// fsmap with paths through the mount: packed pages, or FSMAP then
+// PATHS_BATCH from a daemon without them; inodes whose names a page could
+// not carry are asked for in batches too.
+Status named_fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64_t length,
+                              std::vector<FsmapEntry>& entries, std::unique_ptr<PathTable>& table) {
+  table = std::make_unique<PathTable>();
+  Status st = fsmap_packed_from_mount(fd, where, start, length, entries, *table);
+  if (!st && st.error().code == std::errc::inappropriate_io_control_operation) {
+    entries.clear();
+    table = std::make_unique<PathTable>();
+    st = fsmap_from_mount(fd, where, start, length, entries);
+  }
+  if (!st) return st;
+  if (auto more = paths_batch_from_mount(fd, where, table->missing(entries), *table); !more) return more;
+  table->finish(entries);
   return {};
+}
+
+void paths_from_core(Filesystem& fs, const std::vector<FsmapEntry>& entries, PathTable& table) {
+  std::vector<Ino> inos = data_inodes(entries);
+  std::vector<std::string> names;
+  std::vector<size_t> first;
+  fs.paths(inos, names, first);
+  for (size_t i = 0; i < inos.size(); ++i) {
+    table.add(inos[i], std::span<const std::string>(names).subspan(first[i], first[i + 1] - first[i]));
+  }
+  table.finish(entries);
 }
 
 // The longest record but for its path fragment.
@@ -1203,11 +1296,9 @@ int cmd_fsmap(const std::vector<std::string>& args) {
   if (!where.mountpoint.empty()) {
     Fd fd(open(where.mountpoint.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
     if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, paths); !st) {
       return error(st.error().to_string());
     }
-    paths = std::make_unique<PathTable>(entries);
-    if (auto st = paths_from_mount(fd.get(), where.mountpoint, *paths); !st) return error(st.error().to_string());
   } else {
     auto fs = open_image(where.arg);
     if (!fs) return error(fs.error().to_string());
@@ -1216,8 +1307,8 @@ int cmd_fsmap(const std::vector<std::string>& args) {
       return true;
     });
     if (!st) return error(where.arg + ": " + st.error().to_string());
-    paths = std::make_unique<PathTable>(entries);
-    if (auto ps = paths_from_core(**fs, *paths); !ps) return error(where.arg + ": " + ps.error().to_string());
+    paths = std::make_unique<PathTable>();
+    paths_from_core(**fs, entries, *paths);
   }
   // The output is built whole and written at once: nothing is printed when
   // a query fails half-way.
@@ -1928,11 +2019,9 @@ Result<MapData> map_collect(const Target& where) {
     d.info = *info;
     Fd fd(open_for_control(where.mountpoint));
     if (!fd) return fail(std::errc{errno}, where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries, d.paths); !st) {
       return std::unexpected(st.error());
     }
-    d.paths = std::make_unique<PathTable>(d.entries);
-    if (auto st = paths_from_mount(fd.get(), where.mountpoint, *d.paths); !st) return std::unexpected(st.error());
     auto got = ranges_from_mount(fd.get(), where.mountpoint, POISONFS_IOC_BADBLOCKS, "POISONFS_IOC_BADBLOCKS",
                                  "read the device's poison list");
     if (!got) return std::unexpected(got.error());
@@ -1948,8 +2037,8 @@ Result<MapData> map_collect(const Target& where) {
       return true;
     });
     if (!st) return fail(st.error().code, where.arg + ": " + st.error().to_string());
-    d.paths = std::make_unique<PathTable>(d.entries);
-    if (auto ps = paths_from_core(**fs, *d.paths); !ps) return fail(ps.error().code, where.arg + ": " + ps.error().to_string());
+    d.paths = std::make_unique<PathTable>();
+    paths_from_core(**fs, d.entries, *d.paths);
     d.bad = (*fs)->badblocks();
   }
   return d;

@@ -52,7 +52,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fs/fsmap_pack.h"
 #include "poisonfs/filesystem.h"
+#include "poisonfs/ioctl.h"
 #include "poisonfs/media.h"
 #include "rmap/rmap.h"
 #include "util/strfmt.h"
@@ -318,6 +320,25 @@ void BM_Fsmap1001OwnersWithPaths(benchmark::State& state) {
   state.counters["paths"] = static_cast<double>(paths);
 }
 BENCHMARK(BM_Fsmap1001OwnersWithPaths)->Unit(benchmark::kMicrosecond);
+
+// The page POISONFS_IOC_FSMAP_PACKED replies with: records and paths of
+// the 1,001 owners packed (what the daemon does, minus the round trip).
+void BM_Fsmap1001OwnersPacked(benchmark::State& state) {
+  Shared1001& f = Shared1001::get();
+  std::vector<uint8_t> page(POISONFS_FSMAP_PACKED_BYTES);
+  size_t kept = 0, used = 0;
+  for (auto _ : state) {
+    FsmapPacker packer(page);
+    must(f.m->fsmap(f.physical, kBlockSize, [&](const FsmapEntry& e) { return packer.add(e); }), "fsmap");
+    kept = packer.finish([&](std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
+      f.m->paths(inos, names, first);
+    });
+    used = packer.used();
+  }
+  state.counters["records"] = static_cast<double>(kept);
+  state.counters["bytes"] = static_cast<double>(used);
+}
+BENCHMARK(BM_Fsmap1001OwnersPacked)->Unit(benchmark::kMicrosecond);
 
 // The raw reverse map: one segment with 1,001 owners, queried.
 void BM_RmapQuery1001Owners(benchmark::State& state) {

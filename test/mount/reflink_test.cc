@@ -27,6 +27,7 @@
 #include <string_view>
 #include <vector>
 
+#include "fs/fsmap_pack.h"
 #include "mount/mount_fixture.h"
 #include "poisonfs/ioctl.h"
 
@@ -812,6 +813,115 @@ TEST_F(ReflinkPermissions, UnprivilegedCallers) {
   std::vector<JObject> recs = parse_records(b.out);
   ASSERT_EQ(recs.size(), 1u);
   EXPECT_EQ(recs[0].flag("shared"), 1);
+}
+
+// ---- the packed fsmap page ---------------------------------------------------
+
+class ReflinkPackedFsmap : public ReflinkTest {};
+
+// POISONFS_IOC_FSMAP_PACKED (what `poisonctl fsmap` asks) pages through a
+// listing of several packed pages and says exactly what POISONFS_IOC_FSMAP
+// and POISONFS_IOC_PATHS say, record for record and name for name.
+TEST_F(ReflinkPackedFsmap, PagesMatchTheFixedRecordsAndPaths) {
+  // 6,000 blocks with every other one punched: 3,000 extents and 3,000
+  // free gaps, several packed pages; plus shared blocks and hard links.
+  const std::string frag = path("fragmented");
+  int fd = open(frag.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fallocate(fd, 0, 0, 6000 * kBlock), 0);
+  for (uint64_t b = 1; b < 6000; b += 2)
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * kBlock, kBlock), 0);
+  ASSERT_TRUE(write_file(path("shared"), random_bytes(8 * kBlock, 61)));
+  ASSERT_EQ(mkdir(path("clones").c_str(), 0755), 0);
+  for (int i = 0; i < 50; ++i)
+    ASSERT_EQ(ctl("reflink " + q(path("shared")) + " " + q(path("clones/c" + std::to_string(i)))).exit_code, 0);
+  ASSERT_EQ(link(path("clones/c3").c_str(), path("c3-again").c_str()), 0);
+
+  // The packed pages, decoded.
+  std::vector<FsmapEntry> packed;
+  std::map<Ino, std::vector<std::string>> packed_paths;
+  auto page = std::make_unique<poisonfs_fsmap_packed>();
+  std::memset(page.get(), 0, sizeof *page);
+  page->length = UINT64_MAX;
+  int pages = 0;
+  for (;;) {
+    ASSERT_EQ(ioctl(fd, POISONFS_IOC_FSMAP_PACKED, page.get()), 0) << strerror(errno);
+    ++pages;
+    ASSERT_LE(page->used, sizeof page->buf);
+    ASSERT_GT(page->count, 0u);
+    Status st = unpack_fsmap({page->buf, page->used}, page->count, packed,
+                             [&](Ino ino, bool sent, std::span<const std::string> names) {
+                               EXPECT_TRUE(sent) << ino;
+                               packed_paths[ino].assign(names.begin(), names.end());
+                             });
+    ASSERT_TRUE(st) << st.error().to_string();
+    if (page->flags & POISONFS_OF_LAST) break;
+  }
+  EXPECT_GE(pages, 3);
+
+  // The fixed-size records.
+  std::vector<poisonfs_fsmap_rec> fixed;
+  auto map = std::make_unique<poisonfs_fsmap>();
+  std::memset(map.get(), 0, sizeof *map);
+  map->length = UINT64_MAX;
+  for (;;) {
+    ASSERT_EQ(ioctl(fd, POISONFS_IOC_FSMAP, map.get()), 0) << strerror(errno);
+    fixed.insert(fixed.end(), map->recs, map->recs + map->count);
+    if (map->flags & POISONFS_OF_LAST) break;
+  }
+  ASSERT_EQ(packed.size(), fixed.size());
+  EXPECT_GT(packed.size(), 6000u);
+  std::set<Ino> data_owners;
+  for (size_t i = 0; i < fixed.size(); ++i) {
+    const FsmapEntry& p = packed[i];
+    const poisonfs_fsmap_rec& f = fixed[i];
+    ASSERT_EQ(p.physical, f.physical) << i;
+    ASSERT_EQ(p.length, f.length) << i;
+    ASSERT_EQ(static_cast<uint32_t>(p.owner), f.owner) << i;
+    ASSERT_EQ(p.shared, (f.flags & POISONFS_FSMAP_SHARED) != 0) << i;
+    ASSERT_EQ(p.poisoned, (f.flags & POISONFS_FSMAP_POISONED) != 0) << i;
+    if (fsmap_owner_has_inode(p.owner)) {
+      ASSERT_EQ(p.ino, f.inode) << i;
+    }
+    if (p.owner == FsmapOwner::kData) {
+      ASSERT_EQ(p.file_offset, f.file_offset) << i;
+      data_owners.insert(p.ino);
+    }
+  }
+  // Every data owner named, with every one of its names.
+  for (Ino ino : data_owners) {
+    auto names = std::make_unique<poisonfs_paths>();
+    std::memset(names.get(), 0, sizeof *names);
+    names->inode = ino;
+    ASSERT_EQ(ioctl(fd, POISONFS_IOC_PATHS, names.get()), 0);
+    std::vector<std::string> want;
+    for (const char* at = names->buf; want.size() < names->count; at += std::strlen(at) + 1) want.emplace_back(at);
+    ASSERT_TRUE(packed_paths.contains(ino)) << ino;
+    std::vector<std::string> got = packed_paths[ino];
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(got, want) << ino;
+  }
+  EXPECT_EQ(packed_paths.size(), data_owners.size());
+  close(fd);
+}
+
+// As the other control ioctls: root and the user who mounted only.
+TEST_F(ReflinkPackedFsmap, UnprivilegedCallersGetEperm) {
+  ASSERT_TRUE(write_file(path("f"), random_bytes(kBlock, 62)));
+  ASSERT_EQ(chmod(path("f").c_str(), 0644), 0);
+  const std::string file = path("f");
+  int rc = as_user(kNobody, kNogroup, [&]() -> int {
+    int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 10;
+    auto page = std::make_unique<poisonfs_fsmap_packed>();
+    std::memset(page.get(), 0, sizeof *page);
+    page->length = UINT64_MAX;
+    if (ioctl(fd, POISONFS_IOC_FSMAP_PACKED, page.get()) == 0 || errno != EPERM) return 11;
+    close(fd);
+    return 0;
+  });
+  EXPECT_EQ(rc, 0);
 }
 
 // ---- offline views -------------------------------------------------------------

@@ -1,0 +1,279 @@
+#include "fs/fsmap_pack.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "poisonfs/ioctl.h"
+
+namespace poisonfs {
+namespace {
+
+static_assert(sizeof(poisonfs_fsmap_packed) <= 16383, "a restricted FUSE ioctl carries at most 16383 bytes");
+
+constexpr uint8_t kOwnerMask = 0x0f;
+constexpr uint8_t kShared = 0x10;
+constexpr uint8_t kPoisoned = 0x20;
+constexpr uint8_t kSameRange = 0x40;
+
+// Writes v at `at`; the caller has made room for kMaxVarint bytes.
+constexpr size_t kMaxVarint = 10;
+uint8_t* put_varint(uint8_t* at, uint64_t v) {
+  while (v >= 0x80) {
+    *at++ = static_cast<uint8_t>(v | 0x80);
+    v >>= 7;
+  }
+  *at++ = static_cast<uint8_t>(v);
+  return at;
+}
+
+size_t varint_size(uint64_t v) {
+  size_t n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+
+uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
+int64_t unzigzag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
+
+// The distinct inodes of the data records, sorted, and each record's index
+// into them: one sort of (inode, record) keys, no search per record.
+void distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<Ino>& inos,
+                          std::vector<uint32_t>& slot) {
+  std::vector<std::pair<Ino, uint32_t>> keys;
+  keys.reserve(records.size());
+  for (uint32_t r = 0; r < records.size(); ++r)
+    if (records[r].owner == FsmapOwner::kData) keys.emplace_back(records[r].ino, r);
+  std::sort(keys.begin(), keys.end());
+  for (const auto& [ino, r] : keys) {
+    if (inos.empty() || inos.back() != ino) inos.push_back(ino);
+    slot[r] = static_cast<uint32_t>(inos.size() - 1);
+  }
+}
+
+size_t common_prefix(std::string_view a, std::string_view b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  return n;
+}
+
+constexpr size_t kMaxRecord = 1 + 4 * kMaxVarint;
+
+// Writes a record at `at` (kMaxRecord bytes of room); returns its end.
+uint8_t* encode_record(const FsmapEntry* prev, const FsmapEntry& e, uint8_t* at) {
+  uint8_t head = static_cast<uint8_t>(static_cast<uint32_t>(e.owner) & kOwnerMask);
+  if (e.shared) head |= kShared;
+  if (e.poisoned) head |= kPoisoned;
+  bool same = prev && prev->physical == e.physical && prev->length == e.length;
+  if (same) head |= kSameRange;
+  *at++ = head;
+  if (!same) {
+    uint64_t base = prev ? prev->physical : 0;
+    at = put_varint(at, zigzag(static_cast<int64_t>(e.physical - base)));
+    at = put_varint(at, e.length);
+  }
+  if (fsmap_owner_has_inode(e.owner)) at = put_varint(at, e.ino);
+  if (e.owner == FsmapOwner::kData) at = put_varint(at, e.file_offset);
+  return at;
+}
+
+// Bytes one path table entry takes, front-coded against `prev_path`.
+size_t paths_size(Ino ino, std::span<const std::string> paths, std::string_view prev_path) {
+  size_t n = varint_size(ino) + varint_size(paths.size() + 1);
+  for (const std::string& p : paths) {
+    size_t shared = common_prefix(p, prev_path);
+    n += varint_size(shared) + varint_size(p.size() - shared) + p.size() - shared;
+    prev_path = p;
+  }
+  return n;
+}
+
+// Appends a path table entry (paths_size bytes); `prev_path` follows.
+void encode_paths(Ino ino, std::span<const std::string> paths, std::string& prev_path,
+                  std::vector<uint8_t>& out) {
+  size_t at = out.size();
+  out.resize(at + paths_size(ino, paths, prev_path));
+  uint8_t* p = out.data() + at;
+  p = put_varint(p, ino);
+  p = put_varint(p, paths.size() + 1);
+  for (const std::string& path : paths) {
+    size_t shared = common_prefix(path, prev_path);
+    p = put_varint(p, shared);
+    p = put_varint(p, path.size() - shared);
+    std::memcpy(p, path.data() + shared, path.size() - shared);
+    p += path.size() - shared;
+    prev_path = path;
+  }
+}
+
+// Reads a page, failing (false) past its end.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> in) : in_(in) {}
+  bool byte(uint8_t& v) {
+    if (at_ >= in_.size()) return false;
+    v = in_[at_++];
+    return true;
+  }
+  bool varint(uint64_t& v) {
+    v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+      uint8_t b;
+      if (!byte(b)) return false;
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;  // more than ten bytes
+  }
+  bool bytes(size_t n, std::string& out) {
+    if (n > in_.size() - at_) return false;
+    out.append(reinterpret_cast<const char*>(in_.data() + at_), n);
+    at_ += n;
+    return true;
+  }
+  bool at_end() const { return at_ == in_.size(); }
+  size_t left() const { return in_.size() - at_; }
+
+ private:
+  std::span<const uint8_t> in_;
+  size_t at_ = 0;
+};
+
+Status malformed(const char* what) { return fail(std::errc::io_error, std::string("malformed fsmap page: ") + what); }
+
+bool decode_record(Reader& in, const FsmapEntry* prev, FsmapEntry& e) {
+  uint8_t head;
+  if (!in.byte(head)) return false;
+  e.owner = static_cast<FsmapOwner>(head & kOwnerMask);
+  e.shared = head & kShared;
+  e.poisoned = head & kPoisoned;
+  if (head & kSameRange) {
+    if (!prev) return false;
+    e.physical = prev->physical;
+    e.length = prev->length;
+  } else {
+    uint64_t delta;
+    if (!in.varint(delta) || !in.varint(e.length)) return false;
+    e.physical = (prev ? prev->physical : 0) + static_cast<uint64_t>(unzigzag(delta));
+  }
+  if (fsmap_owner_has_inode(e.owner) && !in.varint(e.ino)) return false;
+  if (e.owner == FsmapOwner::kData && !in.varint(e.file_offset)) return false;
+  return true;
+}
+
+// One path table entry into `paths` (reused), front-coded against the
+// last path of the entry before.
+bool decode_paths(Reader& in, Ino& ino, bool& sent, std::vector<std::string>& paths, size_t& count,
+                  std::string& prev_path) {
+  uint64_t n;
+  if (!in.varint(ino) || !in.varint(n) || n > in.left() + 1) return false;
+  sent = n > 0;
+  count = sent ? n - 1 : 0;
+  if (paths.size() < count) paths.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t shared, suffix;
+    if (!in.varint(shared) || !in.varint(suffix) || shared > prev_path.size()) return false;
+    std::string& path = paths[i];
+    path.assign(prev_path, 0, shared);
+    if (!in.bytes(suffix, path)) return false;
+    prev_path = path;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool fsmap_owner_has_inode(FsmapOwner owner) {
+  return owner == FsmapOwner::kData || owner == FsmapOwner::kExtents || owner == FsmapOwner::kDirectory ||
+         owner == FsmapOwner::kXattrs;
+}
+
+FsmapPacker::FsmapPacker(std::span<uint8_t> page) : page_(page) {
+  // A page holds about a thousand owners of a shared block: one growth.
+  records_.reserve(1024);
+  record_end_.reserve(1024);
+}
+
+bool FsmapPacker::add(const FsmapEntry& e) {
+  // Records go straight into the page; one byte stays for the path table's
+  // entry count.
+  if (records_end_ + kMaxRecord + 1 > page_.size()) return false;
+  uint8_t* at = page_.data() + records_end_;
+  records_end_ = static_cast<size_t>(encode_record(records_.empty() ? nullptr : &records_.back(), e, at) - page_.data());
+  records_.push_back(e);
+  record_end_.push_back(records_end_);
+  return true;
+}
+
+size_t FsmapPacker::finish(const PathsOf& paths_of) {
+  // The data owners' paths, fetched at once (one lock, no per-inode calls);
+  // slot[r]: record r's inode in inos.
+  std::vector<Ino> inos;
+  std::vector<uint32_t> slot(records_.size());
+  distinct_data_inodes(records_, inos, slot);
+  std::vector<std::string> names;
+  std::vector<size_t> first;
+  if (!inos.empty()) paths_of(inos, names, first);
+  auto paths = [&](size_t i) {
+    return std::span<const std::string>(names).subspan(first[i], first[i + 1] - first[i]);
+  };
+  std::vector<bool> named(inos.size());
+
+  std::vector<uint8_t> table;
+  table.reserve(page_.size());
+  std::string prev_path;
+  size_t entries = 0;
+  size_t kept = 0;
+  for (; kept < records_.size(); ++kept) {
+    const FsmapEntry& e = records_[kept];
+    size_t i = slot[kept];
+    bool new_inode = e.owner == FsmapOwner::kData && !named[i];
+    size_t entry = new_inode ? paths_size(e.ino, paths(i), prev_path) : 0;
+    size_t need = record_end_[kept] + varint_size(entries + (new_inode ? 1 : 0)) + table.size() + entry;
+    if (need > page_.size()) {
+      if (kept > 0) break;
+      // The first record's names alone overflow the page.
+      table.resize(varint_size(e.ino) + 1);
+      *put_varint(table.data(), e.ino) = 0;  // not sent
+      named[i] = true;
+      ++entries;
+      continue;
+    }
+    if (new_inode) {
+      named[i] = true;
+      encode_paths(e.ino, paths(i), prev_path, table);
+      ++entries;
+    }
+  }
+  records_.resize(kept);
+  size_t at = kept == 0 ? 0 : record_end_[kept - 1];
+  uint8_t* end = put_varint(page_.data() + at, entries);
+  std::memcpy(end, table.data(), table.size());
+  used_ = static_cast<size_t>(end - page_.data()) + table.size();
+  return kept;
+}
+
+Status unpack_fsmap(std::span<const uint8_t> page, uint32_t count, std::vector<FsmapEntry>& records,
+                    const OnPaths& on_paths) {
+  Reader in(page);
+  size_t first = records.size();
+  for (uint32_t i = 0; i < count; ++i) {
+    FsmapEntry e;
+    if (!decode_record(in, records.size() > first ? &records.back() : nullptr, e)) return malformed("records");
+    records.push_back(e);
+  }
+  uint64_t entries;
+  if (!in.varint(entries) || entries > page.size()) return malformed("path table");
+  std::string prev_path;
+  std::vector<std::string> paths;
+  for (uint64_t i = 0; i < entries; ++i) {
+    Ino ino;
+    bool sent;
+    size_t n;
+    if (!decode_paths(in, ino, sent, paths, n, prev_path)) return malformed("paths");
+    on_paths(ino, sent, std::span<const std::string>(paths).first(n));
+  }
+  if (!in.at_end()) return malformed("trailing bytes");
+  return {};
+}
+
+}  // namespace poisonfs
