@@ -319,11 +319,18 @@ void FsImpl::paths(std::span<const Ino> inos, std::vector<std::string>& names, s
   first.clear();
   names.reserve(inos.size());
   first.reserve(inos.size() + 1);
-  for (Ino ino : inos) {
+  // The sharers of a block are scattered over the heap and usually cold:
+  // fetch each inode, then its names, a few steps ahead of their use.
+  auto live = [&](Ino ino) { return ino > kRootIno && ino <= inodes_.size() ? inodes_[ino - 1].get() : nullptr; };
+  for (size_t i = 0; i < inos.size(); ++i) {
+    if (i + 8 < inos.size())
+      if (const Inode* ahead = live(inos[i + 8])) __builtin_prefetch(ahead);
+    if (i + 4 < inos.size())
+      if (const Inode* ahead = live(inos[i + 4]); ahead && !ahead->links.empty()) __builtin_prefetch(ahead->links.data());
     first.push_back(names.size());
-    if (ino == kRootIno) names.emplace_back("/");
-    if (ino <= kRootIno || ino > inodes_.size() || !inodes_[ino - 1]) continue;
-    for (const Link& link : inodes_[ino - 1]->links) names.push_back(path_of(link));
+    if (inos[i] == kRootIno) names.emplace_back("/");
+    if (const Inode* inode = live(inos[i]))
+      for (const Link& link : inode->links) names.push_back(path_of(link));
   }
   first.push_back(names.size());
 }

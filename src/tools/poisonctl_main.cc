@@ -929,12 +929,16 @@ class PathTable {
     slots_.push_back(slot);
     sorted_ = false;
   }
-  // The data inodes of `entries` that no add() named.
+  // The data inodes of `entries` that no add() named (both sides sorted:
+  // one merge, no search per inode).
   std::vector<Ino> missing(const std::vector<FsmapEntry>& entries) {
     sort();
     std::vector<Ino> out;
-    for (Ino ino : data_inodes(entries))
-      if (find(ino) == nullptr) out.push_back(ino);
+    auto slot = slots_.begin();
+    for (Ino ino : data_inodes(entries)) {
+      while (slot != slots_.end() && slot->ino < ino) ++slot;
+      if (slot == slots_.end() || slot->ino != ino) out.push_back(ino);
+    }
     return out;
   }
   // Those left have no path (gone since the listing).
@@ -972,8 +976,10 @@ class PathTable {
     last_ = 0;
   }
   const Slot* find(Ino ino) const {
-    // Consecutive records usually name the same inode.
+    // Consecutive records usually name the same inode, or the next one
+    // (the sharers of a block come in inode order).
     if (last_ < slots_.size() && slots_[last_].ino == ino) return &slots_[last_];
+    if (last_ + 1 < slots_.size() && slots_[last_ + 1].ino == ino) return &slots_[++last_];
     auto it = std::lower_bound(slots_.begin(), slots_.end(), ino, [](const Slot& s, Ino i) { return s.ino < i; });
     if (it == slots_.end() || it->ino != ino) return nullptr;
     last_ = static_cast<size_t>(it - slots_.begin());
