@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -61,6 +62,12 @@ class PoisonList {
   std::vector<PoisonRange> all() const;
   void replace_all(const std::vector<PoisonRange>& ranges);
   bool empty() const { return count_.load(std::memory_order_acquire) == 0; }
+  // Sizes the summary of where poison is: one bit per region of the device
+  // (4 KiB, or larger so that it stays within 32 KiB), read without the
+  // lock, so that first() and overlapping() on a clean region cost a few
+  // loads however long the list is. Without it (0) every query searches.
+  // REQUIRES: called before the list is shared between threads.
+  void set_extent(uint64_t device_bytes);
   uint64_t known_bytes() const;
   uint64_t latent_bytes() const;
   // Called after every change, outside the lock that readers take: the
@@ -81,6 +88,12 @@ class PoisonList {
     bool latent;
   };
   void insert_locked(uint64_t off, uint64_t end, bool latent);
+  // False when no poison can be in [off, end) (the summary says so).
+  bool maybe_poisoned(uint64_t off, uint64_t end) const;
+  // Recomputes the summary bits of the regions [off, end) touches.
+  // REQUIRES: mutex_ held exclusively.
+  void summarize_locked(uint64_t off, uint64_t end);
+  void resummarize_locked();  // every region, from the list
   void merge_locked(uint64_t lo, uint64_t hi);
   void changed(PoisonChange::Kind kind, std::span<const PoisonRange> ranges);
 
@@ -92,6 +105,9 @@ class PoisonList {
   mutable std::shared_mutex mutex_;
   std::map<uint64_t, Entry> ranges_;  // start -> (end, latent); disjoint
   std::atomic<size_t> count_{0};
+  std::unique_ptr<std::atomic<uint64_t>[]> summary_;  // bit per region: some poison there
+  size_t summary_regions_ = 0;
+  unsigned region_shift_ = 12;
   void clear_locked(uint64_t off, uint64_t len, std::vector<PoisonRange>& removed);
   std::function<void(const PoisonChange&)> on_change_;
   mutable std::mutex persist_error_mutex_;

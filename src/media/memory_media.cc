@@ -28,6 +28,7 @@ class MemoryMedia final : public Media {
     buf_.reset(static_cast<std::byte*>(std::aligned_alloc(kAlignment, alloc)));
     if (!buf_) throw std::bad_alloc();
     std::memset(buf_.get(), 0, alloc);
+    poison_.set_extent(size);
   }
 
   uint64_t size() const override { return size_; }

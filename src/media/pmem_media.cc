@@ -193,6 +193,7 @@ Status PmemMedia::map(const std::string& path) {
 
   base_ = static_cast<std::byte*>(lib().map_get_address(map_));
   size_ = lib().map_get_size(map_);
+  poison_.set_extent(size_);
   byte_granular_ = lib().map_get_store_granularity(map_) != PMEM2_GRANULARITY_PAGE;
   memcpy_fn_ = lib().get_memcpy_fn(map_);
   memset_fn_ = lib().get_memset_fn(map_);

@@ -15,6 +15,64 @@ uint64_t round_up(uint64_t v) { return (v + kPoisonUnit - 1) / kPoisonUnit * kPo
 }  // namespace
 
 
+void PoisonList::set_extent(uint64_t device_bytes) {
+  constexpr size_t kMaxRegions = size_t{32} << 13;  // 32 KiB of bits
+  region_shift_ = 12;
+  while ((device_bytes >> region_shift_) >= kMaxRegions) ++region_shift_;
+  summary_regions_ = static_cast<size_t>((device_bytes + (uint64_t{1} << region_shift_) - 1) >> region_shift_);
+  summary_ = std::make_unique<std::atomic<uint64_t>[]>((summary_regions_ + 63) / 64);
+  std::unique_lock lock(mutex_);
+  resummarize_locked();
+}
+
+bool PoisonList::maybe_poisoned(uint64_t off, uint64_t end) const {
+  if (!summary_) return true;
+  const uint64_t first = off >> region_shift_, last = (end - 1) >> region_shift_;
+  if (last >= summary_regions_) return true;  // past the device: search
+  for (uint64_t r = first; r <= last;) {
+    uint64_t word = summary_[r / 64].load(std::memory_order_relaxed) >> (r % 64);
+    const uint64_t bits = std::min<uint64_t>(64 - r % 64, last - r + 1);
+    if (bits < 64) word &= (uint64_t{1} << bits) - 1;
+    if (word) return true;
+    r += bits;
+  }
+  return false;
+}
+
+void PoisonList::summarize_locked(uint64_t off, uint64_t end) {
+  if (!summary_ || off >= end) return;
+  const uint64_t region = uint64_t{1} << region_shift_;
+  const uint64_t first = off >> region_shift_;
+  const uint64_t last = std::min<uint64_t>((end - 1) >> region_shift_, summary_regions_ - 1);
+  if (first > last) return;
+  if (last - first > 4096) {
+    resummarize_locked();  // one pass over the list beats a search per region
+    return;
+  }
+  for (uint64_t r = first; r <= last; ++r) {
+    // The region holds poison if a range starts in it or runs into it.
+    const uint64_t lo = r * region, hi = lo + region;
+    auto it = ranges_.lower_bound(lo);
+    bool poisoned = it != ranges_.end() && it->first < hi;
+    if (!poisoned && it != ranges_.begin()) poisoned = std::prev(it)->second.end > lo;
+    const uint64_t bit = uint64_t{1} << (r % 64);
+    if (poisoned) summary_[r / 64].fetch_or(bit, std::memory_order_relaxed);
+    else summary_[r / 64].fetch_and(~bit, std::memory_order_relaxed);
+  }
+}
+
+void PoisonList::resummarize_locked() {
+  if (!summary_) return;
+  for (size_t w = 0; w < (summary_regions_ + 63) / 64; ++w) summary_[w].store(0, std::memory_order_relaxed);
+  for (const auto& [start, e] : ranges_) {
+    const uint64_t first = start >> region_shift_;
+    if (first >= summary_regions_) break;
+    const uint64_t last = std::min<uint64_t>((e.end - 1) >> region_shift_, summary_regions_ - 1);
+    for (uint64_t r = first; r <= last; ++r)
+      summary_[r / 64].fetch_or(uint64_t{1} << (r % 64), std::memory_order_relaxed);
+  }
+}
+
 void PoisonList::insert_locked(uint64_t off, uint64_t end, bool latent) {
   // Split ranges that straddle the edges, then replace the inside.
   auto split = [&](uint64_t at) {
@@ -82,6 +140,10 @@ PoisonRange PoisonList::add(uint64_t off, uint64_t len, bool latent) {
   {
     std::unique_lock lock(mutex_);
     insert_locked(r.offset, r.end(), latent);
+    summarize_locked(r.offset, r.end());
+    // Published again after the summary: a reader that sees the new count
+    // sees the new bits.
+    count_.store(ranges_.size(), std::memory_order_release);
   }
   changed(PoisonChange::Kind::kAdded, std::span(&r, 1));
   return r;
@@ -124,6 +186,7 @@ std::vector<PoisonRange> PoisonList::clear_all(std::span<const PoisonRange> rang
   {
     std::unique_lock lock(mutex_);
     for (const PoisonRange& r : ranges) clear_locked(r.offset, r.length, removed);
+    for (const PoisonRange& r : removed) summarize_locked(r.offset, r.end());
   }
   if (!removed.empty()) changed(PoisonChange::Kind::kRemoved, removed);  // one save of the record for them all
   return removed;
@@ -138,6 +201,7 @@ std::vector<PoisonRange> PoisonList::overlapping(uint64_t off, uint64_t len) con
 void PoisonList::append_overlapping(uint64_t off, uint64_t len, std::vector<PoisonRange>& out) const {
   if (empty() || len == 0) return;
   uint64_t end = off + len < off ? UINT64_MAX : off + len;
+  if (!maybe_poisoned(off, end)) return;
   std::shared_lock lock(mutex_);
   auto it = ranges_.upper_bound(off);
   if (it != ranges_.begin()) --it;
@@ -152,6 +216,7 @@ void PoisonList::append_overlapping(uint64_t off, uint64_t len, std::vector<Pois
 std::optional<PoisonRange> PoisonList::first(uint64_t off, uint64_t len) const {
   if (empty() || len == 0) return std::nullopt;
   const uint64_t end = off + len < off ? UINT64_MAX : off + len;
+  if (!maybe_poisoned(off, end)) return std::nullopt;
   std::shared_lock lock(mutex_);
   auto it = ranges_.upper_bound(off);
   if (it != ranges_.begin() && std::prev(it)->second.end > off) --it;
@@ -196,6 +261,7 @@ void PoisonList::replace_all(const std::vector<PoisonRange>& ranges) {
   ranges_.clear();
   for (const PoisonRange& r : ranges)
     if (r.length > 0) insert_locked(round_down(r.offset), round_up(r.end()), r.latent);
+  resummarize_locked();
   count_.store(ranges_.size(), std::memory_order_release);
 }
 

@@ -842,3 +842,68 @@ TEST(PoisonRecord, FailedAppendIsReportedByTheMedia) {
 
 }  // namespace
 }  // namespace poisonfs
+
+namespace poisonfs {
+namespace {
+
+// The summary read without the lock (set_extent) never hides poison: a list
+// with it answers every query as a list without it, through random adds,
+// clears, kind changes and whole replacements, for devices whose regions
+// are one block and ones whose regions are larger.
+TEST(PoisonListSummary, AnswersAsTheListWithoutIt) {
+  for (uint64_t device : {uint64_t{1} << 20, uint64_t{3} << 40}) {
+    std::mt19937_64 rng(device);
+    PoisonList summarized, plain;
+    summarized.set_extent(device);
+    // Offsets near a few spots, so that ranges meet region edges often.
+    auto offset = [&] {
+      uint64_t spot = (rng() % 8) * (device / 8);
+      uint64_t near = rng() % (1 << 16);
+      return std::min(device - 1, rng() % 2 ? spot + near : (spot > near ? spot - near : 0));
+    };
+    for (int step = 0; step < 4000; ++step) {
+      uint64_t off = offset(), len = 1 + rng() % (rng() % 4 == 0 ? (1 << 20) : 8192);
+      switch (rng() % 6) {
+        case 0:
+        case 1: {
+          bool latent = rng() % 2;
+          ASSERT_EQ(summarized.add(off, len, latent), plain.add(off, len, latent));
+          break;
+        }
+        case 2: ASSERT_EQ(summarized.clear(off, len), plain.clear(off, len)); break;
+        case 3: ASSERT_EQ(summarized.make_known(off, len), plain.make_known(off, len)); break;
+        default: break;
+      }
+      if (step % 1000 == 999) {
+        std::vector<PoisonRange> all = plain.all();
+        summarized.replace_all(all);
+      }
+      for (int q = 0; q < 4; ++q) {
+        uint64_t qoff = offset(), qlen = 1 + rng() % (rng() % 2 ? 4096 : (1 << 21));
+        ASSERT_EQ(summarized.first(qoff, qlen), plain.first(qoff, qlen)) << step << " " << qoff << "+" << qlen;
+        ASSERT_EQ(summarized.overlapping(qoff, qlen), plain.overlapping(qoff, qlen)) << step;
+      }
+    }
+    ASSERT_EQ(summarized.all(), plain.all());
+    // Past the device, and to the end of the address space: searched.
+    summarized.add(device + 4096, 64, false);
+    EXPECT_TRUE(summarized.first(device, 8192).has_value());
+    EXPECT_TRUE(summarized.first(0, UINT64_MAX).has_value());
+  }
+}
+
+TEST(PoisonListSummary, ClearedRegionsReadAsClean) {
+  PoisonList list;
+  list.set_extent(1 << 20);
+  list.add(8192 + 64, 64, false);
+  list.add(8192 + 1024, 64, true);
+  EXPECT_TRUE(list.first(8192, 4096).has_value());
+  list.clear(8192, 1024);  // one of the two left in the block
+  EXPECT_EQ(list.first(8192, 4096), (PoisonRange{8192 + 1024, 64, true}));
+  list.clear(8192 + 1024, 64);
+  EXPECT_FALSE(list.first(8192, 4096).has_value());
+  EXPECT_TRUE(list.empty());
+}
+
+}  // namespace
+}  // namespace poisonfs

@@ -118,6 +118,7 @@ class RecordingMedia final : public Media {
 
  private:
   void watch_poison() {
+    poison_.set_extent(buf_.size());
     poison_.set_on_change([this](const PoisonChange&) {
       if (recording_) log_.push_back(Op{Op::kPoisonList, 0, 0, {}, poison_.all()});
     });
