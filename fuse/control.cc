@@ -81,7 +81,8 @@ void reply_stat(fuse_req_t req, size_t out_bufsz) {
   st.checksum_flags = (info.data_checksums ? POISONFS_STAT_DATA_CHECKSUMS : 0) |
                       (info.verify_checksums ? POISONFS_STAT_VERIFY_CHECKSUMS : 0);
   const bool killpriv_v2 = context(req).killpriv_v2.load(std::memory_order_relaxed);
-  st.session_flags = killpriv_v2 ? POISONFS_STAT_KILLPRIV_V2 : 0;
+  st.session_flags = (killpriv_v2 ? POISONFS_STAT_KILLPRIV_V2 : 0) |
+                     (context(req).serves_direct_io() ? POISONFS_STAT_DIRECT_IO : 0);
   st.getxattr_requests = context(req).getxattr_requests.load(std::memory_order_relaxed);
   std::memcpy(st.uuid, info.uuid.data(), std::min(info.uuid.size(), sizeof st.uuid - 1));
   reply_record(req, st, out_bufsz);

@@ -12,11 +12,16 @@
 namespace poisonfs::fuse {
 namespace {
 
+// FUSE_DIRECT_IO_ALLOW_MMAP (kernel 6.6, protocol 7.39): files opened with
+// FOPEN_DIRECT_IO may still be mapped shared. Newer than the headers here.
+constexpr uint64_t kDirectIoAllowMmap = uint64_t{1} << 36;
+
 // The request the calling thread read last, i.e. the one it handles.
 struct CurrentRequest {
   uint32_t opcode = 0;
   uint64_t unique = 0;
-  uint32_t flags = 0;  // WRITE: write_flags; SETATTR: valid; INIT: the kernel's flags
+  uint32_t flags = 0;   // WRITE: write_flags; SETATTR: valid; INIT: the kernel's flags
+  uint32_t flags2 = 0;  // INIT: the kernel's flags2 (with FUSE_INIT_EXT)
 };
 
 thread_local CurrentRequest t_request;
@@ -40,6 +45,7 @@ void note_request(const void* buf, ssize_t n) {
   switch (h.opcode) {
     case FUSE_INIT:
       field_at(arg, size, offsetof(fuse_init_in, flags), &t_request.flags);
+      if (t_request.flags & FUSE_INIT_EXT) field_at(arg, size, offsetof(fuse_init_in, flags2), &t_request.flags2);
       break;
     case FUSE_WRITE:
       field_at(arg, size, offsetof(fuse_write_in, write_flags), &t_request.flags);
@@ -58,23 +64,33 @@ ssize_t shim_read(int fd, void* buf, size_t len, void* /*userdata*/) {
   return n;
 }
 
-// Sends the INIT reply in iov with FUSE_HANDLE_KILLPRIV_V2 added, when it
-// is the successful reply to an INIT whose kernel offered the flag.
+// Sends the INIT reply in iov with what libfuse 3.14 cannot ask for added,
+// each only when the kernel offered it: FUSE_HANDLE_KILLPRIV_V2, and
+// FUSE_DIRECT_IO_ALLOW_MMAP when the mount serves files with direct I/O.
 ssize_t write_init_reply(int fd, const iovec* iov, int count, MountContext* mc) {
   fuse_out_header out;
   fuse_init_out init{};
-  const bool patch =
-      (t_request.flags & FUSE_HANDLE_KILLPRIV_V2) && count == 2 && iov[0].iov_len == sizeof out &&
-      iov[1].iov_len >= offsetof(fuse_init_out, flags) + 4 && iov[1].iov_len <= sizeof init;
+  const bool killpriv = (t_request.flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
+  const bool allow_mmap = mc->direct_io && (t_request.flags2 & (kDirectIoAllowMmap >> 32)) != 0;
+  const bool patch = (killpriv || allow_mmap) && count == 2 && iov[0].iov_len == sizeof out &&
+                     iov[1].iov_len >= offsetof(fuse_init_out, flags) + 4 && iov[1].iov_len <= sizeof init;
   if (!patch) return writev(fd, iov, count);
   std::memcpy(&out, iov[0].iov_base, sizeof out);
   if (out.unique != t_request.unique || out.error != 0) return writev(fd, iov, count);
   std::memcpy(&init, iov[1].iov_base, iov[1].iov_len);
-  init.flags |= FUSE_HANDLE_KILLPRIV_V2;
+  if (killpriv) init.flags |= FUSE_HANDLE_KILLPRIV_V2;
+  // flags2 counts only in a reply that says FUSE_INIT_EXT and is long enough.
+  const bool mmap_ok = allow_mmap && (init.flags & FUSE_INIT_EXT) &&
+                       iov[1].iov_len >= offsetof(fuse_init_out, flags2) + sizeof init.flags2;
+  if (mmap_ok) init.flags2 |= static_cast<uint32_t>(kDirectIoAllowMmap >> 32);
   const iovec patched[2] = {iov[0], iovec{&init, iov[1].iov_len}};
   ssize_t n = writev(fd, patched, 2);
-  // The kernel took the reply as sent: killing privileges is ours now.
-  if (n >= 0) mc->killpriv_v2.store(true, std::memory_order_relaxed);
+  // The kernel took the reply as sent: killing privileges is ours now, and
+  // files opened with direct I/O may be mapped.
+  if (n >= 0) {
+    if (killpriv) mc->killpriv_v2.store(true, std::memory_order_relaxed);
+    if (mmap_ok) mc->direct_io_mmap.store(true, std::memory_order_relaxed);
+  }
   return n;
 }
 

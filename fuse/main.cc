@@ -70,6 +70,7 @@ struct CmdLine {
   unsigned max_read;
   unsigned read_ahead_kb;
   int verify_checksums;
+  int direct_io;
 };
 
 enum Key { kKeyUnknown = 100 };
@@ -91,6 +92,7 @@ const fuse_opt kOptions[] = {
     PFS_OPT("read_ahead_kb=%u", read_ahead_kb, 0),
     PFS_OPT("read_reply=%s", read_reply, 0),
     PFS_OPT("verify_checksums", verify_checksums, 1),
+    PFS_OPT("direct_io", direct_io, 1),
     PFS_OPT("-h", show_help, 1),
     PFS_OPT("--help", show_help, 1),
     PFS_OPT("-V", show_version, 1),
@@ -192,6 +194,9 @@ void print_usage(const char* prog) {
       "    -o read_ahead_kb=N     readahead window of the mount in KiB (default %u;\n"
       "                           0: the kernel's 128; needs root)\n"
       "    -o read_reply=MODE     how read replies leave: iov (default), data, splice\n"
+      "    -o direct_io           no page cache for read(2) and write(2), as on fsdax:\n"
+      "                           one copy from the image instead of two; a read of a\n"
+      "                           range with poison fails whole (O_DIRECT: short read)\n"
       "    -o verify_checksums    check every read against the data's crc32c (EIO and a\n"
       "                           corruption event on a mismatch)\n"
       "    -o allow_other         let other users in (root, or user_allow_other)\n"
@@ -443,6 +448,7 @@ int daemon_main(int argc, char** argv) {
   MountContext context;
   context.owner_uid = getuid();
   context.max_read = cmd.max_read;
+  context.direct_io = cmd.direct_io != 0;
   if (cmd.read_reply) {
     std::string_view how = cmd.read_reply;
     if (how == "iov") {

@@ -115,11 +115,14 @@ void guarded(fuse_req_t req, Body&& body) noexcept {
   }
 }
 
-void set_open_flags(fuse_file_info* fi) {
+void set_open_flags(fuse_req_t req, fuse_file_info* fi) {
   // O_DIRECT readers get every clean byte up to a poisoned unit instead of
   // losing the whole page; everyone else shares the page cache, which stays
-  // valid because every change goes through this daemon.
-  fi->direct_io = (fi->flags & O_DIRECT) != 0;
+  // valid because every change goes through this daemon. With -o direct_io
+  // every open bypasses the page cache, as on fsdax: a read copies straight
+  // from the mapping into the caller's buffer, one copy instead of two.
+  // Mappings use the page cache either way (kept: keep_cache).
+  fi->direct_io = (fi->flags & O_DIRECT) != 0 || context(req)->serves_direct_io();
   fi->keep_cache = 1;
   // The open flags, for ioctls that need to know (a reflink target must be writable).
   fi->fh = static_cast<uint64_t>(fi->flags);
@@ -312,7 +315,7 @@ void pfs_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       reply_error(req, st.error());
       return;
     }
-    set_open_flags(fi);
+    set_open_flags(req, fi);
     // An interrupted open gets no release from the kernel: undo it here.
     if (fuse_reply_open(req, fi) == -ENOENT) release_quietly(fs, ino);
   });
@@ -337,7 +340,7 @@ void pfs_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode
     e.attr = to_stat(*attr);
     e.attr_timeout = kAttrTimeout;
     e.entry_timeout = kEntryTimeout;
-    set_open_flags(fi);
+    set_open_flags(req, fi);
     if (fuse_reply_create(req, &e, fi) == -ENOENT) release_quietly(fs, attr->ino);
   });
 }
@@ -404,6 +407,9 @@ void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
     // O_DIRECT readers get every clean byte before a poisoned one (a short
     // read, then EIO); a page-cache read of a range with poison fails whole,
     // and the kernel then retries page by page, losing only poisoned pages.
+    // A read without O_DIRECT fails whole under -o direct_io too: the page
+    // faults of a mapping read through the same handle, and a short read
+    // there would be taken for the end of the file.
     Filesystem& fs = filesystem(req);
     // (fi->direct_io is set only for the OPEN reply; reads carry the flags.)
     Result<size_t> n = (fi->flags & O_DIRECT) ? fs.read_direct(ino, static_cast<uint64_t>(off), size, sink)

@@ -51,6 +51,13 @@ struct MountContext {
   // The kernel accepted FUSE_HANDLE_KILLPRIV_V2 (killpriv.h): it no longer
   // asks for security.capability before each write.
   std::atomic<bool> killpriv_v2{false};
+  // -o direct_io: every file is opened with FOPEN_DIRECT_IO, as fsdax
+  // bypasses the page cache, once the kernel accepted
+  // FUSE_DIRECT_IO_ALLOW_MMAP (direct_io_mmap), without which a file opened
+  // so could not be mapped shared.
+  bool direct_io = false;
+  std::atomic<bool> direct_io_mmap{false};
+  bool serves_direct_io() const { return direct_io && direct_io_mmap.load(std::memory_order_relaxed); }
   // GETXATTR requests served (POISONFS_IOC_STAT): shows that writes stopped
   // asking.
   std::atomic<uint64_t> getxattr_requests{0};

@@ -39,6 +39,9 @@ struct poisonfs_stat {
 // The kernel accepted FUSE_HANDLE_KILLPRIV_V2: the daemon drops setuid/setgid
 // and security.capability on write, truncate and chown.
 #define POISONFS_STAT_KILLPRIV_V2 0x1u
+// Mounted with -o direct_io and the kernel accepted FUSE_DIRECT_IO_ALLOW_MMAP:
+// every open bypasses the page cache.
+#define POISONFS_STAT_DIRECT_IO 0x2u
 
 #define POISONFS_IOC_STAT _IOR(POISONFS_IOC_MAGIC, 1, struct poisonfs_stat)
 

@@ -404,6 +404,10 @@ class PoisonShared : public PoisonTest {
     ASSERT_NO_FATAL_FAILURE(inject(block_ + kIn, kLen));
   }
 
+  void check_reads_fail_only_where_poisoned();
+  void check_direct_read_is_short_then_eio();
+  void check_mmap_of_the_poisoned_page_gets_sigbus();
+
   std::string a_, b_, c_, other_;
   std::string da_, dc_, dother_;
   uint64_t block_ = 0;  // device offset of the shared block
@@ -473,7 +477,11 @@ TEST_F(PoisonShared, EveryFileReportsItsOwnRange) {
   EXPECT_EQ(num(st, "latent_poison_bytes"), 0u);
 }
 
-TEST_F(PoisonShared, ReadsFailOnlyWherePoisoned) {
+// What readers see, the same with the page cache and with -o direct_io
+// (PoisonSharedDirectIo): a read of the poisoned page fails in every
+// sharer, clean pages and other files read fine, O_DIRECT reads are short
+// then EIO, and a mapping of the poisoned page gets SIGBUS.
+void PoisonShared::check_reads_fail_only_where_poisoned() {
   // The poisoned page fails in all three files.
   EXPECT_EQ(eventual_error(a_, kABlock, kBlock, da_.substr(kABlock)), EIO);
   EXPECT_EQ(eventual_error(b_, kABlock, kBlock, da_.substr(kABlock)), EIO);
@@ -495,15 +503,9 @@ TEST_F(PoisonShared, ReadsFailOnlyWherePoisoned) {
   for (uint64_t blk : {0u, 1u, 3u}) EXPECT_TRUE(same(pread_at(c_, blk * kBlock, kBlock).data, dc_.substr(blk * kBlock, kBlock)));
   ReadResult o = read_all(other_);
   EXPECT_EQ(o.err, 0);
-  EXPECT_TRUE(same(o.data, dother_));
-}
+  EXPECT_TRUE(same(o.data, dother_));}
 
-// Disabled until the daemon serves O_DIRECT reads with read_direct: pfs_read
-// tests fi->direct_io, which libfuse never fills in for a READ (it is an
-// output of OPEN only), so every O_DIRECT read of a poisoned range fails
-// whole with EIO. Testing `fi->flags & O_DIRECT` there fixes it (checked
-// with a patched daemon; see the report to the lead).
-TEST_F(PoisonShared, DirectReadIsShortThenEio) {
+void PoisonShared::check_direct_read_is_short_then_eio() {
   int fd = open(c_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
   void* buf = nullptr;
@@ -530,17 +532,41 @@ TEST_F(PoisonShared, DirectReadIsShortThenEio) {
   // The same through dd, as a user would run it.
   RunResult dd = run("dd if=" + q(c_) + " of=/dev/null bs=8192 iflag=direct");
   EXPECT_NE(dd.exit_code, 0);
-  EXPECT_NE(dd.err.find(std::to_string(kCBlock + kIn) + " bytes"), std::string::npos) << dd.err;
-}
+  EXPECT_NE(dd.err.find(std::to_string(kCBlock + kIn) + " bytes"), std::string::npos) << dd.err;}
 
-TEST_F(PoisonShared, MmapOfThePoisonedPageGetsSigbus) {
+void PoisonShared::check_mmap_of_the_poisoned_page_gets_sigbus() {
   ASSERT_EQ(eventual_error(c_, kCBlock, kBlock, dc_.substr(kCBlock)), EIO);
   EXPECT_EQ(mmap_child(c_, kCBlock, {}), SIGBUS);
   EXPECT_EQ(mmap_child(a_, kABlock, {}), SIGBUS);
   // A clean page of the same file maps and reads right.
   EXPECT_EQ(mmap_child(c_, 0, dc_.substr(0, kBlock)), 0);
-  EXPECT_EQ(mmap_child(c_, 3 * kBlock, dc_.substr(3 * kBlock, kBlock)), 0);
-}
+  EXPECT_EQ(mmap_child(c_, 3 * kBlock, dc_.substr(3 * kBlock, kBlock)), 0);}
+
+TEST_F(PoisonShared, ReadsFailOnlyWherePoisoned) { check_reads_fail_only_where_poisoned(); }
+TEST_F(PoisonShared, DirectReadIsShortThenEio) { check_direct_read_is_short_then_eio(); }
+TEST_F(PoisonShared, MmapOfThePoisonedPageGetsSigbus) { check_mmap_of_the_poisoned_page_gets_sigbus(); }
+
+// The same readers on a mount without the page cache for read(2): a read
+// without O_DIRECT fails whole where the page cache would lose one page
+// (a mapping's page faults read through the same handle, and a short read
+// there would be taken for the end of the file).
+class PoisonSharedDirectIo : public PoisonShared {
+ protected:
+  std::string mount_options() const override { return "allow_other,direct_io"; }
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(PoisonShared::SetUp());
+    int fd = open(mnt().c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    poisonfs_stat st{};
+    ASSERT_EQ(ioctl(fd, POISONFS_IOC_STAT, &st), 0);
+    close(fd);
+    ASSERT_TRUE(st.session_flags & POISONFS_STAT_DIRECT_IO) << "the kernel refused FUSE_DIRECT_IO_ALLOW_MMAP";
+  }
+};
+
+TEST_F(PoisonSharedDirectIo, ReadsFailOnlyWherePoisoned) { check_reads_fail_only_where_poisoned(); }
+TEST_F(PoisonSharedDirectIo, DirectReadIsShortThenEio) { check_direct_read_is_short_then_eio(); }
+TEST_F(PoisonSharedDirectIo, MmapOfThePoisonedPageGetsSigbus) { check_mmap_of_the_poisoned_page_gets_sigbus(); }
 
 // Issue 5 item 3: a recovery write whose data does not match the block's
 // checksum gives the writer its own copy; the other sharers stay poisoned.
