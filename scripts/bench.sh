@@ -193,11 +193,11 @@ SUMMARY=()
 summary() { SUMMARY+=("$(printf '%-44s %16s %18s %7s %14s %7s' "$@")"); }
 section() { printf '\n==== %s\n\n' "$*"; }
 
-pfs_mount() { # IMAGE MNT
+pfs_mount() { # IMAGE MNT [DAEMON OPTIONS...]
   mkdir -p "$2"
   IMAGES+=("$1")
   FUSE_MOUNTS+=("$2")
-  "$PFS" "$1" "$2"
+  "$PFS" "${@:3}" "$1" "$2"
 }
 pfs_umount() { # IMAGE MNT
   fusermount3 -u "$2"
@@ -239,33 +239,51 @@ fi
 
 # ---- (a) fio: compare.sh ---------------------------------------------------------------
 
+# compare_summary FILE SUFFIX: the summary rows of a compare.sh table.
+compare_summary() {
+  local file=$1 suffix=$2 line n name k pfs pt nullv xpt xnull
+  # Columns from the right: x null, x pt, null, tmpfs, passthrough, under test.
+  while read -r line; do
+    set -- $line
+    [[ $# -ge 7 && $1 != job ]] || continue
+    n=$#
+    name="${*:1:n-6}"
+    k=$((n - 5)) && pfs=${!k}
+    k=$((n - 4)) && pt=${!k}
+    k=$((n - 2)) && nullv=${!k}
+    k=$((n - 1)) && xpt=${!k}
+    xnull=${!n}
+    name="$name$suffix"
+    case $name in
+      read:* | read\ *)
+        summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 2x pt" "$(verdict "$xpt" '>=' 2)"
+        if [[ $xnull != - ]]; then
+          summary "fio $name vs null" "$pfs" "null $nullv" "$xnull" ">= 0.7x null" "$(verdict "$xnull" '>=' 0.7)"
+        fi
+        ;;
+      *) summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 1x pt" "$(verdict "$xpt" '>=' 1)" ;;
+    esac
+  done <"$file"
+}
+
 if want fio; then
   section "fio through the mount vs tmpfs, passthrough_ll and null (../shared/bench/compare.sh, $rounds rounds)"
   if [[ -f $COMPARE ]]; then
     mkdir -p "$PMNT/compare"
     bash "$COMPARE" "$PMNT/compare" "$rounds" | tee "$W/compare.out"
     rm -rf "$PMNT/compare"
-    # Columns from the right: x null, x pt, null, tmpfs, passthrough, under test.
-    while read -r line; do
-      set -- $line
-      [[ $# -ge 7 && $1 != job ]] || continue
-      n=$#
-      name="${*:1:n-6}"
-      k=$((n - 5)) && pfs=${!k}
-      k=$((n - 4)) && pt=${!k}
-      k=$((n - 2)) && nullv=${!k}
-      k=$((n - 1)) && xpt=${!k}
-      xnull=${!n}
-      case $name in
-        read:* | read\ *)
-          summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 2x pt" "$(verdict "$xpt" '>=' 2)"
-          if [[ $xnull != - ]]; then
-            summary "fio $name vs null" "$pfs" "null $nullv" "$xnull" ">= 0.7x null" "$(verdict "$xnull" '>=' 0.7)"
-          fi
-          ;;
-        *) summary "fio $name" "$pfs" "pt $pt" "$xpt" ">= 1x pt" "$(verdict "$xpt" '>=' 1)" ;;
-      esac
-    done <"$W/compare.out"
+    # The same on a mount without the page cache for read/write (-o direct_io).
+    printf '\nthe same with `poisonfs -o direct_io`:\n'
+    DIMG=$SHM/direct.img
+    DMNT=$W/direct
+    "$MKFS" "$DIMG" "$PFS_IMAGE" >/dev/null
+    pfs_mount "$DIMG" "$DMNT" -o direct_io
+    mkdir -p "$DMNT/compare"
+    bash "$COMPARE" "$DMNT/compare" "$rounds" | sed 's/^/  /' | tee "$W/compare-direct.out"
+    pfs_umount "$DIMG" "$DMNT"
+    rm -f "$DIMG" "$DIMG.badblocks"
+    compare_summary "$W/compare.out" ""
+    compare_summary "$W/compare-direct.out" " (direct_io)"
   else
     printf 'skipped: %s is absent\n' "$COMPARE"
   fi
