@@ -41,6 +41,7 @@
 #include <fstream>
 #include <memory>
 #include <new>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -207,6 +208,18 @@ Result<FsInfo> info_from_mount(const std::string& path) {
   return info;
 }
 
+// Whether the mount serves read/write without the page cache (-o direct_io
+// in force); nothing for an image or a daemon that does not say.
+std::optional<bool> direct_io_of_mount(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  poisonfs_stat st{};
+  int rc = ioctl(fd, POISONFS_IOC_STAT, &st);
+  close(fd);
+  if (rc != 0) return std::nullopt;
+  return (st.session_flags & POISONFS_STAT_DIRECT_IO) != 0;
+}
+
 // Opens an unmounted image through the core on a private mapping: queries
 // never write it.
 Result<std::unique_ptr<Filesystem>> open_image(const std::string& path) {
@@ -297,7 +310,7 @@ Target resolve_target(const std::string& arg) {
   return where;
 }
 
-void print_human(const Target& target, const FsInfo& i) {
+void print_human(const Target& target, const FsInfo& i, std::optional<bool> direct_io) {
   std::vector<std::pair<std::string, std::string>> rows;
   auto num = [](uint64_t v) { return std::to_string(v); };
   char pct[32];
@@ -323,6 +336,7 @@ void print_human(const Target& target, const FsInfo& i) {
       {"version", num(i.version)},
       {"granularity", granularity(i)},
   };
+  if (direct_io) rows.emplace_back("page cache", *direct_io ? "bypassed by read/write (-o direct_io)" : "used by read/write");
   size_t width = 0;
   for (const auto& [k, v] : rows) width = std::max(width, k.size());
   for (const auto& [k, v] : rows) {
@@ -347,7 +361,7 @@ std::string json_string(std::string_view s) {
   return out + "\"";
 }
 
-void print_json(const Target& target, const FsInfo& i) {
+void print_json(const Target& target, const FsInfo& i, std::optional<bool> direct_io) {
   char pct[32];
   std::snprintf(pct, sizeof pct, "%.2f", used_percent(i));
   std::vector<std::pair<const char*, std::string>> fields = {
@@ -378,6 +392,7 @@ void print_json(const Target& target, const FsInfo& i) {
       {"uuid", json_string(i.uuid)},
       {"version", std::to_string(i.version)},
       {"byte_granular", i.byte_granular ? "true" : "false"},
+      {"direct_io", !direct_io ? "null" : *direct_io ? "true" : "false"},
   };
   std::string out = "{";
   for (size_t n = 0; n < fields.size(); ++n) {
@@ -417,10 +432,11 @@ int cmd_stat(const std::vector<std::string>& args) {
   auto info =
       where.mountpoint.empty() ? info_from_image(target) : info_from_mount(where.mountpoint);
   if (!info) return error(info.error().to_string());
+  std::optional<bool> direct_io = where.mountpoint.empty() ? std::nullopt : direct_io_of_mount(where.mountpoint);
   if (json) {
-    print_json(where, *info);
+    print_json(where, *info, direct_io);
   } else {
-    print_human(where, *info);
+    print_human(where, *info, direct_io);
   }
   return 0;
 }

@@ -42,6 +42,13 @@ class DirectIoMount : public MountTest {
 
 TEST_F(DirectIoMount, EveryOpenBypassesThePageCache) {
   EXPECT_TRUE(session_flags(mnt()) & POISONFS_STAT_DIRECT_IO);
+  // poisonctl stat says so (the mount would fall back to the page cache
+  // on a kernel without FUSE_DIRECT_IO_ALLOW_MMAP).
+  RunResult human = run(sh_quote(bin("poisonctl")) + " stat " + sh_quote(mnt()));
+  EXPECT_NE(human.out.find("page cache:"), std::string::npos) << human.out;
+  EXPECT_NE(human.out.find("bypassed by read/write (-o direct_io)"), std::string::npos) << human.out;
+  RunResult json = run(sh_quote(bin("poisonctl")) + " stat --json " + sh_quote(mnt()));
+  EXPECT_NE(json.out.find("\"direct_io\": true"), std::string::npos) << json.out;
 }
 
 TEST_F(DirectIoMount, MappingsSeeWritesAndWritesSeeMappings) {
@@ -116,6 +123,15 @@ class DefaultMount : public MountTest {};
 
 TEST_F(DefaultMount, UsesThePageCache) {
   EXPECT_FALSE(session_flags(mnt()) & POISONFS_STAT_DIRECT_IO);
+  RunResult human = run(sh_quote(bin("poisonctl")) + " stat " + sh_quote(mnt()));
+  EXPECT_NE(human.out.find("used by read/write"), std::string::npos) << human.out;
+  RunResult json = run(sh_quote(bin("poisonctl")) + " stat --json " + sh_quote(mnt()));
+  EXPECT_NE(json.out.find("\"direct_io\": false"), std::string::npos) << json.out;
+  // An image has no session: null.
+  unmount();
+  RunResult offline = run(sh_quote(bin("poisonctl")) + " stat --json " + sh_quote(image()));
+  EXPECT_EQ(offline.exit_code, 0) << offline.both();
+  EXPECT_NE(offline.out.find("\"direct_io\": null"), std::string::npos) << offline.out;
 }
 
 // The option takes no value.
