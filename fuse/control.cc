@@ -211,20 +211,28 @@ void advance_cursor(uint64_t& cursor_physical, uint32_t& cursor_skip, const Reco
   cursor_physical = last;
 }
 
-void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
-  auto page = std::make_unique<poisonfs_fsmap>();
-  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
-  // Resume at the cursor: skip the records already returned at its offset.
-  uint64_t from = std::max(page->start, page->cursor_physical);
-  uint64_t end = page->length > UINT64_MAX - page->start ? UINT64_MAX : page->start + page->length;
-  uint32_t skip = page->cursor_physical >= page->start ? page->cursor_skip : 0;
-  page->count = 0;
-  page->flags = POISONFS_OF_LAST;
-  Status st = context(req).fs->fsmap(from, end - from, [&](const FsmapEntry& e) {
+// Filesystem::fsmap of a page's query, resumed at its cursor: the records
+// already returned at the cursor's offset are skipped. fn returns false to stop.
+template <class Page>
+Status fsmap_from_cursor(Filesystem& fs, const Page& page, const std::function<bool(const FsmapEntry&)>& fn) {
+  uint64_t from = std::max(page.start, page.cursor_physical);
+  uint64_t end = page.length > UINT64_MAX - page.start ? UINT64_MAX : page.start + page.length;
+  uint32_t skip = page.cursor_physical >= page.start ? page.cursor_skip : 0;
+  return fs.fsmap(from, end - from, [&](const FsmapEntry& e) {
     if (skip > 0 && e.physical == from) {
       --skip;
       return true;
     }
+    return fn(e);
+  });
+}
+
+void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  auto page = std::make_unique<poisonfs_fsmap>();
+  if (!take_input(req, in_buf, in_bufsz, page.get())) return;
+  page->count = 0;
+  page->flags = POISONFS_OF_LAST;
+  Status st = fsmap_from_cursor(*context(req).fs, *page, [&](const FsmapEntry& e) {
     if (page->count == POISONFS_FSMAP_MAX) {
       page->flags = 0;
       return false;
@@ -250,17 +258,10 @@ void fsmap(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz
 void fsmap_packed(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   auto page = std::make_unique<poisonfs_fsmap_packed>();
   if (!take_input(req, in_buf, in_bufsz, page.get())) return;
-  uint64_t from = std::max(page->start, page->cursor_physical);
-  uint64_t end = page->length > UINT64_MAX - page->start ? UINT64_MAX : page->start + page->length;
-  uint32_t skip = page->cursor_physical >= page->start ? page->cursor_skip : 0;
   FsmapPacker packer(page->buf);
   bool full = false;
   Filesystem& fs = *context(req).fs;
-  Status st = fs.fsmap(from, end - from, [&](const FsmapEntry& e) {
-    if (skip > 0 && e.physical == from) {
-      --skip;
-      return true;
-    }
+  Status st = fsmap_from_cursor(fs, *page, [&](const FsmapEntry& e) {
     full = !packer.add(e);
     return !full;
   });
