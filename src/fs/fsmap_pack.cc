@@ -256,6 +256,7 @@ Status unpack_fsmap(std::span<const uint8_t> page, uint32_t count, std::vector<F
                     const OnPaths& on_paths) {
   Reader in(page);
   size_t first = records.size();
+  if (records.capacity() < first + count) records.reserve(std::max<size_t>(first + count, 2 * records.capacity()));
   for (uint32_t i = 0; i < count; ++i) {
     FsmapEntry e;
     if (!decode_record(in, records.size() > first ? &records.back() : nullptr, e)) return malformed("records");

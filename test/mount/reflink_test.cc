@@ -951,6 +951,32 @@ class ReflinkOffline : public ReflinkTest {
   }
 };
 
+// A listing longer than the 64 KiB poisonctl streams out at a time, into a
+// full disk: the write error is said (once) and the exit code is not 0,
+// for both tables; a pipe that takes everything gets the whole listing.
+TEST_F(ReflinkOffline, WriteErrorsOfLongListingsAreReported) {
+  // 2,000 extents and as many free gaps: ~4,000 records, ~500 KB of JSON.
+  int fd = open(path("fragmented").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fallocate(fd, 0, 0, 4000 * kBlock), 0);
+  for (uint64_t b = 1; b < 4000; b += 2)
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * kBlock, kBlock), 0);
+  close(fd);
+  RunResult whole = ctl("fsmap --json " + q(mnt()));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  ASSERT_GT(whole.out.size(), 3u << 16);  // several flushes
+  EXPECT_EQ(whole.out.substr(whole.out.size() - 4), "}\n]\n");
+  EXPECT_GT(parse_records(whole.out).size(), 4000u);
+  RunResult piped = run(q(bin("poisonctl")) + " fsmap --json " + q(mnt()) + " | cat");
+  EXPECT_EQ(piped.out, whole.out);
+  for (const std::string& json : {std::string(" --json"), std::string()}) {
+    RunResult full = run(q(bin("poisonctl")) + " fsmap" + json + " " + q(mnt()) + " >/dev/full");
+    EXPECT_EQ(full.exit_code, 1) << json;
+    EXPECT_NE(full.err.find("write error"), std::string::npos) << full.err;
+    EXPECT_EQ(count_lines(full.err), 1u) << full.err;
+  }
+}
+
 TEST_F(ReflinkOffline, ImageViewsMatchWhatTheMountReported) {
   ASSERT_NO_FATAL_FAILURE(populate());
   RunResult mounted_fsmap = ctl("fsmap --json " + q(mnt()));
