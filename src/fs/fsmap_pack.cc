@@ -1,6 +1,7 @@
 #include "fs/fsmap_pack.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 
 #include "poisonfs/ioctl.h"
@@ -36,9 +37,25 @@ uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cas
 int64_t unzigzag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
 
 // The distinct inodes of the data records, sorted, and each record's index
-// into them: one sort of (inode, record) keys, no search per record.
+// into them. The sharers of a range come in inode order: one pass then;
+// otherwise one sort of (inode, record) keys, no search per record.
 void distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<Ino>& inos,
                           std::vector<uint32_t>& slot) {
+  bool in_order = true;
+  Ino last = 0;
+  for (const FsmapEntry& e : records) {
+    if (e.owner != FsmapOwner::kData) continue;
+    in_order = in_order && e.ino >= last;
+    last = e.ino;
+  }
+  if (in_order) {
+    for (uint32_t r = 0; r < records.size(); ++r) {
+      if (records[r].owner != FsmapOwner::kData) continue;
+      if (inos.empty() || inos.back() != records[r].ino) inos.push_back(records[r].ino);
+      slot[r] = static_cast<uint32_t>(inos.size() - 1);
+    }
+    return;
+  }
   std::vector<std::pair<Ino, uint32_t>> keys;
   keys.reserve(records.size());
   for (uint32_t r = 0; r < records.size(); ++r)
@@ -50,9 +67,20 @@ void distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<In
   }
 }
 
+// Eight bytes at a time: sibling paths share all but their last few bytes.
 size_t common_prefix(std::string_view a, std::string_view b) {
+  const size_t limit = std::min(a.size(), b.size());
   size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+  for (; n + 8 <= limit; n += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a.data() + n, 8);
+    std::memcpy(&y, b.data() + n, 8);
+    if (x == y) continue;
+    // The first differing byte: the lowest one in memory order.
+    const int bits = std::endian::native == std::endian::little ? std::countr_zero(x ^ y) : std::countl_zero(x ^ y);
+    return n + static_cast<size_t>(bits) / 8;
+  }
+  while (n < limit && a[n] == b[n]) ++n;
   return n;
 }
 
@@ -76,33 +104,30 @@ uint8_t* encode_record(const FsmapEntry* prev, const FsmapEntry& e, uint8_t* at)
   return at;
 }
 
-// Bytes one path table entry takes, front-coded against `prev_path`.
-size_t paths_size(Ino ino, std::span<const std::string> paths, std::string_view prev_path) {
-  size_t n = varint_size(ino) + varint_size(paths.size() + 1);
-  for (const std::string& p : paths) {
-    size_t shared = common_prefix(p, prev_path);
-    n += varint_size(shared) + varint_size(p.size() - shared) + p.size() - shared;
-    prev_path = p;
-  }
-  return n;
-}
-
-// Appends a path table entry (paths_size bytes); `prev_path` follows.
-void encode_paths(Ino ino, std::span<const std::string> paths, std::string& prev_path,
-                  std::vector<uint8_t>& out) {
-  size_t at = out.size();
-  out.resize(at + paths_size(ino, paths, prev_path));
-  uint8_t* p = out.data() + at;
-  p = put_varint(p, ino);
-  p = put_varint(p, paths.size() + 1);
+// Writes one path table entry, front-coded against `prev_path`, into the
+// `room` bytes at `at`: its size, or 0 (prev_path untouched) when it does
+// not fit. One pass: the prefix of each path is compared once.
+size_t encode_paths(Ino ino, std::span<const std::string> paths, std::string_view& prev_path, uint8_t* at,
+                    size_t room) {
+  uint8_t* p = at;
+  uint8_t* const end = at + room;
+  auto varint = [&](uint64_t v) {
+    if (static_cast<size_t>(end - p) < varint_size(v)) return false;
+    p = put_varint(p, v);
+    return true;
+  };
+  if (!varint(ino) || !varint(paths.size() + 1)) return 0;
+  std::string_view prev = prev_path;
   for (const std::string& path : paths) {
-    size_t shared = common_prefix(path, prev_path);
-    p = put_varint(p, shared);
-    p = put_varint(p, path.size() - shared);
-    std::memcpy(p, path.data() + shared, path.size() - shared);
-    p += path.size() - shared;
-    prev_path = path;
+    size_t shared = common_prefix(path, prev);
+    size_t suffix = path.size() - shared;
+    if (!varint(shared) || !varint(suffix) || static_cast<size_t>(end - p) < suffix) return 0;
+    std::memcpy(p, path.data() + shared, suffix);
+    p += suffix;
+    prev = path;
   }
+  prev_path = prev;
+  return static_cast<size_t>(p - at);
 }
 
 // Reads a page, failing (false) past its end.
@@ -218,37 +243,41 @@ size_t FsmapPacker::finish(const PathsOf& paths_of) {
   };
   std::vector<bool> named(inos.size());
 
-  std::vector<uint8_t> table;
-  table.reserve(page_.size());
-  std::string prev_path;
+  // The path table is built in a scratch page, then moved behind the
+  // records kept (its entry count, a varint, goes between).
+  std::vector<uint8_t> table(page_.size());
+  size_t table_used = 0;
+  std::string_view prev_path;  // into names: stable while encoding
   size_t entries = 0;
   size_t kept = 0;
   for (; kept < records_.size(); ++kept) {
     const FsmapEntry& e = records_[kept];
     size_t i = slot[kept];
     bool new_inode = e.owner == FsmapOwner::kData && !named[i];
-    size_t entry = new_inode ? paths_size(e.ino, paths(i), prev_path) : 0;
-    size_t need = record_end_[kept] + varint_size(entries + (new_inode ? 1 : 0)) + table.size() + entry;
-    if (need > page_.size()) {
+    size_t fixed = record_end_[kept] + varint_size(entries + (new_inode ? 1 : 0)) + table_used;
+    size_t room = fixed < page_.size() ? page_.size() - fixed : 0;
+    size_t entry = 0;
+    if (new_inode && room > 0) entry = encode_paths(e.ino, paths(i), prev_path, table.data() + table_used, room);
+    if (new_inode ? entry == 0 : fixed > page_.size()) {
       if (kept > 0) break;
       // The first record's names alone overflow the page.
-      table.resize(varint_size(e.ino) + 1);
-      *put_varint(table.data(), e.ino) = 0;  // not sent
+      table_used = static_cast<size_t>(put_varint(table.data(), e.ino) - table.data());
+      table[table_used++] = 0;  // not sent
       named[i] = true;
       ++entries;
       continue;
     }
     if (new_inode) {
       named[i] = true;
-      encode_paths(e.ino, paths(i), prev_path, table);
+      table_used += entry;
       ++entries;
     }
   }
   records_.resize(kept);
   size_t at = kept == 0 ? 0 : record_end_[kept - 1];
   uint8_t* end = put_varint(page_.data() + at, entries);
-  std::memcpy(end, table.data(), table.size());
-  used_ = static_cast<size_t>(end - page_.data()) + table.size();
+  std::memcpy(end, table.data(), table_used);
+  used_ = static_cast<size_t>(end - page_.data()) + table_used;
   return kept;
 }
 

@@ -136,6 +136,37 @@ TEST(FsmapPack, OneBlockWithAThousandSharersFitsOnePage) {
   EXPECT_EQ(u->paths[1002], std::vector<std::string>{"/clones/c1002"});
 }
 
+// Front coding compares paths eight bytes at a time: paths that differ at
+// every byte around those boundaries, or are prefixes of each other, or
+// are empty of a shared prefix, still come back exactly.
+TEST(FsmapPack, PathsDifferingAtAnyByteRoundTrip) {
+  const std::string base = "/0123456789abcdef0123456789abcdef";
+  std::vector<std::string> all;
+  for (size_t at = 1; at < base.size(); ++at) {
+    std::string p = base;
+    p[at] = '#';
+    all.push_back(p);                // differs at byte `at`
+    all.push_back(base.substr(0, at));  // a prefix of the next
+  }
+  all.push_back("/");
+  all.push_back(base + "/deeper");
+  Names names;
+  std::vector<uint8_t> page(POISONFS_FSMAP_PACKED_BYTES);
+  FsmapPacker packer(page);
+  // One inode per path, and one inode with all of them (its own hard links).
+  for (size_t k = 0; k < all.size(); ++k) {
+    names[100 + k] = {all[k]};
+    ASSERT_TRUE(packer.add(data(4096, 4096, 100 + k, 0)));
+  }
+  names[1000] = all;
+  ASSERT_TRUE(packer.add(data(4096, 4096, 1000, 0)));
+  const size_t count = all.size() + 1;
+  ASSERT_EQ(packer.finish(paths_from(names)), count);
+  auto u = unpack(std::span(page).first(packer.used()), static_cast<uint32_t>(count));
+  ASSERT_TRUE(u);
+  for (const auto& [ino, want] : names) EXPECT_EQ(u->paths[ino], want) << ino;
+}
+
 TEST(FsmapPack, RecordsWhosePathsDoNotFitMoveToTheNextPage) {
   Names names;
   std::vector<uint8_t> page(POISONFS_FSMAP_PACKED_BYTES);
