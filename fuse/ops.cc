@@ -157,6 +157,7 @@ void pfs_init(void* userdata, fuse_conn_info* conn) {
                   FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_POSIX_ACL | FUSE_CAP_AUTO_INVAL_DATA |
                   FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
   if (conn->capable & FUSE_CAP_IOCTL_DIR) conn->want |= FUSE_CAP_IOCTL_DIR;
+  mc->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
   // Splice only on request (-o read_reply=splice): measured with fio on a
   // 2 GiB /dev/shm image, 2 CPUs, a 1 GiB file, psync, it never won. The
   // vmsplice + splice pair costs more than the one copy writev does:
@@ -481,7 +482,17 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
 // ---------------------------------------------------------------------------
 // Directories
 
+// Readdir is stateless (cookies are positions in the directory), so an
+// open directory needs nothing from the daemon: ENOSYS tells a kernel that
+// can do without OPENDIR and RELEASEDIR to stop sending them. It then
+// caches listings (FOPEN_CACHE_DIR), which stays right because every
+// change of a directory comes through the kernel (poisoned directory
+// blocks are rewritten from memory: listings never change under it).
 void pfs_opendir(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
+  if (context(req)->no_opendir.load(std::memory_order_relaxed)) {
+    fuse_reply_err(req, ENOSYS);
+    return;
+  }
   fuse_reply_open(req, fi);
 }
 

@@ -56,6 +56,11 @@ struct MountContext {
   // FUSE_DIRECT_IO_ALLOW_MMAP (direct_io_mmap), without which a file opened
   // so could not be mapped shared.
   bool direct_io = false;
+  // The kernel skips OPENDIR and RELEASEDIR once an OPENDIR got ENOSYS
+  // (FUSE_NO_OPENDIR_SUPPORT, 5.1+): directories keep no per-open state
+  // here, and each `poisonctl` call (it opens the mount's root for its
+  // ioctls) saves a round trip.
+  std::atomic<bool> no_opendir{false};
   std::atomic<bool> direct_io_mmap{false};
   bool serves_direct_io() const { return direct_io && direct_io_mmap.load(std::memory_order_relaxed); }
   // GETXATTR requests served (POISONFS_IOC_STAT): shows that writes stopped

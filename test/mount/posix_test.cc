@@ -506,6 +506,75 @@ TEST_F(PosixMount, DirectoryOperations) {
   EXPECT_EQ(list_dir(mnt()), (std::set<std::string>{"d", "full"}));
 }
 
+// The kernel caches directory listings (the daemon keeps no OPENDIR state,
+// so the kernel opens directories itself, with FOPEN_CACHE_DIR): a listing
+// taken after each kind of change, and a stream held open and rewound,
+// show that change.
+TEST_F(PosixMount, DirectoryListingsFollowEveryChange) {
+  using Names = std::set<std::string>;
+  ASSERT_EQ(mkdir(path("d").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(path("e").c_str(), 0755), 0);
+  for (const char* n : {"a", "b", "c"}) ASSERT_EQ(write_file(path(std::string("d/") + n), n), 0);
+  EXPECT_EQ(list_dir(path("d")), (Names{"a", "b", "c"}));
+  DIR* held = opendir(path("d").c_str());
+  ASSERT_NE(held, nullptr);
+  auto held_names = [&] {
+    rewinddir(held);
+    Names names;
+    while (dirent* e = readdir(held)) {
+      std::string n = e->d_name;
+      if (n != "." && n != "..") names.insert(n);
+    }
+    return names;
+  };
+  EXPECT_EQ(held_names(), (Names{"a", "b", "c"}));
+  auto expect = [&](const Names& want, const char* after) {
+    EXPECT_EQ(list_dir(path("d")), want) << "after " << after;
+    EXPECT_EQ(held_names(), want) << "held open, after " << after;
+  };
+  ASSERT_EQ(write_file(path("d/new"), "n"), 0);
+  expect({"a", "b", "c", "new"}, "create");
+  ASSERT_EQ(unlink(path("d/a").c_str()), 0);
+  expect({"b", "c", "new"}, "unlink");
+  ASSERT_EQ(rename(path("d/b").c_str(), path("d/b2").c_str()), 0);
+  expect({"b2", "c", "new"}, "rename within");
+  ASSERT_EQ(rename(path("d/c").c_str(), path("e/c").c_str()), 0);
+  expect({"b2", "new"}, "rename out");
+  EXPECT_EQ(list_dir(path("e")), (Names{"c"}));
+  ASSERT_EQ(rename(path("e/c").c_str(), path("d/c-back").c_str()), 0);
+  expect({"b2", "c-back", "new"}, "rename in");
+  EXPECT_EQ(list_dir(path("e")), Names{});
+  ASSERT_EQ(link(path("d/new").c_str(), path("d/hard").c_str()), 0);
+  expect({"b2", "c-back", "hard", "new"}, "link");
+  ASSERT_EQ(symlink("new", path("d/sym").c_str()), 0);
+  expect({"b2", "c-back", "hard", "new", "sym"}, "symlink");
+  ASSERT_EQ(mkdir(path("d/sub").c_str(), 0755), 0);
+  expect({"b2", "c-back", "hard", "new", "sub", "sym"}, "mkdir");
+  ASSERT_EQ(mknod(path("d/fifo").c_str(), S_IFIFO | 0644, 0), 0);
+  expect({"b2", "c-back", "fifo", "hard", "new", "sub", "sym"}, "mknod");
+  // An exchange keeps the names and swaps what they name: the listing's
+  // inode number and type of "b2" (now a directory) follow.
+  ASSERT_EQ(mkdir(path("e/xdir").c_str(), 0755), 0);
+  ASSERT_EQ(renameat2(path("d/b2"), path("e/xdir"), RENAME_EXCHANGE), 0);
+  expect({"b2", "c-back", "fifo", "hard", "new", "sub", "sym"}, "exchange");
+  bool seen = false;
+  rewinddir(held);
+  while (dirent* e = readdir(held)) {
+    if (std::string(e->d_name) != "b2") continue;
+    seen = true;
+    EXPECT_EQ(e->d_ino, stat_of(path("d/b2")).st_ino);
+    EXPECT_EQ(e->d_type, DT_DIR);
+  }
+  EXPECT_TRUE(seen);
+  ASSERT_EQ(rmdir(path("d/sub").c_str()), 0);
+  expect({"b2", "c-back", "fifo", "hard", "new", "sym"}, "rmdir");
+  closedir(held);
+  // And the listing after a remount (a new kernel cache).
+  remount();
+  EXPECT_EQ(list_dir(path("d")), (Names{"b2", "c-back", "fifo", "hard", "new", "sym"}));
+  EXPECT_EQ(list_dir(path("e")), Names{"xdir"});
+}
+
 TEST_F(PosixMount, Renameat2NoReplaceAndExchange) {
   ASSERT_EQ(write_file(path("a"), "A"), 0);
   ASSERT_EQ(write_file(path("b"), "B"), 0);
