@@ -476,6 +476,20 @@ void append_u64(std::string& out, uint64_t v) {
 }
 
 void append_json_string(std::string& out, std::string_view s) {
+  // Most names need no escape: then one copy.
+  auto plain_byte = [](char ch) {
+    auto c = static_cast<unsigned char>(ch);
+    return c >= 0x20 && c != '"' && c != '\\';
+  };
+  if (std::all_of(s.begin(), s.end(), plain_byte)) {
+    size_t at = out.size();
+    out.resize(at + s.size() + 2);
+    char* p = out.data() + at;
+    *p++ = '"';
+    std::memcpy(p, s.data(), s.size());
+    p[s.size()] = '"';
+    return;
+  }
   out += '"';
   size_t plain = 0;  // start of the run of bytes that need no escape
   for (size_t i = 0; i < s.size(); ++i) {
@@ -499,8 +513,8 @@ void append_json_string(std::string& out, std::string_view s) {
 // An output buffer filled through a cursor: a hot loop makes room for one
 // record at once, then copies its pieces with no capacity check per piece.
 // Built with a flush threshold it streams to stdout instead of growing: a
-// large listing then touches a fixed 64 KiB, not a buffer its size (each
-// new page is a fault, ~2 us on a VM; 1,001 fsmap records made 80 of them).
+// large listing then touches a few pages, not a buffer its size (each new
+// page is a fault, ~2 us on a VM; 1,001 fsmap records made 80 of them).
 class OutBuf {
  public:
   OutBuf() = default;
@@ -940,6 +954,13 @@ class PathTable {
  public:
   // Sets the paths of ino, in any order; the first set of an inode counts.
   // Sorted: the core lists hard links in an order a remount may change.
+  // Room for `inodes` more adds of short names, grown geometrically (a
+  // listing of many pages reserves once per page).
+  void reserve(size_t inodes) {
+    grow(slots_, slots_.size() + inodes);
+    grow(json_, json_.size() + inodes * 40);
+    grow(first_names_, first_names_.size() + inodes * 24);
+  }
   template <class Paths>
   void add(Ino ino, const Paths& given) {
     std::span<const std::string_view> paths;
@@ -1012,6 +1033,10 @@ class PathTable {
     size_t json_at;
     size_t json_len;
   };
+  template <class Container>
+  static void grow(Container& c, size_t need) {
+    if (c.capacity() < need) c.reserve(std::max(need, 2 * c.capacity()));
+  }
   // Slots come in inode order from a listing of sharers: then nothing moves.
   void sort() {
     if (sorted_) return;
@@ -1135,6 +1160,7 @@ Status fsmap_packed_from_mount(int fd, const std::string& where, uint64_t start,
       return fail(std::errc{err}, where + ": POISONFS_IOC_FSMAP_PACKED failed: " + errno_text(err) + hint);
     }
     if (page->used > sizeof page->buf) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_FSMAP_PACKED reply");
+    table.reserve(page->count);
     if (auto st = unpack_fsmap({page->buf, page->used}, page->count, entries, on_paths); !st) {
       return fail(std::errc::io_error, where + ": " + st.error().to_string());
     }
@@ -1363,8 +1389,8 @@ int cmd_fsmap(const std::vector<std::string>& args) {
     paths_from_core(**fs, entries, *paths);
   }
   // The listing is fetched whole before a byte is printed (nothing is
-  // printed when a query fails half-way), then streamed out.
-  OutBuf out(1 << 16);
+  // printed when a query fails half-way), then streamed out 16 KiB at a time.
+  OutBuf out(16 << 10);
   if (json) fsmap_json(entries, *paths, out);
   else print_fsmap_human(where, entries, *paths, out);
   return out.finish();

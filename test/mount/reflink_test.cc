@@ -951,7 +951,7 @@ class ReflinkOffline : public ReflinkTest {
   }
 };
 
-// A listing longer than the 64 KiB poisonctl streams out at a time, into a
+// A listing longer than the 16 KiB poisonctl streams out at a time, into a
 // full disk: the write error is said (once) and the exit code is not 0,
 // for both tables; a pipe that takes everything gets the whole listing.
 TEST_F(ReflinkOffline, WriteErrorsOfLongListingsAreReported) {
@@ -974,6 +974,26 @@ TEST_F(ReflinkOffline, WriteErrorsOfLongListingsAreReported) {
     EXPECT_EQ(full.exit_code, 1) << json;
     EXPECT_NE(full.err.find("write error"), std::string::npos) << full.err;
     EXPECT_EQ(count_lines(full.err), 1u) << full.err;
+  }
+}
+
+// Names with bytes JSON must escape (quote, backslash, control bytes) and
+// names that need none, sharing one block: fsmap names each exactly,
+// through the mount and offline.
+TEST_F(ReflinkOffline, NamesThatNeedEscapesComeBackExactly) {
+  const std::vector<std::string> names = {"plain", "q\"uote", "back\\slash", std::string("ctl\x01\x1f") + "end",
+                                          "tab\tnew\nline", "utf8-\xc3\xa9"};
+  ASSERT_TRUE(write_file(path("src"), random_bytes(kBlock, 71)));
+  for (const std::string& n : names) ASSERT_EQ(ctl("reflink " + q(path("src")) + " " + q(path(n))).exit_code, 0) << n;
+  const uint64_t block = bmap(path("src")).at(0).num("physical");
+  for (bool offline : {false, true}) {
+    if (offline) unmount();
+    std::vector<JObject> recs = fsmap(offline ? image() : mnt(), std::to_string(block) + " 4096");
+    std::set<std::string> got;
+    for (const JObject& r : recs) got.insert(r.str("path"));
+    std::set<std::string> want = {"/src"};
+    for (const std::string& n : names) want.insert("/" + n);
+    EXPECT_EQ(got, want) << (offline ? "offline" : "mounted");
   }
 }
 
