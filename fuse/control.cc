@@ -18,8 +18,11 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "fs/fsmap_pack.h"
 #include "invalidator.h"
@@ -286,26 +289,36 @@ void fsmap_packed(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t ou
   fuse_reply_ioctl(req, 0, page.get(), offsetof(poisonfs_fsmap_packed, buf) + page->used);
 }
 
+// The names of ino, or nothing after replying the error.
+std::optional<std::vector<std::string>> names_or_reply(fuse_req_t req, uint64_t ino) {
+  auto names = context(req).fs->paths(ino);
+  if (!names) {
+    fuse_reply_err(req, names.error().errno_value());
+    return std::nullopt;
+  }
+  return std::move(*names);
+}
+
+// Copies names[first..] NUL-terminated into buf while they fit; returns the
+// index of the first name left out.
+size_t put_names(const std::vector<std::string>& names, size_t first, char* buf, size_t size, uint32_t& count) {
+  size_t at = 0;
+  count = 0;
+  for (; first < names.size() && at + names[first].size() + 1 <= size; ++first) {
+    std::memcpy(buf + at, names[first].c_str(), names[first].size() + 1);
+    at += names[first].size() + 1;
+    ++count;
+  }
+  return first;
+}
+
 void paths(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
   auto rec = std::make_unique<poisonfs_paths>();
   if (!take_input(req, in_buf, in_bufsz, rec.get())) return;
-  auto names = context(req).fs->paths(rec->inode);
-  if (!names) {
-    fuse_reply_err(req, names.error().errno_value());
-    return;
-  }
-  size_t at = 0;
-  rec->count = 0;
-  rec->flags = 0;
-  for (const std::string& p : *names) {
-    if (at + p.size() + 1 > sizeof rec->buf) {
-      rec->flags = 1;
-      break;
-    }
-    std::memcpy(rec->buf + at, p.c_str(), p.size() + 1);
-    at += p.size() + 1;
-    ++rec->count;
-  }
+  auto names = names_or_reply(req, rec->inode);
+  if (!names) return;
+  size_t next = put_names(*names, 0, rec->buf, sizeof rec->buf, rec->count);
+  rec->flags = next < names->size() ? 1 : 0;  // truncated
   reply_record(req, *rec, out_bufsz);
 }
 
@@ -329,6 +342,22 @@ void paths_batch(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out
     rec->buf[at++] = '\0';
     ++rec->done;
   }
+  reply_record(req, *rec, out_bufsz);
+}
+
+void paths_from(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t out_bufsz) {
+  static_assert(sizeof(poisonfs_paths_from) <= 16383, "a restricted FUSE ioctl carries at most 16383 bytes");
+  auto rec = std::make_unique<poisonfs_paths_from>();
+  if (!take_input(req, in_buf, in_bufsz, rec.get())) return;
+  auto names = names_or_reply(req, rec->inode);
+  if (!names) return;
+  size_t next = put_names(*names, std::min<size_t>(rec->skip, names->size()), rec->buf, sizeof rec->buf, rec->count);
+  if (rec->count == 0 && next < names->size()) {
+    rec->buf[0] = '\0';  // a path longer than any reply: sent as ""
+    rec->count = 1;
+    ++next;
+  }
+  rec->flags = next == names->size() ? POISONFS_OF_LAST : 0;
   reply_record(req, *rec, out_bufsz);
 }
 
@@ -453,6 +482,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
                        cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_PATHS_BATCH) ||
+                       cmd == static_cast<unsigned>(POISONFS_IOC_PATHS_FROM) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_FSMAP_PACKED) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_INJECT) ||
                        cmd == static_cast<unsigned>(POISONFS_IOC_BADBLOCKS) ||
@@ -469,6 +499,7 @@ void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_in
     case POISONFS_IOC_FSMAP: return fsmap(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS: return paths(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_PATHS_BATCH: return paths_batch(req, in_buf, in_bufsz, out_bufsz);
+    case POISONFS_IOC_PATHS_FROM: return paths_from(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_FSMAP_PACKED: return fsmap_packed(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_INJECT: return inject(req, in_buf, in_bufsz, out_bufsz);
     case POISONFS_IOC_BADBLOCKS: return badblocks(req, in_buf, in_bufsz, out_bufsz);

@@ -554,8 +554,13 @@ if want reflink; then
   # Where the time goes: the same query without paths, and a process that does nothing.
   nopaths=$(timeit "$REPS" "$H" fsmap "$PMNT" "$pfs_fan_phys" 4096 nopaths)
   true_s=$(timeit "$REPS" /bin/true)
+  # poisonctl is static: its floor is a static program's start and exit
+  # (glibc's CPU probing alone is ~0.15 ms on a VM, where CPUID traps).
+  printf 'int main(void) { return 0; }\n' | gcc -O2 -static -x c -o "$W/noop-static" -
+  static_s=$(timeit "$REPS" "$W/noop-static")
   row "  poisonfs: fsmap ioctls only, no paths (bench_helper)" "$nopaths" ""
   row "  a process that does nothing (/bin/true)" "$true_s" ""
+  row "  a static process that does nothing" "$static_s" ""
 
   for s in 1 2; do
     label="fsmap of the whole device, state $s (median of $(((QUERY_REPS + 1) / 4 * 2 + 1)))"

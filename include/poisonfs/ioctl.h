@@ -189,6 +189,21 @@ struct poisonfs_paths_batch {
 };
 #define POISONFS_IOC_PATHS_BATCH _IOWR(POISONFS_IOC_MAGIC, 11, struct poisonfs_paths_batch)
 
+// The paths of one inode from its `skip`-th on, as many as buf holds,
+// NUL-terminated: for an inode whose names do not fit a PATHS_BATCH reply
+// (PATHS_BATCH then answers done = 0 for it). Call again with skip + count
+// until POISONFS_OF_LAST. A path longer than buf alone comes as "".
+#define POISONFS_PATHS_FROM_BYTES 16320
+struct poisonfs_paths_from {
+  uint64_t inode;  // in
+  uint32_t skip;   // in: paths received so far
+  uint32_t count;  // out: paths in buf
+  uint32_t flags;  // out: POISONFS_OF_LAST when no path follows them
+  uint32_t reserved;
+  char buf[POISONFS_PATHS_FROM_BYTES];
+};
+#define POISONFS_IOC_PATHS_FROM _IOWR(POISONFS_IOC_MAGIC, 18, struct poisonfs_paths_from)
+
 // Owners of a device byte range and the paths of their data owners in one
 // round trip (FSMAP plus PATHS_BATCH, packed: one call names ~1,000 sharers
 // of a block). Paginated like POISONFS_IOC_FSMAP. buf holds `count`

@@ -1101,6 +1101,36 @@ Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64
   return {};
 }
 
+// Adds every path of one inode, a page of names per round trip: for an
+// inode with more names than a PATHS_BATCH reply holds (many long hard
+// links). Paths too long for any reply come as "" and are left out.
+Status paths_from_mount(int fd, const std::string& where, Ino ino, PathTable& table) {
+  auto rec = std::make_unique<poisonfs_paths_from>();
+  std::vector<std::string> names;
+  for (;;) {
+    std::memset(rec.get(), 0, offsetof(poisonfs_paths_from, buf));
+    rec->inode = ino;
+    rec->skip = static_cast<uint32_t>(names.size());
+    if (ioctl(fd, POISONFS_IOC_PATHS_FROM, rec.get()) != 0) {
+      int err = errno;
+      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS_FROM failed: " + errno_text(err));
+    }
+    std::string_view buf(rec->buf, sizeof rec->buf);
+    size_t at = 0;
+    for (uint32_t i = 0; i < rec->count; ++i) {
+      size_t end = buf.find('\0', at);
+      if (end == std::string_view::npos) return fail(std::errc::io_error, where + ": truncated paths reply");
+      names.emplace_back(buf.substr(at, end - at));
+      at = end + 1;
+    }
+    if (rec->flags & POISONFS_OF_LAST) break;
+    if (rec->count == 0) return fail(std::errc::io_error, where + ": POISONFS_IOC_PATHS_FROM made no progress");
+  }
+  std::erase(names, std::string{});
+  table.add(ino, names);
+  return {};
+}
+
 // Adds the paths of `inos` to the table, up to 128 inodes per round trip
 // (one ioctl per inode would cost ~15 us each: 15 ms for 1,001 owners).
 Status paths_batch_from_mount(int fd, const std::string& where, const std::vector<Ino>& inos, PathTable& table) {
@@ -1115,7 +1145,13 @@ Status paths_batch_from_mount(int fd, const std::string& where, const std::vecto
       int err = errno;
       return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS_BATCH failed: " + errno_text(err));
     }
-    if (rec->done == 0 || rec->done > count) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_PATHS_BATCH reply");
+    if (rec->done > count) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_PATHS_BATCH reply");
+    if (rec->done == 0) {
+      // The first inode's names alone overflow the reply.
+      if (auto st = paths_from_mount(fd, where, inos[next], table); !st) return st;
+      ++next;
+      continue;
+    }
     // Each inode: its paths, NUL-terminated, then an empty string (an inode
     // gone since the listing has no name to give).
     std::string_view buf(rec->buf, sizeof rec->buf);

@@ -906,6 +906,59 @@ TEST_F(ReflinkPackedFsmap, PagesMatchTheFixedRecordsAndPaths) {
   close(fd);
 }
 
+// A file with more names than any one reply holds: 150 hard links with
+// 200-byte names in a directory with a 200-byte name, 60 KB of paths. The
+// packed page marks them not sent, PATHS_BATCH has no room for them
+// (done = 0), PATHS_FROM pages through them: fsmap names every one.
+TEST_F(ReflinkPackedFsmap, AnInodeWithMoreNamesThanAPageIsNamedWhole) {
+  const std::string dir = std::string(200, 'd');
+  ASSERT_EQ(mkdir(path(dir).c_str(), 0755), 0);
+  ASSERT_TRUE(write_file(path(dir + "/f"), random_bytes(kBlock, 81)));
+  std::vector<std::string> want = {"/" + dir + "/f"};
+  for (int i = 0; i < 150; ++i) {
+    std::string name = std::to_string(1000 + i) + std::string(196, 'n');
+    ASSERT_EQ(link(path(dir + "/f").c_str(), path(dir + "/" + name).c_str()), 0) << i;
+    want.push_back("/" + dir + "/" + name);
+  }
+  std::sort(want.begin(), want.end());
+  const uint64_t block = bmap(path(dir + "/f")).at(0).num("physical");
+  std::vector<JObject> recs = fsmap(mnt(), std::to_string(block) + " 4096");
+  ASSERT_EQ(recs.size(), 1u);
+  const JValue* paths = recs[0].get("paths");
+  ASSERT_NE(paths, nullptr);
+  EXPECT_EQ(paths->strings, want);
+  EXPECT_EQ(recs[0].str("path"), want.front());
+  RunResult human = ctl("fsmap " + q(mnt()) + " " + std::to_string(block) + " 4096");
+  EXPECT_NE(human.out.find(want.front() + " (+150 more)"), std::string::npos) << human.out;
+
+  // The ioctl itself: pages that end where the next begins, then nothing.
+  int fd = open(mnt().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  auto from = std::make_unique<poisonfs_paths_from>();
+  std::memset(from.get(), 0, sizeof *from);
+  struct stat st {};
+  ASSERT_EQ(stat(path(dir + "/f").c_str(), &st), 0);
+  from->inode = st.st_ino;
+  size_t pages = 0, names = 0;
+  for (;;) {
+    from->skip = static_cast<uint32_t>(names);
+    ASSERT_EQ(ioctl(fd, POISONFS_IOC_PATHS_FROM, from.get()), 0) << strerror(errno);
+    ++pages;
+    names += from->count;
+    if (from->flags & POISONFS_OF_LAST) break;
+    ASSERT_GT(from->count, 0u);
+  }
+  EXPECT_EQ(names, want.size());
+  EXPECT_GE(pages, 4u);
+  from->skip = 1000;
+  ASSERT_EQ(ioctl(fd, POISONFS_IOC_PATHS_FROM, from.get()), 0);
+  EXPECT_EQ(from->count, 0u);
+  EXPECT_TRUE(from->flags & POISONFS_OF_LAST);
+  from->inode = 1u << 30;  // no such inode
+  EXPECT_NE(ioctl(fd, POISONFS_IOC_PATHS_FROM, from.get()), 0);
+  close(fd);
+}
+
 // As the other control ioctls: root and the user who mounted only.
 TEST_F(ReflinkPackedFsmap, UnprivilegedCallersGetEperm) {
   ASSERT_TRUE(write_file(path("f"), random_bytes(kBlock, 62)));

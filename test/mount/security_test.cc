@@ -341,6 +341,11 @@ TEST_F(SecurityTest, ControlIoctlsAreRefusedOnAnyDescriptor) {
       batch->count = 1;
       batch->inodes[0] = 1;
       refused(POISONFS_IOC_PATHS_BATCH, batch.get(), "PATHS_BATCH");
+      auto from = std::make_unique<poisonfs_paths_from>();
+      std::memset(from.get(), 0, sizeof *from);
+      from->inode = 1;
+      refused(POISONFS_IOC_PATHS_FROM, from.get(), "PATHS_FROM");
+      p.expect(from->count == 0, "PATHS_FROM filled names" + on);
       for (uint32_t flags : {0u, POISONFS_POISON_LATENT}) {
         poisonfs_inject inj{};
         inj.offset = target;
