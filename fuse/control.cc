@@ -129,16 +129,6 @@ long own_mount_id(const std::string& mountpoint) {
   return -1;
 }
 
-// Runs reply once the invalidations queued so far have been sent (see
-// CacheInvalidator::then). REQUIRES: reply does not throw.
-void reply_after_invalidations(fuse_req_t req, std::function<void()> reply) {
-  if (CacheInvalidator* invalidator = context(req).invalidator) {
-    invalidator->then(std::move(reply));
-  } else {
-    reply();  // no session loop (never while requests are served)
-  }
-}
-
 void clone_range(fuse_req_t req, fuse_ino_t dst, fuse_file_info* fi, const void* in_buf, size_t in_bufsz) {
   poisonfs_clone_range args;
   if (!take_input(req, in_buf, in_bufsz, &args)) return;
@@ -475,6 +465,16 @@ void scrub(fuse_req_t req, size_t out_bufsz) {
 }
 
 }  // namespace
+
+// Runs reply once the invalidations queued so far have been sent (see
+// CacheInvalidator::then). REQUIRES: reply does not throw.
+void reply_after_invalidations(fuse_req_t req, std::function<void()> reply) {
+  if (CacheInvalidator* invalidator = context(req).invalidator) {
+    invalidator->then(std::move(reply));
+  } else {
+    reply();  // no session loop (never while requests are served)
+  }
+}
 
 void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi, const void* in_buf,
                   size_t in_bufsz, size_t out_bufsz) {

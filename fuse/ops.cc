@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "invalidator.h"
 #include "killpriv.h"
 #include "poisonfs/ioctl.h"
 
@@ -286,10 +287,31 @@ void pfs_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char
   });
 }
 
+// A directory moved to another parent changes its own ".." entry, which the
+// kernel does not know: it invalidates the cached listings of the two
+// parents only (without OPENDIR the kernel caches listings, see
+// pfs_opendir). The moved directories' cached listings are dropped before
+// the reply.
 void pfs_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
                 const char* new_name, unsigned int flags) {
   guarded(req, [&] {
-    reply_status(req, filesystem(req).rename(parent, name, new_parent, new_name, flags));
+    Filesystem& fs = filesystem(req);
+    std::vector<Ino> moved_dirs;
+    auto note_dir = [&](fuse_ino_t dir, const char* entry) {
+      if (Result<Attr> a = fs.lookup(dir, entry); a && S_ISDIR(a->mode)) moved_dirs.push_back(a->ino);
+    };
+    if (parent != new_parent) {
+      note_dir(parent, name);
+      if (flags & kRenameExchange) note_dir(new_parent, new_name);
+    }
+    Status st = fs.rename(parent, name, new_parent, new_name, flags);
+    CacheInvalidator* invalidator = context(req)->invalidator;
+    if (!st || moved_dirs.empty() || !invalidator) {
+      reply_status(req, st);
+      return;
+    }
+    for (Ino dir : moved_dirs) invalidator->push(dir, 0, 0);
+    reply_after_invalidations(req, [req] { fuse_reply_err(req, 0); });
   });
 }
 
@@ -486,8 +508,11 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
 // open directory needs nothing from the daemon: ENOSYS tells a kernel that
 // can do without OPENDIR and RELEASEDIR to stop sending them. It then
 // caches listings (FOPEN_CACHE_DIR), which stays right because every
-// change of a directory comes through the kernel (poisoned directory
-// blocks are rewritten from memory: listings never change under it).
+// change of a directory comes through the kernel, which invalidates the
+// parents it touches; pfs_rename drops the one it misses (a moved
+// directory's ".."). Poisoned directory blocks are rewritten from memory:
+// listings never change under the kernel. After a shutdown, cached
+// listings are still served, as cached file pages are.
 void pfs_opendir(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* fi) {
   if (context(req)->no_opendir.load(std::memory_order_relaxed)) {
     fuse_reply_err(req, ENOSYS);

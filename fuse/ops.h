@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <string>
 
@@ -88,6 +89,11 @@ Status drop_privileges(fuse_req_t req, fuse_ino_t ino, KillPriv kill);
 // the clone ioctl): root stands in for CAP_FSETID, which the daemon cannot
 // see.
 KillPriv unflagged_kill(fuse_req_t req);
+
+// Replies (runs reply) once the cache invalidations queued so far have been
+// sent (CacheInvalidator::then), in control.cc. REQUIRES: reply does not
+// throw.
+void reply_after_invalidations(fuse_req_t req, std::function<void()> reply);
 
 // The poisonfs ioctls (include/poisonfs/ioctl.h), in control.cc. fi->fh
 // holds the file's open flags. Replies exactly once.

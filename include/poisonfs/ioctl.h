@@ -192,7 +192,9 @@ struct poisonfs_paths_batch {
 // The paths of one inode from its `skip`-th on, as many as buf holds,
 // NUL-terminated: for an inode whose names do not fit a PATHS_BATCH reply
 // (PATHS_BATCH then answers done = 0 for it). Call again with skip + count
-// until POISONFS_OF_LAST. A path longer than buf alone comes as "".
+// until POISONFS_OF_LAST. A path longer than buf alone comes as "". skip
+// counts names: a link or unlink of the inode between two calls can repeat
+// or skip one. ENOENT: the inode is gone.
 #define POISONFS_PATHS_FROM_BYTES 16320
 struct poisonfs_paths_from {
   uint64_t inode;  // in

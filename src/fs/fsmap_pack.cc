@@ -283,6 +283,7 @@ size_t FsmapPacker::finish(const PathsOf& paths_of) {
 
 Status unpack_fsmap(std::span<const uint8_t> page, uint32_t count, std::vector<FsmapEntry>& records,
                     const OnPaths& on_paths) {
+  if (count > page.size()) return malformed("record count");  // each record takes a byte at least
   Reader in(page);
   size_t first = records.size();
   if (records.capacity() < first + count) records.reserve(std::max<size_t>(first + count, 2 * records.capacity()));

@@ -524,14 +524,14 @@ class OutBuf {
   ~OutBuf() { std::free(buf_); }
 
   void room(size_t n) {
-    if (static_cast<size_t>(end_ - at_) >= n) return;
     size_t used = static_cast<size_t>(at_ - buf_);
     if (flush_at_ != 0 && used != 0 && used + n > flush_at_) {
       flush();
-      if (static_cast<size_t>(end_ - at_) >= n) return;
       used = 0;
     }
-    size_t cap = std::max<size_t>({2 * static_cast<size_t>(end_ - buf_), used + n, 1 << 16});
+    if (static_cast<size_t>(end_ - at_) >= n) return;
+    size_t first = flush_at_ != 0 ? flush_at_ : size_t{1} << 16;
+    size_t cap = std::max<size_t>({2 * static_cast<size_t>(end_ - buf_), used + n, first});
     char* grown = static_cast<char*>(std::realloc(buf_, cap));
     if (!grown) throw std::bad_alloc();
     buf_ = grown;
@@ -559,10 +559,14 @@ class OutBuf {
  private:
   void flush() {
     std::string_view v = view();
-    if (write_errno_ == 0 && std::fwrite(v.data(), 1, v.size(), stdout) != v.size()) write_errno_ = errno;
+    if (!write_failed_ && std::fwrite(v.data(), 1, v.size(), stdout) != v.size()) {
+      write_failed_ = true;
+      write_errno_ = errno != 0 ? errno : EIO;
+    }
     at_ = buf_;
   }
   size_t flush_at_ = 0;
+  bool write_failed_ = false;
   int write_errno_ = 0;
   char* buf_ = nullptr;
   char* at_ = nullptr;
@@ -578,7 +582,7 @@ int write_stdout(std::string_view out) {
 }
 
 int OutBuf::finish() {
-  if (write_errno_ != 0) return error(std::string("write error: ") + std::strerror(write_errno_));
+  if (write_failed_) return error(std::string("write error: ") + std::strerror(write_errno_));
   return write_stdout(view());
 }
 
@@ -1113,7 +1117,12 @@ Status paths_from_mount(int fd, const std::string& where, Ino ino, PathTable& ta
     rec->skip = static_cast<uint32_t>(names.size());
     if (ioctl(fd, POISONFS_IOC_PATHS_FROM, rec.get()) != 0) {
       int err = errno;
-      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS_FROM failed: " + errno_text(err));
+      if (err == ENOENT) {  // gone since the listing: no name to give
+        names.clear();
+        break;
+      }
+      std::string hint = err == ENOTTY ? " (the daemon is older than poisonctl: remount with the new poisonfs)" : "";
+      return fail(std::errc{err}, where + ": POISONFS_IOC_PATHS_FROM failed: " + errno_text(err) + hint);
     }
     std::string_view buf(rec->buf, sizeof rec->buf);
     size_t at = 0;
@@ -1124,7 +1133,10 @@ Status paths_from_mount(int fd, const std::string& where, Ino ino, PathTable& ta
       at = end + 1;
     }
     if (rec->flags & POISONFS_OF_LAST) break;
-    if (rec->count == 0) return fail(std::errc::io_error, where + ": POISONFS_IOC_PATHS_FROM made no progress");
+    // A name is at least one byte and a NUL; an inode has fewer than 2^32
+    // links: a daemon that keeps answering past that does not page.
+    if (rec->count == 0 || names.size() >= UINT32_MAX)
+      return fail(std::errc::io_error, where + ": POISONFS_IOC_PATHS_FROM made no progress");
   }
   std::erase(names, std::string{});
   table.add(ino, names);
@@ -1196,7 +1208,7 @@ Status fsmap_packed_from_mount(int fd, const std::string& where, uint64_t start,
       return fail(std::errc{err}, where + ": POISONFS_IOC_FSMAP_PACKED failed: " + errno_text(err) + hint);
     }
     if (page->used > sizeof page->buf) return fail(std::errc::io_error, where + ": bad POISONFS_IOC_FSMAP_PACKED reply");
-    table.reserve(page->count);
+    table.reserve(std::min<size_t>(page->count, page->used));  // a record is at least a byte
     if (auto st = unpack_fsmap({page->buf, page->used}, page->count, entries, on_paths); !st) {
       return fail(std::errc::io_error, where + ": " + st.error().to_string());
     }

@@ -569,6 +569,28 @@ TEST_F(PosixMount, DirectoryListingsFollowEveryChange) {
   ASSERT_EQ(rmdir(path("d/sub").c_str()), 0);
   expect({"b2", "c-back", "fifo", "hard", "new", "sym"}, "rmdir");
   closedir(held);
+  // A directory moved to another parent: its own ".." follows, though its
+  // listing was cached before (the kernel invalidates only the parents).
+  auto dotdot = [&](const std::string& dir) -> ino_t {
+    DIR* s = opendir(path(dir).c_str());
+    EXPECT_NE(s, nullptr) << dir;
+    ino_t ino = 0;
+    while (dirent* e = s ? readdir(s) : nullptr)
+      if (std::string(e->d_name) == "..") ino = e->d_ino;
+    if (s) closedir(s);
+    return ino;
+  };
+  ASSERT_EQ(mkdir(path("d/mover").c_str(), 0755), 0);
+  ASSERT_EQ(mkdir(path("e/other").c_str(), 0755), 0);
+  EXPECT_EQ(dotdot("d/mover"), stat_of(path("d")).st_ino);
+  EXPECT_EQ(dotdot("e/other"), stat_of(path("e")).st_ino);
+  ASSERT_EQ(rename(path("d/mover").c_str(), path("e/mover").c_str()), 0);
+  EXPECT_EQ(dotdot("e/mover"), stat_of(path("e")).st_ino) << "after a move";
+  ASSERT_EQ(renameat2(path("e/mover"), path("d/b2"), RENAME_EXCHANGE), 0);  // d/b2 is a directory
+  EXPECT_EQ(dotdot("d/b2"), stat_of(path("d")).st_ino) << "after an exchange";
+  EXPECT_EQ(dotdot("e/mover"), stat_of(path("e")).st_ino) << "after an exchange";
+  ASSERT_EQ(rmdir(path("e/other").c_str()), 0);
+  ASSERT_EQ(rmdir(path("e/mover").c_str()), 0);
   // And the listing after a remount (a new kernel cache).
   remount();
   EXPECT_EQ(list_dir(path("d")), (Names{"b2", "c-back", "fifo", "hard", "new", "sym"}));

@@ -145,8 +145,9 @@ TEST(FsmapPack, PathsDifferingAtAnyByteRoundTrip) {
   for (size_t at = 1; at < base.size(); ++at) {
     std::string p = base;
     p[at] = '#';
-    all.push_back(p);                // differs at byte `at`
-    all.push_back(base.substr(0, at));  // a prefix of the next
+    all.push_back(base);
+    all.push_back(p);                   // differs from the one before at byte `at`
+    all.push_back(base.substr(0, at));  // a prefix of the one before
   }
   all.push_back("/");
   all.push_back(base + "/deeper");
