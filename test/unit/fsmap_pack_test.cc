@@ -234,6 +234,8 @@ TEST(FsmapPack, MalformedPagesAreRefused) {
   longer.push_back(0);
   EXPECT_FALSE(unpack(longer, 2));
   EXPECT_FALSE(unpack(good, 3));
+  // A count no page could hold is refused before anything is reserved for it.
+  EXPECT_FALSE(unpack(good, UINT32_MAX));
   // A first record that claims to repeat the one before it.
   std::vector<uint8_t> same(good.begin(), good.end());
   same[0] |= 0x40;
