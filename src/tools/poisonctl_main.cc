@@ -482,12 +482,9 @@ void append_json_string(std::string& out, std::string_view s) {
     return c >= 0x20 && c != '"' && c != '\\';
   };
   if (std::all_of(s.begin(), s.end(), plain_byte)) {
-    size_t at = out.size();
-    out.resize(at + s.size() + 2);
-    char* p = out.data() + at;
-    *p++ = '"';
-    std::memcpy(p, s.data(), s.size());
-    p[s.size()] = '"';
+    out += '"';
+    out += s;
+    out += '"';
     return;
   }
   out += '"';
@@ -1010,11 +1007,9 @@ class PathTable {
     }
     return out;
   }
-  // Those left have no path (gone since the listing).
-  void finish(const std::vector<FsmapEntry>& entries) {
-    for (Ino ino : missing(entries)) add(ino, std::vector<std::string_view>{});
-    sort();
-  }
+  // Ready for lookups. An inode no add() named (gone since the listing)
+  // prints as having no path.
+  void finish() { sort(); }
 
   std::string_view json(Ino ino) const {
     const Slot* s = find(ino);
@@ -1233,7 +1228,7 @@ Status named_fsmap_from_mount(int fd, const std::string& where, uint64_t start, 
   }
   if (!st) return st;
   if (auto more = paths_batch_from_mount(fd, where, table->missing(entries), *table); !more) return more;
-  table->finish(entries);
+  table->finish();
   return {};
 }
 
@@ -1245,7 +1240,7 @@ void paths_from_core(Filesystem& fs, const std::vector<FsmapEntry>& entries, Pat
   for (size_t i = 0; i < inos.size(); ++i) {
     table.add(inos[i], std::span<const std::string>(names).subspan(first[i], first[i + 1] - first[i]));
   }
-  table.finish(entries);
+  table.finish();
 }
 
 // The longest record but for its path fragment.
