@@ -291,7 +291,7 @@ void pfs_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char
 // kernel does not know: it invalidates the cached listings of the two
 // parents only (without OPENDIR the kernel caches listings, see
 // pfs_opendir). The moved directories' cached listings are dropped before
-// the reply.
+// the reply; with OPENDIR the kernel caches no listing and nothing is done.
 void pfs_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent,
                 const char* new_name, unsigned int flags) {
   guarded(req, [&] {
@@ -300,7 +300,7 @@ void pfs_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
     auto note_dir = [&](fuse_ino_t dir, const char* entry) {
       if (Result<Attr> a = fs.lookup(dir, entry); a && S_ISDIR(a->mode)) moved_dirs.push_back(a->ino);
     };
-    if (parent != new_parent) {
+    if (parent != new_parent && context(req)->no_opendir.load(std::memory_order_relaxed)) {
       note_dir(parent, name);
       if (flags & kRenameExchange) note_dir(new_parent, new_name);
     }

@@ -36,37 +36,6 @@ size_t varint_size(uint64_t v) {
 uint64_t zigzag(int64_t v) { return (static_cast<uint64_t>(v) << 1) ^ static_cast<uint64_t>(v >> 63); }
 int64_t unzigzag(uint64_t v) { return static_cast<int64_t>(v >> 1) ^ -static_cast<int64_t>(v & 1); }
 
-// The distinct inodes of the data records, sorted, and each record's index
-// into them. The sharers of a range come in inode order: one pass then;
-// otherwise one sort of (inode, record) keys, no search per record.
-void distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<Ino>& inos,
-                          std::vector<uint32_t>& slot) {
-  bool in_order = true;
-  Ino last = 0;
-  for (const FsmapEntry& e : records) {
-    if (e.owner != FsmapOwner::kData) continue;
-    in_order = in_order && e.ino >= last;
-    last = e.ino;
-  }
-  if (in_order) {
-    for (uint32_t r = 0; r < records.size(); ++r) {
-      if (records[r].owner != FsmapOwner::kData) continue;
-      if (inos.empty() || inos.back() != records[r].ino) inos.push_back(records[r].ino);
-      slot[r] = static_cast<uint32_t>(inos.size() - 1);
-    }
-    return;
-  }
-  std::vector<std::pair<Ino, uint32_t>> keys;
-  keys.reserve(records.size());
-  for (uint32_t r = 0; r < records.size(); ++r)
-    if (records[r].owner == FsmapOwner::kData) keys.emplace_back(records[r].ino, r);
-  std::sort(keys.begin(), keys.end());
-  for (const auto& [ino, r] : keys) {
-    if (inos.empty() || inos.back() != ino) inos.push_back(ino);
-    slot[r] = static_cast<uint32_t>(inos.size() - 1);
-  }
-}
-
 // Eight bytes at a time: sibling paths share all but their last few bytes.
 size_t common_prefix(std::string_view a, std::string_view b) {
   const size_t limit = std::min(a.size(), b.size());
@@ -212,6 +181,38 @@ bool fsmap_owner_has_inode(FsmapOwner owner) {
          owner == FsmapOwner::kXattrs;
 }
 
+// The sharers of a range come in inode order: one pass then; otherwise one
+// sort of (inode, record) keys, no search per record.
+std::vector<Ino> distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<uint32_t>* slot) {
+  std::vector<Ino> inos;
+  auto is_data = [](const FsmapEntry& e) { return e.owner == FsmapOwner::kData; };
+  bool in_order = true;
+  Ino last = 0;
+  for (const FsmapEntry& e : records) {
+    if (!is_data(e)) continue;
+    in_order = in_order && e.ino >= last;
+    last = e.ino;
+  }
+  if (in_order) {
+    for (uint32_t r = 0; r < records.size(); ++r) {
+      if (!is_data(records[r])) continue;
+      if (inos.empty() || inos.back() != records[r].ino) inos.push_back(records[r].ino);
+      if (slot) (*slot)[r] = static_cast<uint32_t>(inos.size() - 1);
+    }
+    return inos;
+  }
+  std::vector<std::pair<Ino, uint32_t>> keys;
+  keys.reserve(records.size());
+  for (uint32_t r = 0; r < records.size(); ++r)
+    if (is_data(records[r])) keys.emplace_back(records[r].ino, r);
+  std::sort(keys.begin(), keys.end());
+  for (const auto& [ino, r] : keys) {
+    if (inos.empty() || inos.back() != ino) inos.push_back(ino);
+    if (slot) (*slot)[r] = static_cast<uint32_t>(inos.size() - 1);
+  }
+  return inos;
+}
+
 FsmapPacker::FsmapPacker(std::span<uint8_t> page) : page_(page) {
   // A page holds about a thousand owners of a shared block: one growth.
   records_.reserve(1024);
@@ -232,9 +233,8 @@ bool FsmapPacker::add(const FsmapEntry& e) {
 size_t FsmapPacker::finish(const PathsOf& paths_of) {
   // The data owners' paths, fetched at once (one lock, no per-inode calls);
   // slot[r]: record r's inode in inos.
-  std::vector<Ino> inos;
   std::vector<uint32_t> slot(records_.size());
-  distinct_data_inodes(records_, inos, slot);
+  std::vector<Ino> inos = distinct_data_inodes(records_, &slot);
   std::vector<std::string> names;
   std::vector<size_t> first;
   if (!inos.empty()) paths_of(inos, names, first);

@@ -19,6 +19,10 @@ namespace poisonfs {
 // Owners that name an inode: data, extents, directory, xattr blocks.
 bool fsmap_owner_has_inode(FsmapOwner owner);
 
+// The distinct inodes of the data records, sorted; slot, if given, gets
+// each data record's index into them (slot.size() == records.size()).
+std::vector<Ino> distinct_data_inodes(const std::vector<FsmapEntry>& records, std::vector<uint32_t>* slot = nullptr);
+
 // Fills one page: add() records in device order until it says the page is
 // full, then finish() appends the paths of the data owners, dropping
 // trailing records whose paths no longer fit (the first record always

@@ -167,7 +167,9 @@ std::string mountpoint_of_image(const std::string& path) {
 
 // ---- stat ------------------------------------------------------------------
 
-Result<FsInfo> info_from_mount(const std::string& path) {
+// direct_io, if given: whether the mount serves read/write without the
+// page cache (-o direct_io in force).
+Result<FsInfo> info_from_mount(const std::string& path, std::optional<bool>* direct_io = nullptr) {
   int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) return fail(std::errc{errno}, path + ": cannot open: " + std::strerror(errno));
   poisonfs_stat st{};
@@ -200,19 +202,8 @@ Result<FsInfo> info_from_mount(const std::string& path) {
   info.data_checksums = (st.checksum_flags & POISONFS_STAT_DATA_CHECKSUMS) != 0;
   info.verify_checksums = (st.checksum_flags & POISONFS_STAT_VERIFY_CHECKSUMS) != 0;
   info.uuid.assign(st.uuid, strnlen(st.uuid, sizeof st.uuid));
+  if (direct_io) *direct_io = (st.session_flags & POISONFS_STAT_DIRECT_IO) != 0;
   return info;
-}
-
-// Whether the mount serves read/write without the page cache (-o direct_io
-// in force); nothing for an image or a daemon that does not say.
-std::optional<bool> direct_io_of_mount(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  poisonfs_stat st{};
-  int rc = ioctl(fd, POISONFS_IOC_STAT, &st);
-  close(fd);
-  if (rc != 0) return std::nullopt;
-  return (st.session_flags & POISONFS_STAT_DIRECT_IO) != 0;
 }
 
 // Opens an unmounted image through the core on a private mapping: queries
@@ -424,10 +415,10 @@ int cmd_stat(const std::vector<std::string>& args) {
     return kExitUsage;
   }
   Target where = resolve_target(target);
+  std::optional<bool> direct_io;  // nothing for an image: no session
   auto info =
-      where.mountpoint.empty() ? info_from_image(target) : info_from_mount(where.mountpoint);
+      where.mountpoint.empty() ? info_from_image(target) : info_from_mount(where.mountpoint, &direct_io);
   if (!info) return error(info.error().to_string());
-  std::optional<bool> direct_io = where.mountpoint.empty() ? std::nullopt : direct_io_of_mount(where.mountpoint);
   if (json) {
     print_json(where, *info, direct_io);
   } else {
@@ -937,18 +928,6 @@ constexpr std::string_view kFsmapSynopsis = "fsmap [--json] MOUNTPOINT|IMAGE [ST
 bool is_data(const FsmapEntry& e) { return e.owner == FsmapOwner::kData; }
 bool has_inode(const FsmapEntry& e) { return fsmap_owner_has_inode(e.owner); }
 
-// The distinct inodes of the data records of a listing, sorted.
-std::vector<Ino> data_inodes(const std::vector<FsmapEntry>& entries) {
-  std::vector<Ino> inos;
-  for (const FsmapEntry& e : entries) {
-    if (is_data(e) && (inos.empty() || inos.back() != e.ino)) inos.push_back(e.ino);
-  }
-  // The sharers of a range come in inode order: no sort then.
-  if (!std::is_sorted(inos.begin(), inos.end())) std::sort(inos.begin(), inos.end());
-  inos.erase(std::unique(inos.begin(), inos.end()), inos.end());
-  return inos;
-}
-
 // The paths of the data owners of a listing, kept once per inode as the
 // JSON fragment every record of that inode repeats.
 class PathTable {
@@ -1001,7 +980,7 @@ class PathTable {
     sort();
     std::vector<Ino> out;
     auto slot = slots_.begin();
-    for (Ino ino : data_inodes(entries)) {
+    for (Ino ino : distinct_data_inodes(entries)) {
       while (slot != slots_.end() && slot->ino < ino) ++slot;
       if (slot == slots_.end() || slot->ino != ino) out.push_back(ino);
     }
@@ -1100,6 +1079,16 @@ Status fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64
   return {};
 }
 
+// The NUL-terminated name at `at` of a paths reply (at moves past it);
+// nothing when the reply ends first.
+std::optional<std::string_view> next_name(std::string_view buf, size_t& at) {
+  size_t end = buf.find('\0', at);
+  if (end == std::string_view::npos) return std::nullopt;
+  std::string_view name = buf.substr(at, end - at);
+  at = end + 1;
+  return name;
+}
+
 // Adds every path of one inode, a page of names per round trip: for an
 // inode with more names than a PATHS_BATCH reply holds (many long hard
 // links). Paths too long for any reply come as "" and are left out.
@@ -1122,10 +1111,9 @@ Status paths_from_mount(int fd, const std::string& where, Ino ino, PathTable& ta
     std::string_view buf(rec->buf, sizeof rec->buf);
     size_t at = 0;
     for (uint32_t i = 0; i < rec->count; ++i) {
-      size_t end = buf.find('\0', at);
-      if (end == std::string_view::npos) return fail(std::errc::io_error, where + ": truncated paths reply");
-      names.emplace_back(buf.substr(at, end - at));
-      at = end + 1;
+      auto name = next_name(buf, at);
+      if (!name) return fail(std::errc::io_error, where + ": truncated paths reply");
+      names.emplace_back(*name);
     }
     if (rec->flags & POISONFS_OF_LAST) break;
     // A name is at least one byte and a NUL; an inode has fewer than 2^32
@@ -1166,12 +1154,10 @@ Status paths_batch_from_mount(int fd, const std::string& where, const std::vecto
     for (uint32_t i = 0; i < rec->done; ++i) {
       names.clear();
       for (;;) {
-        size_t end = buf.find('\0', at);
-        if (end == std::string_view::npos) return fail(std::errc::io_error, where + ": truncated paths reply");
-        std::string_view name = buf.substr(at, end - at);
-        at = end + 1;
-        if (name.empty()) break;
-        names.push_back(name);
+        auto name = next_name(buf, at);
+        if (!name) return fail(std::errc::io_error, where + ": truncated paths reply");
+        if (name->empty()) break;
+        names.push_back(*name);
       }
       table.add(inos[next + i], names);
     }
@@ -1233,7 +1219,7 @@ Status named_fsmap_from_mount(int fd, const std::string& where, uint64_t start, 
 }
 
 void paths_from_core(Filesystem& fs, const std::vector<FsmapEntry>& entries, PathTable& table) {
-  std::vector<Ino> inos = data_inodes(entries);
+  std::vector<Ino> inos = distinct_data_inodes(entries);
   std::vector<std::string> names;
   std::vector<size_t> first;
   fs.paths(inos, names, first);
