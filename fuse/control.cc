@@ -263,10 +263,7 @@ void fsmap_packed(fuse_req_t req, const void* in_buf, size_t in_bufsz, size_t ou
     return;
   }
   size_t collected = packer.records().size();
-  size_t kept = packer.finish(
-      [&fs](std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
-        fs.paths(inos, names, first);
-      });
+  size_t kept = packer.finish([&fs](std::span<const Ino> inos, PathList& names) { fs.paths(inos, names); });
   page->count = static_cast<uint32_t>(kept);
   page->used = static_cast<uint32_t>(packer.used());
   page->flags = full || kept < collected ? 0 : POISONFS_OF_LAST;

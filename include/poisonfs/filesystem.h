@@ -29,6 +29,88 @@ inline constexpr Ino kRootIno = 1;
 inline constexpr uint32_t kBlockSize = 4096;
 inline constexpr size_t kNameMax = 255;
 
+// The paths of many inodes, flat (Filesystem::paths of a batch): every path
+// back to back in one buffer, so that naming a thousand sharers of a block
+// allocates a few times, not once per path.
+class PathList {
+ public:
+  // The paths of one inode, in order: a range of string_view.
+  class Paths {
+   public:
+    class iterator {
+     public:
+      using value_type = std::string_view;
+      using difference_type = std::ptrdiff_t;
+      iterator() = default;
+      iterator(const PathList* list, size_t k) : list_(list), k_(k) {}
+      std::string_view operator*() const { return list_->path(k_); }
+      iterator& operator++() {
+        ++k_;
+        return *this;
+      }
+      iterator operator++(int) {
+        iterator old = *this;
+        ++k_;
+        return old;
+      }
+      bool operator==(const iterator& o) const { return k_ == o.k_; }
+
+     private:
+      const PathList* list_ = nullptr;
+      size_t k_ = 0;
+    };
+    Paths(const PathList* list, size_t first, size_t end) : list_(list), first_(first), end_(end) {}
+    iterator begin() const { return {list_, first_}; }
+    iterator end() const { return {list_, end_}; }
+    size_t size() const { return end_ - first_; }
+    bool empty() const { return first_ == end_; }
+    std::string_view operator[](size_t i) const { return list_->path(first_ + i); }
+
+   private:
+    const PathList* list_;
+    size_t first_, end_;
+  };
+
+  void clear() {
+    bytes_.clear();
+    path_end_.clear();
+    inode_first_.clear();
+  }
+  // The paths added after this belong to the next inode.
+  void next_inode() { inode_first_.push_back(path_end_.size()); }
+  // Appends a path of `length` bytes to the current inode; the caller
+  // fills the bytes returned.
+  char* add(size_t length) {
+    size_t at = bytes_.size();
+    bytes_.resize(at + length);
+    path_end_.push_back(bytes_.size());
+    return bytes_.data() + at;
+  }
+  void add(std::string_view path) { path.copy(add(path.size()), path.size()); }
+  // Room for `inodes` more inodes with about `bytes` of paths.
+  void reserve(size_t inodes, size_t bytes) {
+    inode_first_.reserve(inode_first_.size() + inodes);
+    path_end_.reserve(path_end_.size() + inodes);
+    bytes_.reserve(bytes_.size() + bytes);
+  }
+
+  size_t inodes() const { return inode_first_.size(); }
+  // The paths of the i-th inode: those added after its next_inode().
+  Paths of(size_t i) const {
+    size_t end = i + 1 < inode_first_.size() ? inode_first_[i + 1] : path_end_.size();
+    return {this, inode_first_[i], end};
+  }
+  std::string_view path(size_t k) const {
+    size_t from = k == 0 ? 0 : path_end_[k - 1];
+    return std::string_view(bytes_).substr(from, path_end_[k] - from);
+  }
+
+ private:
+  std::string bytes_;
+  std::vector<size_t> path_end_;     // end of each path in bytes_
+  std::vector<size_t> inode_first_;  // each inode's first path
+};
+
 struct Timespec {
   int64_t sec = 0;
   int64_t nsec = 0;
@@ -339,9 +421,9 @@ class Filesystem {
   // Every path of ino from the root ("/a/b"), one per hard link.
   virtual Result<std::vector<std::string>> paths(Ino ino) = 0;
   // The paths of many inodes under one lock (fsmap names thousands), flat:
-  // those of inos[i] are names[first[i]] .. names[first[i+1]-1] (none for
-  // an inode that no longer exists).
-  virtual void paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) = 0;
+  // those of inos[i] are out.of(i) (none for an inode that no longer
+  // exists). out is cleared first.
+  virtual void paths(std::span<const Ino> inos, PathList& out) = 0;
 
   // --- media failure (DESIGN.md section 2)
   // A media error at device bytes [offset, offset+length): every owner is

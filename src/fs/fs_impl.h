@@ -140,7 +140,7 @@ class FsImpl final : public Filesystem {
   Result<std::vector<BmapEntry>> bmap(Ino ino) override;
   Status fsmap(uint64_t start, uint64_t length, const std::function<bool(const FsmapEntry&)>& fn) override;
   Result<std::vector<std::string>> paths(Ino ino) override;
-  void paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) override;
+  void paths(std::span<const Ino> inos, PathList& out) override;
   Status notify_failure(uint64_t offset, uint64_t length, int flags) override;
   Result<PoisonRange> inject_poison(uint64_t offset, uint64_t length, bool latent) override;
   std::vector<PoisonRange> badblocks() override;
@@ -267,6 +267,8 @@ class FsImpl final : public Filesystem {
   void shutdown(const std::string& reason);
   std::string first_path(Ino ino);
   std::string path_of(const Link& link);
+  size_t path_length(const Link& link) const;
+  void write_path(const Link& link, char* at) const;
   // Read with the poison check: EIO if [off, off+len) holds known or latent
   // poison (latent found here is reported in *found), or with short_at_poison
   // the clean bytes before the first poisoned one.

@@ -76,8 +76,7 @@ uint8_t* encode_record(const FsmapEntry* prev, const FsmapEntry& e, uint8_t* at)
 // Writes one path table entry, front-coded against `prev_path`, into the
 // `room` bytes at `at`: its size, or 0 (prev_path untouched) when it does
 // not fit. One pass: the prefix of each path is compared once.
-size_t encode_paths(Ino ino, std::span<const std::string> paths, std::string_view& prev_path, uint8_t* at,
-                    size_t room) {
+size_t encode_paths(Ino ino, const PathList::Paths& paths, std::string_view& prev_path, uint8_t* at, size_t room) {
   uint8_t* p = at;
   uint8_t* const end = at + room;
   auto varint = [&](uint64_t v) {
@@ -87,7 +86,7 @@ size_t encode_paths(Ino ino, std::span<const std::string> paths, std::string_vie
   };
   if (!varint(ino) || !varint(paths.size() + 1)) return 0;
   std::string_view prev = prev_path;
-  for (const std::string& path : paths) {
+  for (std::string_view path : paths) {
     size_t shared = common_prefix(path, prev);
     size_t suffix = path.size() - shared;
     if (!varint(shared) || !varint(suffix) || static_cast<size_t>(end - p) < suffix) return 0;
@@ -235,12 +234,8 @@ size_t FsmapPacker::finish(const PathsOf& paths_of) {
   // slot[r]: record r's inode in inos.
   std::vector<uint32_t> slot(records_.size());
   std::vector<Ino> inos = distinct_data_inodes(records_, &slot);
-  std::vector<std::string> names;
-  std::vector<size_t> first;
-  if (!inos.empty()) paths_of(inos, names, first);
-  auto paths = [&](size_t i) {
-    return std::span<const std::string>(names).subspan(first[i], first[i + 1] - first[i]);
-  };
+  PathList names;
+  if (!inos.empty()) paths_of(inos, names);
   std::vector<bool> named(inos.size());
 
   // The path table is built in a scratch page, then moved behind the
@@ -257,7 +252,7 @@ size_t FsmapPacker::finish(const PathsOf& paths_of) {
     size_t fixed = record_end_[kept] + varint_size(entries + (new_inode ? 1 : 0)) + table_used;
     size_t room = fixed < page_.size() ? page_.size() - fixed : 0;
     size_t entry = 0;
-    if (new_inode && room > 0) entry = encode_paths(e.ino, paths(i), prev_path, table.data() + table_used, room);
+    if (new_inode && room > 0) entry = encode_paths(e.ino, names.of(i), prev_path, table.data() + table_used, room);
     if (new_inode ? entry == 0 : fixed > page_.size()) {
       if (kept > 0) break;
       // The first record's names alone overflow the page.

@@ -30,8 +30,7 @@ std::vector<Ino> distinct_data_inodes(const std::vector<FsmapEntry>& records, st
 class FsmapPacker {
  public:
   // The paths of inos, flat (Filesystem::paths).
-  using PathsOf =
-      std::function<void(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first)>;
+  using PathsOf = std::function<void(std::span<const Ino> inos, PathList& out)>;
 
   explicit FsmapPacker(std::span<uint8_t> page);
 

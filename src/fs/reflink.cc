@@ -313,12 +313,10 @@ Result<std::vector<std::string>> FsImpl::paths(Ino ino) {
   return out;
 }
 
-void FsImpl::paths(std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
+void FsImpl::paths(std::span<const Ino> inos, PathList& out) {
   std::shared_lock lock(mutex_);
-  names.clear();
-  first.clear();
-  names.reserve(inos.size());
-  first.reserve(inos.size() + 1);
+  out.clear();
+  out.reserve(inos.size(), inos.size() * 32);
   // The sharers of a block are scattered over the heap and usually cold:
   // fetch each inode, then its names, a few steps ahead of their use.
   auto live = [&](Ino ino) { return ino > kRootIno && ino <= inodes_.size() ? inodes_[ino - 1].get() : nullptr; };
@@ -327,44 +325,53 @@ void FsImpl::paths(std::span<const Ino> inos, std::vector<std::string>& names, s
       if (const Inode* ahead = live(inos[i + 8])) __builtin_prefetch(ahead);
     if (i + 4 < inos.size())
       if (const Inode* ahead = live(inos[i + 4]); ahead && !ahead->links.empty()) __builtin_prefetch(ahead->links.data());
-    first.push_back(names.size());
-    if (inos[i] == kRootIno) names.emplace_back("/");
+    out.next_inode();
+    if (inos[i] == kRootIno) out.add("/");
     if (const Inode* inode = live(inos[i]))
-      for (const Link& link : inode->links) names.push_back(path_of(link));
+      for (const Link& link : inode->links) write_path(link, out.add(path_length(link)));
   }
-  first.push_back(names.size());
 }
 
-// The path a name makes from the root. Directories have one name, so
-// walking up by their only link is exact. Two walks (the length, then the
-// names from the back) build it in one allocation: fsmap names thousands.
-std::string FsImpl::path_of(const Link& link) {
+// The length of the path a name makes from the root. Directories have one
+// name, so walking up by their only link is exact; an open, unlinked
+// directory on the way up makes the path start with "?/".
+size_t FsImpl::path_length(const Link& link) const {
   size_t length = 1 + link.name.size();
-  bool detached = false;  // an open, unlinked directory on the way up
   for (Ino dir = link.parent; dir != kRootIno;) {
     const Inode* d = inodes_[dir - 1].get();
-    if (!d || d->links.empty()) {
-      detached = true;
-      break;
-    }
+    if (!d || d->links.empty()) return length + 1;
     length += 1 + d->links.front().name.size();
     dir = d->links.front().parent;
   }
-  std::string path(length + (detached ? 1 : 0), '/');
-  if (detached) path[0] = '?';
-  size_t end = path.size();
+  return length;
+}
+
+// Writes that path into the path_length(link) bytes at `at`, from the back
+// (the names come leaf first).
+void FsImpl::write_path(const Link& link, char* at) const {
+  char* end = at + path_length(link);
   auto put = [&](const std::string& name) {
     end -= name.size();
-    std::memcpy(path.data() + end, name.data(), name.size());
-    --end;  // the '/' before it is already there
+    std::memcpy(end, name.data(), name.size());
+    *--end = '/';
   };
   put(link.name);
   for (Ino dir = link.parent; dir != kRootIno;) {
     const Inode* d = inodes_[dir - 1].get();
-    if (!d || d->links.empty()) break;
+    if (!d || d->links.empty()) {
+      *--end = '?';
+      break;
+    }
     put(d->links.front().name);
     dir = d->links.front().parent;
   }
+}
+
+// Two walks (the length, then the names from the back) build it in one
+// allocation.
+std::string FsImpl::path_of(const Link& link) {
+  std::string path(path_length(link), '\0');
+  write_path(link, path.data());
   return path;
 }
 

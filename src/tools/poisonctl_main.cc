@@ -1220,12 +1220,9 @@ Status named_fsmap_from_mount(int fd, const std::string& where, uint64_t start, 
 
 void paths_from_core(Filesystem& fs, const std::vector<FsmapEntry>& entries, PathTable& table) {
   std::vector<Ino> inos = distinct_data_inodes(entries);
-  std::vector<std::string> names;
-  std::vector<size_t> first;
-  fs.paths(inos, names, first);
-  for (size_t i = 0; i < inos.size(); ++i) {
-    table.add(inos[i], std::span<const std::string>(names).subspan(first[i], first[i + 1] - first[i]));
-  }
+  PathList names;
+  fs.paths(inos, names);
+  for (size_t i = 0; i < inos.size(); ++i) table.add(inos[i], names.of(i));
   table.finish();
 }
 

@@ -270,14 +270,17 @@ BENCHMARK(BM_Stat);
 
 // ---------------------------------------------------------------- reflink and rmap
 
-// One block shared by 1,001 files: "src" and 1,000 clones of it.
+// One block shared by 1,001 files: "src" and 1,000 clones of it, laid
+// out as scripts/bench.sh does (/reflink/fan/c0 ...: paths too long for
+// std::string's inline buffer, as most real paths are).
 struct Shared1001 {
   MemFs m{256 * MiB};
   uint64_t physical = 0;
   Shared1001() {
-    Ino src = create(*m.fs, kRootIno, "src");
+    Ino top = must(m->mkdir(kRootIno, "reflink", 0755, kRoot), "mkdir").ino;
+    Ino dir = must(m->mkdir(top, "fan", 0755, kRoot), "mkdir").ino;
+    Ino src = create(*m.fs, dir, "src");
     fill(*m.fs, src, kBlockSize, kBlockSize);
-    Ino dir = must(m->mkdir(kRootIno, "clones", 0755, kRoot), "mkdir").ino;
     for (int i = 0; i < 1000; ++i)
       must(m->clone_range(src, 0, create(*m.fs, dir, strfmt("c{}", i)), 0, 0), "clone_range");
     physical = must(m->bmap(src), "bmap").at(0).physical;
@@ -330,9 +333,7 @@ void BM_Fsmap1001OwnersPacked(benchmark::State& state) {
   for (auto _ : state) {
     FsmapPacker packer(page);
     must(f.m->fsmap(f.physical, kBlockSize, [&](const FsmapEntry& e) { return packer.add(e); }), "fsmap");
-    kept = packer.finish([&](std::span<const Ino> inos, std::vector<std::string>& names, std::vector<size_t>& first) {
-      f.m->paths(inos, names, first);
-    });
+    kept = packer.finish([&](std::span<const Ino> inos, PathList& names) { f.m->paths(inos, names); });
     used = packer.used();
   }
   state.counters["records"] = static_cast<double>(kept);

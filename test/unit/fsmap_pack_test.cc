@@ -19,14 +19,13 @@ using Names = std::map<Ino, std::vector<std::string>>;
 
 // The paths the packer asks for, from a fixed table (none for the rest).
 FsmapPacker::PathsOf paths_from(const Names& names) {
-  return [&names](std::span<const Ino> inos, std::vector<std::string>& out, std::vector<size_t>& first) {
+  return [&names](std::span<const Ino> inos, PathList& out) {
     out.clear();
-    first.clear();
     for (Ino ino : inos) {
-      first.push_back(out.size());
-      if (auto it = names.find(ino); it != names.end()) out.insert(out.end(), it->second.begin(), it->second.end());
+      out.next_inode();
+      if (auto it = names.find(ino); it != names.end())
+        for (const std::string& name : it->second) out.add(name);
     }
-    first.push_back(out.size());
   };
 }
 

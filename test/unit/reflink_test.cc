@@ -626,6 +626,34 @@ TEST(ReflinkFsmap, PathsNameEveryHardLink) {
 
 // ---------------------------------------------------------------- copy-on-write
 
+// The batch form fsmap uses: the paths of many inodes, flat, in the order
+// asked, agree with the single-inode form; gone and unknown inodes have none.
+TEST(ReflinkFsmap, PathsOfManyInodesComeFlatInTheOrderAsked) {
+  Device fs;
+  Ino dir = make_dir(*fs, kRootIno, "a directory with a long name");
+  Ino f = create(*fs, dir, "a file whose name is longer than sixteen bytes");
+  ASSERT_TRUE(fs->link(f, kRootIno, "short"));
+  Ino g = create(*fs, kRootIno, "g");
+  Ino gone = create(*fs, kRootIno, "gone");
+  ASSERT_TRUE(fs->unlink(kRootIno, "gone"));
+  const std::vector<Ino> inos{g, kRootIno, f, gone, 1u << 30, dir, f};
+  PathList list;
+  list.add("stale");  // cleared first
+  fs->paths(inos, list);
+  ASSERT_EQ(list.inodes(), inos.size());
+  for (size_t i = 0; i < inos.size(); ++i) {
+    auto one = fs->paths(inos[i]);
+    std::vector<std::string> want = one ? *one : std::vector<std::string>{};
+    std::vector<std::string> got(list.of(i).begin(), list.of(i).end());
+    EXPECT_EQ(got, want) << "inode " << inos[i];
+    EXPECT_EQ(list.of(i).size(), want.size());
+  }
+  EXPECT_EQ(list.of(2)[1], "/short");
+  EXPECT_EQ(list.of(0)[0], "/g");
+  EXPECT_TRUE(list.of(3).empty());
+  EXPECT_TRUE(list.of(4).empty());
+}
+
 struct SharedPair {
   Ino src = 0, dst = 0;
   std::string data;
