@@ -1030,6 +1030,21 @@ TEST_F(ReflinkOffline, WriteErrorsOfLongListingsAreReported) {
   }
 }
 
+// Short outputs sit in stdio's buffer until exit: a write error there is
+// reported (exit 1) as for a long listing, not lost with exit 0.
+TEST_F(ReflinkOffline, WriteErrorsOfShortOutputsAreReported) {
+  ASSERT_TRUE(write_file(path("one"), random_bytes(kBlock, 5)));
+  for (const std::string& cmd : {"stat " + q(mnt()), "stat --json " + q(mnt()), "bmap " + q(path("one")),
+                                 "bmap --json " + q(path("one")), "fsmap " + q(mnt()) + " 0 4096"}) {
+    RunResult ok = ctl(cmd);
+    ASSERT_EQ(ok.exit_code, 0) << cmd << ": " << ok.err;
+    ASSERT_FALSE(ok.out.empty()) << cmd;
+    RunResult full = run(q(bin("poisonctl")) + " " + cmd + " >/dev/full");
+    EXPECT_EQ(full.exit_code, 1) << cmd;
+    EXPECT_NE(full.err.find("write error"), std::string::npos) << cmd << ": " << full.err;
+  }
+}
+
 // Names with bytes JSON must escape (quote, backslash, control bytes) and
 // names that need none, sharing one block: fsmap names each exactly,
 // through the mount and offline.
