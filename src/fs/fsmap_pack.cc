@@ -153,22 +153,23 @@ bool decode_record(Reader& in, const FsmapEntry* prev, FsmapEntry& e) {
   return true;
 }
 
-// One path table entry into `paths` (reused), front-coded against the
-// last path of the entry before.
+// One path table entry into `paths` (reused), each path front-coded
+// against the one before: the last of the entry before (`prev_path`) for
+// the first.
 bool decode_paths(Reader& in, Ino& ino, bool& sent, std::vector<std::string>& paths, size_t& count,
-                  std::string& prev_path) {
+                  const std::string& prev_path) {
   uint64_t n;
   if (!in.varint(ino) || !in.varint(n) || n > in.left() + 1) return false;
   sent = n > 0;
   count = sent ? n - 1 : 0;
   if (paths.size() < count) paths.resize(count);
   for (size_t i = 0; i < count; ++i) {
+    const std::string& prev = i == 0 ? prev_path : paths[i - 1];
     uint64_t shared, suffix;
-    if (!in.varint(shared) || !in.varint(suffix) || shared > prev_path.size()) return false;
+    if (!in.varint(shared) || !in.varint(suffix) || shared > prev.size()) return false;
     std::string& path = paths[i];
-    path.assign(prev_path, 0, shared);
+    path.assign(prev, 0, shared);
     if (!in.bytes(suffix, path)) return false;
-    prev_path = path;
   }
   return true;
 }
@@ -297,6 +298,8 @@ Status unpack_fsmap(std::span<const uint8_t> page, uint32_t count, std::vector<F
     size_t n;
     if (!decode_paths(in, ino, sent, paths, n, prev_path)) return malformed("paths");
     on_paths(ino, sent, std::span<const std::string>(paths).first(n));
+    // Kept without a copy: paths[n - 1] is rewritten before it is read again.
+    if (n > 0) prev_path.swap(paths[n - 1]);
   }
   if (!in.at_end()) return malformed("trailing bytes");
   return {};

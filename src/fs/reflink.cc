@@ -317,14 +317,22 @@ void FsImpl::paths(std::span<const Ino> inos, PathList& out) {
   std::shared_lock lock(mutex_);
   out.clear();
   out.reserve(inos.size(), inos.size() * 32);
-  // The sharers of a block are scattered over the heap and usually cold:
-  // fetch each inode, then its names, a few steps ahead of their use.
+  // The sharers of a block are scattered over the heap and cold by the
+  // time a query comes: fetch each inode's list of links, then the links
+  // (a name of up to 15 bytes is inline in its Link), then a longer name,
+  // a few steps ahead of their use. (Measured cold, core_bench
+  // Fsmap1001OwnersPacked/cold:1: 300 us with the inode's first line
+  // fetched instead, 310 us with all inodes fetched in passes.)
   auto live = [&](Ino ino) { return ino > kRootIno && ino <= inodes_.size() ? inodes_[ino - 1].get() : nullptr; };
+  auto first_link = [&](size_t i) -> const Link* {
+    const Inode* inode = i < inos.size() ? live(inos[i]) : nullptr;
+    return inode && !inode->links.empty() ? inode->links.data() : nullptr;
+  };
   for (size_t i = 0; i < inos.size(); ++i) {
-    if (i + 8 < inos.size())
-      if (const Inode* ahead = live(inos[i + 8])) __builtin_prefetch(ahead);
-    if (i + 4 < inos.size())
-      if (const Inode* ahead = live(inos[i + 4]); ahead && !ahead->links.empty()) __builtin_prefetch(ahead->links.data());
+    if (i + 12 < inos.size())
+      if (const Inode* ahead = live(inos[i + 12])) __builtin_prefetch(&ahead->links);
+    if (const Link* ahead = first_link(i + 8)) __builtin_prefetch(ahead);
+    if (const Link* ahead = first_link(i + 4)) __builtin_prefetch(ahead->name.data());
     out.next_inode();
     if (inos[i] == kRootIno) out.add("/");
     if (const Inode* inode = live(inos[i]))

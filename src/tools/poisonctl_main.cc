@@ -986,18 +986,23 @@ constexpr std::string_view kFsmapSynopsis = "fsmap [--json] MOUNTPOINT|IMAGE [ST
 bool is_data(const FsmapEntry& e) { return e.owner == FsmapOwner::kData; }
 bool has_inode(const FsmapEntry& e) { return fsmap_owner_has_inode(e.owner); }
 
-// The paths of the data owners of a listing, kept once per inode as the
-// JSON fragment every record of that inode repeats.
+// The paths of the data owners of a listing, kept once per inode in the
+// form the listing prints: the JSON fragment every record of that inode
+// repeats, or its first path and how many it has (tables, the map).
 class PathTable {
  public:
+  enum class Form { kJson, kFirstPath };
+  explicit PathTable(Form form) : form_(form) {}
+  void clear() { *this = PathTable(form_); }
+
   // Sets the paths of ino, in any order; the first set of an inode counts.
   // Sorted: the core lists hard links in an order a remount may change.
   // Room for `inodes` more adds of short names, grown geometrically (a
   // listing of many pages reserves once per page).
   void reserve(size_t inodes) {
     grow(slots_, slots_.size() + inodes);
-    grow(json_, json_.size() + inodes * 40);
-    grow(first_names_, first_names_.size() + inodes * 24);
+    if (form_ == Form::kJson) grow(json_, json_.size() + inodes * 40);
+    else grow(first_names_, first_names_.size() + inodes * 24);
   }
   template <class Paths>
   void add(Ino ino, const Paths& given) {
@@ -1011,24 +1016,16 @@ class PathTable {
       std::sort(paths_.begin(), paths_.end());
       paths = paths_;
     }
-    Slot slot{ino, first_names_.size(), 0, static_cast<uint32_t>(paths.size()), json_.size(), 0};
-    if (paths.empty()) {
-      json_ += ", \"path\": null";
-    } else {
+    Slot slot{ino, 0, 0, static_cast<uint32_t>(paths.size())};
+    if (form_ == Form::kJson) {
+      slot.at = json_.size();
+      append_json_paths(paths);
+      slot.len = json_.size() - slot.at;
+    } else if (!paths.empty()) {
+      slot.at = first_names_.size();
+      slot.len = paths.front().size();
       first_names_ += paths.front();
-      slot.first_len = static_cast<uint32_t>(paths.front().size());
-      json_ += ", \"path\": ";
-      append_json_string(json_, paths.front());
-      if (paths.size() > 1) {
-        json_ += ", \"paths\": [";
-        for (size_t k = 0; k < paths.size(); ++k) {
-          if (k) json_ += ", ";
-          append_json_string(json_, paths[k]);
-        }
-        json_ += ']';
-      }
     }
-    slot.json_len = json_.size() - slot.json_at;
     if (!slots_.empty() && slots_.back().ino >= ino) sorted_ = false;
     slots_.push_back(slot);
   }
@@ -1048,27 +1045,42 @@ class PathTable {
   // prints as having no path.
   void finish() { sort(); }
 
+  // Form::kJson only.
   std::string_view json(Ino ino) const {
     const Slot* s = find(ino);
     if (!s) return ", \"path\": null";
-    return std::string_view(json_).substr(s->json_at, s->json_len);
+    return std::string_view(json_).substr(s->at, s->len);
   }
-  // The first path and how many there are.
+  // The first path and how many there are (Form::kFirstPath only).
   std::pair<std::string_view, size_t> first_path(Ino ino) const {
     const Slot* s = find(ino);
     if (!s || s->count == 0) return {{}, 0};
-    return {std::string_view(first_names_).substr(s->first_at, s->first_len), s->count};
+    return {std::string_view(first_names_).substr(s->at, s->len), s->count};
   }
 
  private:
   struct Slot {
     Ino ino;
-    size_t first_at;  // its first name in first_names_
-    uint32_t first_len;
-    uint32_t count;
-    size_t json_at;
-    size_t json_len;
+    size_t at;  // its JSON fragment in json_, or its first path in first_names_
+    size_t len;
+    size_t count;  // paths
   };
+  // ", "path": "/a"" and, for more than one, ", "paths": ["/a", "/b"]".
+  void append_json_paths(std::span<const std::string_view> paths) {
+    if (paths.empty()) {
+      json_ += ", \"path\": null";
+      return;
+    }
+    json_ += ", \"path\": ";
+    append_json_string(json_, paths.front());
+    if (paths.size() == 1) return;
+    json_ += ", \"paths\": [";
+    for (size_t k = 0; k < paths.size(); ++k) {
+      if (k) json_ += ", ";
+      append_json_string(json_, paths[k]);
+    }
+    json_ += ']';
+  }
   template <class Container>
   static void grow(Container& c, size_t need) {
     if (c.capacity() < need) c.reserve(std::max(need, 2 * c.capacity()));
@@ -1092,6 +1104,7 @@ class PathTable {
     last_ = static_cast<size_t>(it - slots_.begin());
     return &*it;
   }
+  Form form_;
   std::vector<Slot> slots_;
   bool sorted_ = true;  // strictly increasing inodes
   std::string first_names_;
@@ -1262,17 +1275,16 @@ Status fsmap_packed_from_mount(int fd, const std::string& where, uint64_t start,
 // PATHS_BATCH from a daemon without them; inodes whose names a page could
 // not carry are asked for in batches too.
 Status named_fsmap_from_mount(int fd, const std::string& where, uint64_t start, uint64_t length,
-                              std::vector<FsmapEntry>& entries, std::unique_ptr<PathTable>& table) {
-  table = std::make_unique<PathTable>();
-  Status st = fsmap_packed_from_mount(fd, where, start, length, entries, *table);
+                              std::vector<FsmapEntry>& entries, PathTable& table) {
+  Status st = fsmap_packed_from_mount(fd, where, start, length, entries, table);
   if (!st && st.error().code == std::errc::inappropriate_io_control_operation) {
     entries.clear();
-    table = std::make_unique<PathTable>();
+    table.clear();
     st = fsmap_from_mount(fd, where, start, length, entries);
   }
   if (!st) return st;
-  if (auto more = paths_batch_from_mount(fd, where, table->missing(entries), *table); !more) return more;
-  table->finish();
+  if (auto more = paths_batch_from_mount(fd, where, table.missing(entries), table); !more) return more;
+  table.finish();
   return {};
 }
 
@@ -1454,11 +1466,11 @@ int cmd_fsmap(const std::vector<std::string>& args) {
   }
   Target where = resolve_target(pos[0]);
   std::vector<FsmapEntry> entries;
-  std::unique_ptr<PathTable> paths;
+  auto paths = std::make_unique<PathTable>(json ? PathTable::Form::kJson : PathTable::Form::kFirstPath);
   if (!where.mountpoint.empty()) {
     Fd fd(open(where.mountpoint.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
     if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, paths); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, *paths); !st) {
       return error(st.error().to_string());
     }
   } else {
@@ -1469,7 +1481,6 @@ int cmd_fsmap(const std::vector<std::string>& args) {
       return true;
     });
     if (!st) return error(where.arg + ": " + st.error().to_string());
-    paths = std::make_unique<PathTable>();
     paths_from_core(**fs, entries, *paths);
   }
   // The listing is fetched whole before a byte is printed (nothing is
@@ -2169,7 +2180,7 @@ std::string svg_escape(std::string_view s) {
 struct MapData {
   FsInfo info;
   std::vector<FsmapEntry> entries;
-  std::unique_ptr<PathTable> paths;
+  std::unique_ptr<PathTable> paths = std::make_unique<PathTable>(PathTable::Form::kFirstPath);
   std::vector<PoisonRange> bad;
 };
 
@@ -2181,7 +2192,7 @@ Result<MapData> map_collect(const Target& where) {
     d.info = *info;
     Fd fd(open_for_control(where.mountpoint));
     if (!fd) return fail(std::errc{errno}, where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries, d.paths); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries, *d.paths); !st) {
       return std::unexpected(st.error());
     }
     auto got = ranges_from_mount(fd.get(), where.mountpoint, POISONFS_IOC_BADBLOCKS, "POISONFS_IOC_BADBLOCKS",
@@ -2199,7 +2210,6 @@ Result<MapData> map_collect(const Target& where) {
       return true;
     });
     if (!st) return fail(st.error().code, where.arg + ": " + st.error().to_string());
-    d.paths = std::make_unique<PathTable>();
     paths_from_core(**fs, d.entries, *d.paths);
     d.bad = (*fs)->badblocks();
   }
