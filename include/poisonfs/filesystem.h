@@ -10,6 +10,7 @@
 
 #include <sys/types.h>
 
+#include <cassert>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -86,7 +87,10 @@ class PathList {
     path_end_.push_back(bytes_.size());
     return bytes_.data() + at;
   }
-  void add(std::string_view path) { path.copy(add(path.size()), path.size()); }
+  void add(std::string_view path) {
+    bytes_.append(path);  // path may lie in bytes_ itself
+    path_end_.push_back(bytes_.size());
+  }
   // Room for `inodes` more inodes with about `bytes` of paths.
   void reserve(size_t inodes, size_t bytes) {
     inode_first_.reserve(inode_first_.size() + inodes);
@@ -97,6 +101,7 @@ class PathList {
   size_t inodes() const { return inode_first_.size(); }
   // The paths of the i-th inode: those added after its next_inode().
   Paths of(size_t i) const {
+    assert(i < inode_first_.size());
     size_t end = i + 1 < inode_first_.size() ? inode_first_[i + 1] : path_end_.size();
     return {this, inode_first_[i], end};
   }

@@ -268,7 +268,7 @@ class FsImpl final : public Filesystem {
   std::string first_path(Ino ino);
   std::string path_of(const Link& link);
   size_t path_length(const Link& link) const;
-  void write_path(const Link& link, char* at) const;
+  void write_path(const Link& link, char* at, size_t length) const;
   // Read with the poison check: EIO if [off, off+len) holds known or latent
   // poison (latent found here is reported in *found), or with short_at_poison
   // the clean bytes before the first poisoned one.

@@ -336,7 +336,10 @@ void FsImpl::paths(std::span<const Ino> inos, PathList& out) {
     out.next_inode();
     if (inos[i] == kRootIno) out.add("/");
     if (const Inode* inode = live(inos[i]))
-      for (const Link& link : inode->links) write_path(link, out.add(path_length(link)));
+      for (const Link& link : inode->links) {
+        size_t length = path_length(link);
+        write_path(link, out.add(length), length);
+      }
   }
 }
 
@@ -354,10 +357,10 @@ size_t FsImpl::path_length(const Link& link) const {
   return length;
 }
 
-// Writes that path into the path_length(link) bytes at `at`, from the back
-// (the names come leaf first).
-void FsImpl::write_path(const Link& link, char* at) const {
-  char* end = at + path_length(link);
+// Writes that path into the `length` (path_length(link)) bytes at `at`,
+// from the back (the names come leaf first).
+void FsImpl::write_path(const Link& link, char* at, size_t length) const {
+  char* end = at + length;
   auto put = [&](const std::string& name) {
     end -= name.size();
     std::memcpy(end, name.data(), name.size());
@@ -379,7 +382,7 @@ void FsImpl::write_path(const Link& link, char* at) const {
 // allocation.
 std::string FsImpl::path_of(const Link& link) {
   std::string path(path_length(link), '\0');
-  write_path(link, path.data());
+  write_path(link, path.data(), path.size());
   return path;
 }
 

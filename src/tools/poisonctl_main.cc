@@ -171,16 +171,23 @@ struct StatmountReply {
 // nothing where the kernel cannot say. Neither call reaches the daemon.
 std::optional<bool> on_poisonfs_mount_by_statmount(const std::string& path) {
   struct statx sx {};
-  // No attribute wanted: FUSE answers without a round trip.
-  if (statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, kStatxMntIdUnique, &sx) != 0) return false;
+  // No attribute wanted: FUSE answers without a round trip. A refusal
+  // (a seccomp filter) leaves the question to the fallback.
+  if (statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, kStatxMntIdUnique, &sx) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return std::nullopt;
+  }
   if (!(sx.stx_mask & kStatxMntIdUnique)) return std::nullopt;
   MntIdReq req{sizeof req, 0, sx.stx_mnt_id, kStatmountFsType | kStatmountFsSubtype};
   auto reply = std::make_unique<StatmountReply>();
   if (syscall(kSysStatmount, &req, reply.get(), sizeof *reply, 0) != 0) return std::nullopt;
-  if ((reply->mask & (kStatmountFsType | kStatmountFsSubtype)) != (kStatmountFsType | kStatmountFsSubtype))
-    return std::nullopt;
   auto text = [&](uint32_t at) { return at < sizeof reply->str ? std::string_view(reply->str + at) : std::string_view{}; };
-  return text(reply->fs_type) == "fuse" && text(reply->fs_subtype) == "poisonfs";
+  if (!(reply->mask & kStatmountFsType)) return std::nullopt;
+  if (text(reply->fs_type) != "fuse") return false;
+  // A mount without a subtype has none in the mask; so has a kernel
+  // older than 6.13: then only mountinfo can tell.
+  if (!(reply->mask & kStatmountFsSubtype)) return std::nullopt;
+  return text(reply->fs_subtype) == "poisonfs";
 }
 
 // True when `path` lives on a mounted poisonfs: the mount that holds its
@@ -2671,25 +2678,33 @@ int run(int argc, char** argv) {
   }
   for (const auto& c : kCommands) {
     if (c.name != name) continue;
-    int rc = c.run(std::vector<std::string>(argv + 2, argv + argc));
-    // What a command printf'd is still in stdio's buffer: a write error
-    // there (a full disk) must not go unreported with exit 0.
-    if (std::fflush(stdout) != 0 && rc == 0) return error(std::string("write error: ") + std::strerror(errno));
-    return rc;
+    return c.run(std::vector<std::string>(argv + 2, argv + argc));
   }
   std::fprintf(stderr, "%s: unknown command '%s'\n", kTool, argv[1]);
   usage(stderr);
   return kExitUsage;
 }
 
+// What a command printf'd may still be in stdio's buffer, and an earlier
+// flush of it may have failed: a write error (a full disk) must not go
+// unreported with exit 0.
+int flush_stdout(int rc) {
+  errno = 0;
+  bool failed = std::fflush(stdout) != 0 || std::ferror(stdout);
+  if (!failed || rc != 0) return rc;
+  return error(std::string("write error: ") + std::strerror(errno != 0 ? errno : EIO));
+}
+
 }  // namespace
 }  // namespace poisonfs
 
 int main(int argc, char** argv) {
+  int rc;
   try {
-    return poisonfs::run(argc, argv);
+    rc = poisonfs::run(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", poisonfs::kTool, e.what());
-    return poisonfs::kExitError;
+    rc = poisonfs::kExitError;
   }
+  return poisonfs::flush_stdout(rc);
 }

@@ -1034,7 +1034,7 @@ TEST_F(ReflinkOffline, WriteErrorsOfLongListingsAreReported) {
 // reported (exit 1) as for a long listing, not lost with exit 0.
 TEST_F(ReflinkOffline, WriteErrorsOfShortOutputsAreReported) {
   ASSERT_TRUE(write_file(path("one"), random_bytes(kBlock, 5)));
-  for (const std::string& cmd : {"stat " + q(mnt()), "stat --json " + q(mnt()), "bmap " + q(path("one")),
+  for (const std::string& cmd : {std::string("help"), "stat " + q(mnt()), "stat --json " + q(mnt()), "bmap " + q(path("one")),
                                  "bmap --json " + q(path("one")), "fsmap " + q(mnt()) + " 0 4096"}) {
     RunResult ok = ctl(cmd);
     ASSERT_EQ(ok.exit_code, 0) << cmd << ": " << ok.err;

@@ -626,6 +626,32 @@ TEST(ReflinkFsmap, PathsNameEveryHardLink) {
 
 // ---------------------------------------------------------------- copy-on-write
 
+// The flat list itself: inodes with no path, empty paths, a path added
+// from the list's own buffer (which grows under it), indexing and ranges.
+TEST(PathListTest, KeepsEachInodesPathsApartInOneBuffer) {
+  PathList list;
+  list.next_inode();  // no path
+  list.next_inode();
+  list.add("/a");
+  list.add("");
+  std::string long_path(300, 'x');
+  list.add(long_path);
+  list.next_inode();
+  for (int i = 0; i < 100; ++i) list.add(list.path(2));  // the buffer moves under the source
+  ASSERT_EQ(list.inodes(), 3u);
+  EXPECT_TRUE(list.of(0).empty());
+  ASSERT_EQ(list.of(1).size(), 3u);
+  EXPECT_EQ(list.of(1)[0], "/a");
+  EXPECT_EQ(list.of(1)[1], "");
+  EXPECT_EQ(list.of(1)[2], long_path);
+  ASSERT_EQ(list.of(2).size(), 100u);
+  for (std::string_view p : list.of(2)) EXPECT_EQ(p, long_path);
+  std::vector<std::string> copied(list.of(1).begin(), list.of(1).end());
+  EXPECT_EQ(copied, (std::vector<std::string>{"/a", "", long_path}));
+  list.clear();
+  EXPECT_EQ(list.inodes(), 0u);
+}
+
 // The batch form fsmap uses: the paths of many inodes, flat, in the order
 // asked, agree with the single-inode form; gone and unknown inodes have none.
 TEST(ReflinkFsmap, PathsOfManyInodesComeFlatInTheOrderAsked) {
