@@ -4,8 +4,13 @@
 // image, which must agree with what the mount reported.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -1042,6 +1047,72 @@ TEST_F(ReflinkOffline, WriteErrorsOfShortOutputsAreReported) {
     RunResult full = run(q(bin("poisonctl")) + " " + cmd + " >/dev/full");
     EXPECT_EQ(full.exit_code, 1) << cmd;
     EXPECT_NE(full.err.find("write error"), std::string::npos) << cmd << ": " << full.err;
+  }
+}
+
+// Runs poisonctl with `args` under a seccomp filter that answers statmount
+// (457) with ENOSYS, as a kernel before 6.8 would, and statx with EPERM when
+// refuse_statx (as some container profiles do): poisonctl must then find
+// out from stat and /proc/self/mountinfo. Output goes through files in
+// `scratch`; everything the child needs is made before fork.
+RunResult ctl_without_statmount(const std::string& scratch, const std::vector<std::string>& args,
+                                bool refuse_statx) {
+  const std::string out_path = scratch + "/ctl.out", err_path = scratch + "/ctl.err", ctl = bin("poisonctl");
+  std::vector<char*> argv{const_cast<char*>(ctl.c_str())};
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 457, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_statx, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, refuse_statx ? (SECCOMP_RET_ERRNO | EPERM) : SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog prog{static_cast<unsigned short>(std::size(filter)), filter};
+  pid_t pid = fork();
+  if (pid == 0) {
+    int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      _exit(125);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  RunResult r;
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) return r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  auto slurp = [](const std::string& f) {
+    std::ifstream in(f, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  r.out = slurp(out_path);
+  r.err = slurp(err_path);
+  std::remove(out_path.c_str());
+  std::remove(err_path.c_str());
+  return r;
+}
+
+// Without statmount (and without statx), poisonctl still tells a poisonfs
+// mount from other directories, through /proc/self/mountinfo, and gives
+// the same answers as with them.
+TEST_F(ReflinkOffline, MountsAreFoundWithoutStatmount) {
+  ASSERT_TRUE(write_file(path("one"), random_bytes(kBlock, 9)));
+  RunResult with = ctl("fsmap --json " + q(mnt()));
+  ASSERT_EQ(with.exit_code, 0) << with.err;
+  for (bool refuse_statx : {false, true}) {
+    SCOPED_TRACE(refuse_statx ? "statx refused" : "statmount missing");
+    RunResult fsmap = ctl_without_statmount(dir(), {"fsmap", "--json", mnt()}, refuse_statx);
+    ASSERT_EQ(fsmap.exit_code, 0) << fsmap.err;
+    EXPECT_EQ(fsmap.out, with.out);
+    RunResult bmap = ctl_without_statmount(dir(), {"bmap", path("one")}, refuse_statx);
+    EXPECT_EQ(bmap.exit_code, 0) << bmap.err;
+    EXPECT_NE(bmap.out.find("1 extent"), std::string::npos) << bmap.out;
+    RunResult other = ctl_without_statmount(dir(), {"stat", dir()}, refuse_statx);
+    EXPECT_EQ(other.exit_code, 1);
+    EXPECT_NE(other.err.find("not on a poisonfs mount"), std::string::npos) << other.err;
   }
 }
 
