@@ -1023,7 +1023,7 @@ class PathTable {
       std::sort(paths_.begin(), paths_.end());
       paths = paths_;
     }
-    Slot slot{ino, 0, 0, static_cast<uint32_t>(paths.size())};
+    Slot slot{ino, 0, 0, paths.size()};
     if (form_ == Form::kJson) {
       slot.at = json_.size();
       append_json_paths(paths);
@@ -1473,11 +1473,11 @@ int cmd_fsmap(const std::vector<std::string>& args) {
   }
   Target where = resolve_target(pos[0]);
   std::vector<FsmapEntry> entries;
-  auto paths = std::make_unique<PathTable>(json ? PathTable::Form::kJson : PathTable::Form::kFirstPath);
+  PathTable paths(json ? PathTable::Form::kJson : PathTable::Form::kFirstPath);
   if (!where.mountpoint.empty()) {
     Fd fd(open(where.mountpoint.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
     if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, *paths); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, paths); !st) {
       return error(st.error().to_string());
     }
   } else {
@@ -1488,13 +1488,13 @@ int cmd_fsmap(const std::vector<std::string>& args) {
       return true;
     });
     if (!st) return error(where.arg + ": " + st.error().to_string());
-    paths_from_core(**fs, entries, *paths);
+    paths_from_core(**fs, entries, paths);
   }
   // The listing is fetched whole before a byte is printed (nothing is
   // printed when a query fails half-way), then streamed out 16 KiB at a time.
   OutBuf out(16 << 10);
-  if (json) fsmap_json(entries, *paths, out);
-  else print_fsmap_human(where, entries, *paths, out);
+  if (json) fsmap_json(entries, paths, out);
+  else print_fsmap_human(where, entries, paths, out);
   return out.finish();
 }
 
@@ -2187,7 +2187,7 @@ std::string svg_escape(std::string_view s) {
 struct MapData {
   FsInfo info;
   std::vector<FsmapEntry> entries;
-  std::unique_ptr<PathTable> paths = std::make_unique<PathTable>(PathTable::Form::kFirstPath);
+  PathTable paths{PathTable::Form::kFirstPath};
   std::vector<PoisonRange> bad;
 };
 
@@ -2199,7 +2199,7 @@ Result<MapData> map_collect(const Target& where) {
     d.info = *info;
     Fd fd(open_for_control(where.mountpoint));
     if (!fd) return fail(std::errc{errno}, where.mountpoint + ": cannot open: " + errno_text(errno));
-    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries, *d.paths); !st) {
+    if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, 0, UINT64_MAX, d.entries, d.paths); !st) {
       return std::unexpected(st.error());
     }
     auto got = ranges_from_mount(fd.get(), where.mountpoint, POISONFS_IOC_BADBLOCKS, "POISONFS_IOC_BADBLOCKS",
@@ -2217,7 +2217,7 @@ Result<MapData> map_collect(const Target& where) {
       return true;
     });
     if (!st) return fail(st.error().code, where.arg + ": " + st.error().to_string());
-    paths_from_core(**fs, d.entries, *d.paths);
+    paths_from_core(**fs, d.entries, d.paths);
     d.bad = (*fs)->badblocks();
   }
   return d;
@@ -2296,7 +2296,7 @@ std::string map_svg(const Target& where, const MapData& d) {
       if (e.physical >= r.offset + r.length || e.physical + e.length <= r.offset) continue;
       std::string who;
       if (is_data(e)) {
-        auto [first, count] = d.paths->first_path(e.ino);
+        auto [first, count] = d.paths.first_path(e.ino);
         who = count ? std::string(first) : "inode " + std::to_string(e.ino);
       } else {
         who = e.owner == FsmapOwner::kFree ? "free space (quarantined)" : std::string(fsmap_owner_name(e.owner));
@@ -2441,7 +2441,7 @@ std::string map_svg(const Target& where, const MapData& d) {
   const int half = grid_w / 2;
   for (size_t i = 0; i < listed && !big; ++i) {
     Ino ino = order[i];
-    auto [first, count] = d.paths->first_path(ino);
+    auto [first, count] = d.paths.first_path(ino);
     std::string name = count == 0 ? "(no path)" : std::string(first);
     if (count > 1) name += " (+" + std::to_string(count - 1) + " links)";
     if (name.size() > 58) name = "..." + name.substr(name.size() - 55);
@@ -2677,8 +2677,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   for (const auto& c : kCommands) {
-    if (c.name != name) continue;
-    return c.run(std::vector<std::string>(argv + 2, argv + argc));
+    if (c.name == name) return c.run(std::vector<std::string>(argv + 2, argv + argc));
   }
   std::fprintf(stderr, "%s: unknown command '%s'\n", kTool, argv[1]);
   usage(stderr);
