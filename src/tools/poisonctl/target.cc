@@ -1,0 +1,218 @@
+// poisonctl: what a MOUNTPOINT|IMAGE argument is (a path on a mounted
+// poisonfs, an image mounted now, or an unmounted image), and an unmounted
+// image opened offline.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tools/poisonctl/poisonctl.h"
+
+namespace poisonfs::ctl {
+
+// ---- finding out what the target is --------------------------------------
+
+namespace {
+
+struct MountEntry {
+  std::string devno;  // "MAJ:MIN"
+  std::string mountpoint;
+  std::string fstype;
+  std::string source;
+};
+
+// Undoes the octal escapes (\040 for a space) of /proc/self/mountinfo.
+std::string unescape(const std::string& s) {
+  auto octal = [&](size_t i) { return i < s.size() && s[i] >= '0' && s[i] <= '7'; };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// The whole of a small (procfs) file, or empty.
+std::string read_small_file(const char* path) {
+  std::string text;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[8192];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return text;
+}
+
+// The next space-separated field of `rest` (consumed).
+std::string_view next_field(std::string_view& rest) {
+  size_t end = rest.find(' ');
+  std::string_view field = rest.substr(0, end);
+  rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
+  return field;
+}
+
+// Parsed by hand, not with streams: every poisonctl call reads it, and
+// stream set-up alone cost it a tenth of a millisecond.
+std::vector<MountEntry> poisonfs_mounts() {
+  std::vector<MountEntry> mounts;
+  std::string text = read_small_file("/proc/self/mountinfo");
+  std::string_view all(text);
+  while (!all.empty()) {
+    size_t eol = all.find('\n');
+    std::string_view line = all.substr(0, eol);
+    all = eol == std::string_view::npos ? std::string_view{} : all.substr(eol + 1);
+    // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superopts
+    size_t sep = line.find(" - ");
+    if (sep == std::string_view::npos) continue;
+    std::string_view tail = line.substr(sep + 3);
+    if (next_field(tail) != "fuse.poisonfs") continue;
+    std::string_view head = line.substr(0, sep);
+    MountEntry e;
+    next_field(head);  // id
+    next_field(head);  // parent
+    e.devno = next_field(head);
+    next_field(head);  // root
+    e.mountpoint = unescape(std::string(next_field(head)));
+    e.fstype = "fuse.poisonfs";
+    e.source = unescape(std::string(next_field(tail)));
+    mounts.push_back(std::move(e));
+  }
+  return mounts;
+}
+
+// statmount(2) (Linux 6.8; the fs subtype since 6.13), declared here: the
+// C library's headers may predate it. The layout is the kernel's ABI.
+constexpr long kSysStatmount = 457;
+constexpr uint32_t kStatxMntIdUnique = 0x4000;
+constexpr uint64_t kStatmountFsType = 0x20;
+constexpr uint64_t kStatmountFsSubtype = 0x100;
+struct MntIdReq {
+  uint32_t size;
+  uint32_t spare;
+  uint64_t mnt_id;
+  uint64_t param;
+};
+struct StatmountReply {
+  uint32_t size, mnt_opts;
+  uint64_t mask;
+  uint32_t sb_dev_major, sb_dev_minor;
+  uint64_t sb_magic;
+  uint32_t sb_flags, fs_type;
+  uint64_t mnt_id, mnt_parent_id;
+  uint32_t mnt_id_old, mnt_parent_id_old;
+  uint64_t mnt_attr, mnt_propagation, mnt_peer_group, mnt_master, propagate_from;
+  uint32_t mnt_root, mnt_point;
+  uint64_t mnt_ns_id;
+  uint32_t fs_subtype, sb_source;
+  uint32_t opt_num, opt_array, opt_sec_num, opt_sec_array;
+  uint64_t spare2[46];
+  char str[512];  // the strings asked for; EOVERFLOW if they do not fit
+};
+
+// Whether `path` is on a fuse.poisonfs mount, asked of the kernel in two
+// system calls (statx for the mount's id, statmount for its type), or
+// nothing where the kernel cannot say. Neither call reaches the daemon.
+std::optional<bool> on_poisonfs_mount_by_statmount(const std::string& path) {
+  struct statx sx {};
+  // No attribute wanted: FUSE answers without a round trip. A refusal
+  // (a seccomp filter) leaves the question to the fallback.
+  if (statx(AT_FDCWD, path.c_str(), AT_STATX_DONT_SYNC, kStatxMntIdUnique, &sx) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return std::nullopt;
+  }
+  if (!(sx.stx_mask & kStatxMntIdUnique)) return std::nullopt;
+  MntIdReq req{sizeof req, 0, sx.stx_mnt_id, kStatmountFsType | kStatmountFsSubtype};
+  auto reply = std::make_unique<StatmountReply>();
+  if (syscall(kSysStatmount, &req, reply.get(), sizeof *reply, 0) != 0) return std::nullopt;
+  auto text = [&](uint32_t at) {
+    return at < sizeof reply->str ? std::string_view(reply->str + at) : std::string_view{};
+  };
+  if (!(reply->mask & kStatmountFsType)) return std::nullopt;
+  if (text(reply->fs_type) != "fuse") return false;
+  // A mount without a subtype has none in the mask; so has a kernel
+  // older than 6.13: then only mountinfo can tell.
+  if (!(reply->mask & kStatmountFsSubtype)) return std::nullopt;
+  return text(reply->fs_subtype) == "poisonfs";
+}
+
+// True when `path` lives on a mounted poisonfs: the mount that holds its
+}  // namespace
+
+// device number is of type fuse.poisonfs. (No statfs first: on a FUSE
+// mount it is a round trip to the daemon on every poisonctl call.)
+bool on_poisonfs_mount(const std::string& path) {
+  if (auto known = on_poisonfs_mount_by_statmount(path)) return *known;
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) return false;
+  char want[32];
+  std::snprintf(want, sizeof want, "%u:%u", major(st.st_dev), minor(st.st_dev));
+  for (const auto& m : poisonfs_mounts()) {
+    if (m.devno == want) return true;
+  }
+  return false;
+}
+
+// The mountpoint where the image `path` is mounted now (the daemon names
+// the image as the mount's source), or empty. A mounted image is locked, so
+// its live state is asked from the daemon instead.
+std::string mountpoint_of_image(const std::string& path) {
+  struct stat img {};
+  if (stat(path.c_str(), &img) != 0 || S_ISDIR(img.st_mode)) return {};
+  for (const auto& m : poisonfs_mounts()) {
+    struct stat src {};
+    if (stat(m.source.c_str(), &src) == 0 && src.st_dev == img.st_dev && src.st_ino == img.st_ino) {
+      return m.mountpoint;
+    }
+  }
+  return {};
+}
+
+// Opens an unmounted image through the core on a private mapping: queries
+// never write it.
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    return fail(std::errc{errno}, path + ": " + std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return fail(std::errc::not_supported, path + " is a directory but not on a poisonfs mount");
+  }
+  auto fs = Filesystem::mount_image(path, OpenOptions{MapMode::kPrivate});
+  if (!fs) {
+    // The core's message names the image already when it comes from a check.
+    std::string message = fs.error().to_string();
+    if (!message.starts_with(path + ":")) message = path + ": " + message;
+    return fail(fs.error().code, message);
+  }
+  return std::move(*fs);
+}
+
+// Decides between the mount and the image for a MOUNTPOINT|IMAGE argument:
+// a path on a mounted poisonfs is asked through the mount; an image that is
+// mounted now is asked through its mount (it is locked, and the daemon has
+// the live state); anything else is opened offline.
+Target resolve_target(const std::string& arg) {
+  Target where{arg, {}};
+  if (on_poisonfs_mount(arg)) {
+    where.mountpoint = arg;
+  } else {
+    where.mountpoint = mountpoint_of_image(arg);
+  }
+  return where;
+}
+
+}  // namespace poisonfs::ctl
