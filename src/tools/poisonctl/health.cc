@@ -25,22 +25,7 @@ namespace poisonfs::ctl {
 int cmd_status(const std::vector<std::string>& args) {
   bool json = false;
   std::string target;
-  for (const auto& a : args) {
-    if (a == "--json") {
-      json = true;
-    } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kStatusSynopsis.size()),
-                  kStatusSynopsis.data());
-      return 0;
-    } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("status", "unknown option '" + a + "'", kStatusSynopsis);
-    } else if (!target.empty()) {
-      return usage_error("status", "expected one MOUNTPOINT", kStatusSynopsis);
-    } else {
-      target = a;
-    }
-  }
-  if (target.empty()) return usage_error("status", "missing MOUNTPOINT", kStatusSynopsis);
+  if (int code = parse_json_target("status", kStatusSynopsis, "MOUNTPOINT", args, json, target); code >= 0) return code;
   Target where = resolve_target(target);
   Health h;
   if (!where.mountpoint.empty()) {
@@ -75,30 +60,23 @@ int cmd_status(const std::vector<std::string>& args) {
           ", \"quarantined_bytes\": " + std::to_string(h.quarantined_bytes) +
           ", \"events\": " + std::to_string(h.events) + "}\n";
   } else {
-    auto bytes = [](uint64_t n) {
-      return n < 1024 ? std::to_string(n) + " bytes"
-                      : std::to_string(n) + " bytes (" + human_bytes(n) + ")";
-    };
     std::vector<std::pair<std::string, std::string>> rows = {
         {"target", where.describe()},
         {"state", h.shutdown ? "shutdown: " + h.reason + " (every call fails with EIO)"
                              : std::string("healthy")},
-        {"known poison", bytes(h.known_poison_bytes)},
-        {"latent poison", bytes(h.latent_poison_bytes)},
-        {"quarantined", bytes(h.quarantined_bytes)},
+        {"known poison", bytes_and_human(h.known_poison_bytes)},
+        {"latent poison", bytes_and_human(h.latent_poison_bytes)},
+        {"quarantined", bytes_and_human(h.quarantined_bytes)},
         {"events", std::to_string(h.events)},
     };
-    size_t width = 0;
-    for (const auto& [k, v] : rows) width = std::max(width, k.size());
-    for (const auto& [k, v] : rows)
-      out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+    out = aligned_rows(rows);
   }
   return write_stdout(out);
 }
 
 // ---- scrub ----------------------------------------------------------------------
 //
-// `poisonctl scrub MOUNTPOINT|IMAGE [--json]`: on a mount through
+// `poisonctl scrub [--json] MOUNTPOINT|IMAGE`: on a mount through
 // POISONFS_IOC_SCRUB (the scrub runs inside the ioctl, so there is no
 // progress over the mount: a terminal gets an elapsed-time spinner); on an
 // unmounted image offline through the core on a shared mapping (it changes
@@ -183,22 +161,7 @@ Result<ScrubReport> scrub_offline(const std::string& image, bool show) {
 int cmd_scrub(const std::vector<std::string>& args) {
   bool json = false;
   std::string target;
-  for (const auto& a : args) {
-    if (a == "--json") {
-      json = true;
-    } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(kScrubSynopsis.size()),
-                  kScrubSynopsis.data());
-      return 0;
-    } else if (a.size() > 1 && a[0] == '-') {
-      return usage_error("scrub", "unknown option '" + a + "'", kScrubSynopsis);
-    } else if (!target.empty()) {
-      return usage_error("scrub", "expected one MOUNTPOINT or IMAGE", kScrubSynopsis);
-    } else {
-      target = a;
-    }
-  }
-  if (target.empty()) return usage_error("scrub", "missing MOUNTPOINT or IMAGE", kScrubSynopsis);
+  if (int code = parse_json_target("scrub", kScrubSynopsis, "MOUNTPOINT or IMAGE", args, json, target); code >= 0) return code;
   Target where = resolve_target(target);
   const bool show = isatty(STDERR_FILENO) == 1;
   auto rep = where.mountpoint.empty() ? scrub_offline(where.arg, show)
@@ -218,17 +181,13 @@ int cmd_scrub(const std::vector<std::string>& args) {
           (rep->checksums ? std::to_string(rep->checksum_mismatches) : "null") +
           ", \"silent_corruption_checked\": " + (rep->checksums ? "true" : "false") + "}\n";
   } else {
-    auto bytes = [](uint64_t n) {
-      return n < 1024 ? std::to_string(n) + " bytes"
-                      : std::to_string(n) + " bytes (" + human_bytes(n) + ")";
-    };
     std::vector<std::pair<std::string, std::string>> rows = {
         {"target", where.describe()},
-        {"bytes scanned", bytes(rep->bytes_scanned)},
+        {"bytes scanned", bytes_and_human(rep->bytes_scanned)},
         {"latent poison found", std::to_string(rep->latent_found) + " range(s)"},
         {"ranges notified", std::to_string(rep->ranges_notified)},
-        {"quarantine cleared", bytes(rep->quarantine_cleared_bytes)},
-        {"known poison left", bytes(rep->known_poison_bytes)},
+        {"quarantine cleared", bytes_and_human(rep->quarantine_cleared_bytes)},
+        {"known poison left", bytes_and_human(rep->known_poison_bytes)},
         {"silent corruption", rep->checksums
                                   ? std::to_string(rep->checksum_mismatches) +
                                         " block(s) not matching their checksum, of " +
@@ -236,10 +195,7 @@ int cmd_scrub(const std::vector<std::string>& args) {
                                         (rep->checksum_mismatches ? " (see poisonctl events)" : "")
                                   : "not checked (the image has no data checksums)"},
     };
-    size_t width = 0;
-    for (const auto& [k, v] : rows) width = std::max(width, k.size());
-    for (const auto& [k, v] : rows)
-      out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+    out = aligned_rows(rows);
   }
   return write_stdout(out);
 }

@@ -13,6 +13,7 @@
 //   poisonctl events [--json] [--follow] MOUNTPOINT
 //   poisonctl status [--json] MOUNTPOINT
 //   poisonctl map --svg OUT.svg MOUNTPOINT|IMAGE
+//   poisonctl scrub [--json] MOUNTPOINT|IMAGE
 //
 // Subcommands live in one table (kCommands, below); a new one is a function
 // (declared with its synopsis in poisonctl.h, defined in a file of this
@@ -40,7 +41,7 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"stat", "stat [--json] MOUNTPOINT|IMAGE", "geometry and usage of a filesystem", cmd_stat},
+    {"stat", kStatSynopsis, "geometry and usage of a filesystem", cmd_stat},
     {"reflink", kReflinkSynopsis, "share SRC's blocks with DST (through a mount)", cmd_reflink},
     {"bmap", kBmapSynopsis, "a file's extents: physical place, sharing", cmd_bmap},
     {"fsmap", kFsmapSynopsis, "owners of a device range, with paths", cmd_fsmap},

@@ -36,6 +36,38 @@ int usage_error(std::string_view command, const std::string& message, std::strin
   return kExitUsage;
 }
 
+int parse_json_target(std::string_view command, std::string_view synopsis, std::string_view what,
+                      const std::vector<std::string>& args, bool& json, std::string& target) {
+  for (const auto& a : args) {
+    if (a == "--json") {
+      json = true;
+    } else if (a == "-h" || a == "--help") {
+      std::printf("usage: %s %.*s\n", kTool, static_cast<int>(synopsis.size()), synopsis.data());
+      return 0;
+    } else if (a.size() > 1 && a[0] == '-') {
+      return usage_error(command, "unknown option '" + a + "'", synopsis);
+    } else if (!target.empty()) {
+      return usage_error(command, "expected one " + std::string(what), synopsis);
+    } else {
+      target = a;
+    }
+  }
+  if (target.empty()) return usage_error(command, "missing " + std::string(what), synopsis);
+  return -1;
+}
+
+std::string bytes_and_human(uint64_t n) {
+  return n < 1024 ? std::to_string(n) + " bytes" : std::to_string(n) + " bytes (" + human_bytes(n) + ")";
+}
+
+std::string aligned_rows(const std::vector<std::pair<std::string, std::string>>& rows) {
+  size_t width = 0;
+  for (const auto& [k, v] : rows) width = std::max(width, k.size());
+  std::string out;
+  for (const auto& [k, v] : rows) out += k + ":" + std::string(width - k.size() + 1, ' ') + v + "\n";
+  return out;
+}
+
 Result<uint64_t> parse_size_arg(const std::string& what, const std::string& text) {
   auto v = parse_size(text);
   if (!v) return fail(v.error().code, what + ": " + v.error().to_string());
@@ -60,20 +92,9 @@ std::string human_bytes(uint64_t bytes) {
 }
 
 std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
+  std::string out;
+  append_json_string(out, s);
+  return out;
 }
 
 void append_u64(std::string& out, uint64_t v) {

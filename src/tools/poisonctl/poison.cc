@@ -44,7 +44,7 @@ std::string control_hint(int err, std::string_view what) {
 
 }  // namespace
 
-// The outcome of a control ioctl: 0 or a message already printed.
+// The message for a failed control ioctl: what failed, why, and a hint.
 std::string ioctl_failed(const std::string& where, const char* name, int err,
                          std::string_view what) {
   return where + ": " + name + " failed: " + errno_text(err) + control_hint(err, what);

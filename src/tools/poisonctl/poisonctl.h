@@ -37,6 +37,15 @@ inline constexpr int kExitUsage = 2;
 int error(const std::string& message);
 std::string errno_text(int err);
 int usage_error(std::string_view command, const std::string& message, std::string_view synopsis);
+// `[--json] TARGET` (TARGET described as `what`: "MOUNTPOINT", "MOUNTPOINT or
+// IMAGE"): -1 to go on, else the exit code to return (help printed, or a
+// usage error).
+int parse_json_target(std::string_view command, std::string_view synopsis, std::string_view what,
+                      const std::vector<std::string>& args, bool& json, std::string& target);
+// "N bytes", with the human size from 1 KiB on.
+std::string bytes_and_human(uint64_t n);
+// "key: value" lines, values aligned.
+std::string aligned_rows(const std::vector<std::pair<std::string, std::string>>& rows);
 Result<uint64_t> parse_size_arg(const std::string& what, const std::string& text);
 std::string human_bytes(uint64_t bytes);
 std::string json_string(std::string_view s);
@@ -192,6 +201,7 @@ Result<std::vector<poisonfs_range>> ranges_from_mount(int fd, const std::string&
 
 inline constexpr std::string_view kReflinkSynopsis =
     "reflink SRC DST [--range SRC_OFF DST_OFF LEN]";
+inline constexpr std::string_view kStatSynopsis = "stat [--json] MOUNTPOINT|IMAGE";
 inline constexpr std::string_view kBmapSynopsis = "bmap [--json] FILE | --image IMAGE PATH";
 inline constexpr std::string_view kFsmapSynopsis =
     "fsmap [--json] MOUNTPOINT|IMAGE [START [LENGTH]]";

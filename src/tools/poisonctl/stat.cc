@@ -21,13 +21,11 @@ namespace poisonfs::ctl {
 // ---- stat ------------------------------------------------------------------
 
 Result<FsInfo> info_from_mount(const std::string& path, std::optional<bool>* direct_io) {
-  int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return fail(std::errc{errno}, path + ": cannot open: " + std::strerror(errno));
+  Fd fd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return fail(std::errc{errno}, path + ": cannot open: " + std::strerror(errno));
   poisonfs_stat st{};
-  int rc = ioctl(fd, POISONFS_IOC_STAT, &st);
-  int err = errno;
-  close(fd);
-  if (rc != 0) {
+  if (ioctl(fd.get(), POISONFS_IOC_STAT, &st) != 0) {
+    int err = errno;
     return fail(std::errc{err}, path + ": POISONFS_IOC_STAT failed: " + std::strerror(err));
   }
   FsInfo info;
@@ -172,29 +170,8 @@ void print_json(const Target& target, const FsInfo& i, std::optional<bool> direc
 int cmd_stat(const std::vector<std::string>& args) {
   bool json = false;
   std::string target;
-  for (const auto& a : args) {
-    if (a == "--json") {
-      json = true;
-    } else if (a == "-h" || a == "--help") {
-      std::printf("usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
-      return 0;
-    } else if (a.size() > 1 && a[0] == '-') {
-      std::fprintf(stderr, "%s: stat: unknown option '%s'\n", kTool, a.c_str());
-      std::fprintf(stderr, "usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
-      return kExitUsage;
-    } else if (!target.empty()) {
-      std::fprintf(stderr, "%s: stat: expected one MOUNTPOINT or IMAGE\n", kTool);
-      std::fprintf(stderr, "usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
-      return kExitUsage;
-    } else {
-      target = a;
-    }
-  }
-  if (target.empty()) {
-    std::fprintf(stderr, "%s: stat: missing MOUNTPOINT or IMAGE\n", kTool);
-    std::fprintf(stderr, "usage: %s stat [--json] MOUNTPOINT|IMAGE\n", kTool);
-    return kExitUsage;
-  }
+  if (int code = parse_json_target("stat", kStatSynopsis, "MOUNTPOINT or IMAGE", args, json, target); code >= 0)
+    return code;
   Target where = resolve_target(target);
   std::optional<bool> direct_io;  // nothing for an image: no session
   auto info = where.mountpoint.empty() ? info_from_image(target)
