@@ -13,6 +13,7 @@
 //                         verify:0/1 reads without/with crc32c verification
 //                         [issue 5: the cost of crc32c, as a ratio]
 //   CreateUnlink, Stat    namespace operation rates
+//   Crc32c                crc32c of a 64-byte record, a 4 KiB block, 1 MiB
 //   Fsmap1001Owners       owners of one block shared by 1,001 files   [<= 1 ms end to end]
 //   CloneRange65536       clone of a file in 65,536 extents             [<= 0.1 s]
 //   FsmapFull             whole-device listing, ~132k records          [<= 100 ms]
@@ -52,6 +53,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "format/crc32c.h"
 #include "fs/fsmap_pack.h"
 #include "poisonfs/filesystem.h"
 #include "poisonfs/ioctl.h"
@@ -267,6 +269,20 @@ void BM_Stat(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
 }
 BENCHMARK(BM_Stat);
+
+// crc32c over len bytes: every record, and every data block of an image
+// with checksums (written and, with verify_checksums, read).
+void BM_Crc32c(benchmark::State& state) {
+  std::vector<unsigned char> buf(static_cast<size_t>(state.range(0)));
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<unsigned char>(i * 131 + 7);
+  uint32_t crc = 0;
+  for (auto _ : state) {
+    crc = crc32c(buf.data(), buf.size(), crc);
+    benchmark::DoNotOptimize(crc);
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * state.range(0));
+}
+BENCHMARK(BM_Crc32c)->Arg(64)->Arg(4096)->Arg(1 << 20);
 
 // ---------------------------------------------------------------- reflink and rmap
 
