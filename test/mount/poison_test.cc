@@ -661,6 +661,16 @@ TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
   ASSERT_EQ(r.exit_code, 0) << r.both();
   check(slurp(out), "image");
   EXPECT_EQ(ctl("map " + q(image())).exit_code, 2);  // no --svg: a usage error
+
+  // A write that fails part way (here the file size limit, as a full disk
+  // would) says so, leaves the earlier picture whole and no temporary.
+  const std::string before = slurp(out);
+  ASSERT_GT(before.size(), 8192u);
+  r = run("trap '' XFSZ; ulimit -f 8; " + sh_quote(bin("poisonctl")) + " map --svg " + q(out) + " " + q(image()));
+  EXPECT_EQ(r.exit_code, 1) << r.both();
+  EXPECT_NE(r.err.find("write failed"), std::string::npos) << r.err;
+  EXPECT_EQ(slurp(out), before);
+  EXPECT_NE(access((out + ".tmp").c_str(), F_OK), 0) << "the temporary was left behind";
 }
 
 // Issue 4: "bmap and fsmap mark poisoned ranges (poisoned: true)".

@@ -1,10 +1,12 @@
 // poisonctl map: a picture of the device (SVG).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,8 +22,8 @@ namespace poisonfs::ctl {
 // `poisonctl map --svg OUT.svg MOUNTPOINT|IMAGE` draws the device as a grid
 // of cells, left to right and top to bottom from byte 0. A cell is one block,
 // or, on a device with more blocks than kMapMaxCells, a run of blocks drawn
-// as its most important owner (poisoned > data > directory > xattr > extents
-// > inodes > journal > superblock > free). Data is coloured per inode (a
+// as its most important owner (poisoned > checksums > data > directory >
+// xattr > extents > inodes > journal > superblock > free). Data is coloured per inode (a
 // stable colour derived from the inode number), shared data is hatched,
 // poisoned ranges (fsmap's flag and the device's poison list) are bright
 // red, and quarantined free space (poisoned, owned by nobody) is free space
@@ -41,6 +43,34 @@ struct MapCell {
   bool bad = false;          // on the device's poison list
   Ino ino = 0;
 };
+
+// Writes `data` to `path` through `path.tmp`, renamed over it: a reader
+// never sees half a picture, and a failed write (disk full, file size limit)
+// leaves an earlier file as it was and no temporary behind. Empty, or what
+// failed.
+std::string replace_file(const std::string& path, std::string_view data) {
+  const std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) return tmp + ": cannot create: " + errno_text(errno);
+  int err = 0;
+  while (!data.empty() && err == 0) {
+    ssize_t n = write(fd, data.data(), data.size());
+    if (n > 0) data.remove_prefix(static_cast<size_t>(n));
+    else if (n == 0) err = EIO;
+    else if (errno != EINTR) err = errno;
+  }
+  if (close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    unlink(tmp.c_str());
+    return tmp + ": write failed: " + errno_text(err);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    err = errno;
+    unlink(tmp.c_str());
+    return path + ": cannot rename: " + errno_text(err);
+  }
+  return {};
+}
 
 int map_rank(FsmapOwner o) {
   switch (o) {
@@ -457,19 +487,7 @@ int cmd_map(const std::vector<std::string>& args) {
   auto data = map_collect(where);
   if (!data) return error(data.error().to_string());
   std::string svg = map_svg(where, *data);
-  // Written to a temporary name and renamed: a reader never sees half a picture.
-  std::string tmp = out_path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return error(tmp + ": cannot create: " + errno_text(errno));
-    f.write(svg.data(), static_cast<std::streamsize>(svg.size()));
-    if (!f.flush()) return error(tmp + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
-    int err = errno;
-    std::remove(tmp.c_str());
-    return error(out_path + ": cannot rename: " + errno_text(err));
-  }
+  if (std::string failed = replace_file(out_path, svg); !failed.empty()) return error(failed);
   return 0;
 }
 
