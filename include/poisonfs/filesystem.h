@@ -466,6 +466,8 @@ class Filesystem {
 
 // Parses "4096", "64K", "16M", "1G", "2T" (binary units) into bytes.
 Result<uint64_t> parse_size(std::string_view text);
+// A size for people: "512 B", "1.5 GiB" (binary units, one decimal).
+std::string human_bytes(uint64_t bytes);
 
 // fsck: verifies every structure and the derived state. See src/fs/check.cc.
 struct CheckReport {

@@ -1,5 +1,7 @@
-// Parsing of sizes typed by users ("64M", "1G", "4096").
+// Sizes typed by users ("64M", "1G", "4096") and sizes shown to them.
 #include <charconv>
+#include <cinttypes>
+#include <cstdio>
 #include "util/strfmt.h"
 
 #include "poisonfs/filesystem.h"
@@ -30,6 +32,23 @@ Result<uint64_t> parse_size(std::string_view text) {
   }
   if (shift && value > (UINT64_MAX >> shift)) return bad();
   return value << shift;
+}
+
+std::string human_bytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", bytes);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
+  }
+  return buf;
 }
 
 }  // namespace poisonfs

@@ -134,23 +134,6 @@ Options parse_args(int argc, char** argv) {
   return opt;
 }
 
-std::string human_bytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 5) {
-    v /= 1024.0;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) {
-    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", bytes);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
-  }
-  return buf;
-}
-
 // Parses SIZE and rejects values no layout can hold, before anything is
 // opened, so that a bad SIZE never creates or changes a file.
 uint64_t validated_size(const std::string& text) {

@@ -74,23 +74,6 @@ Result<uint64_t> parse_size_arg(const std::string& what, const std::string& text
   return v;
 }
 
-std::string human_bytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 5) {
-    v /= 1024.0;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) {
-    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", bytes);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
-  }
-  return buf;
-}
-
 std::string json_string(std::string_view s) {
   std::string out;
   append_json_string(out, s);

@@ -47,7 +47,6 @@ std::string bytes_and_human(uint64_t n);
 // "key: value" lines, values aligned.
 std::string aligned_rows(const std::vector<std::pair<std::string, std::string>>& rows);
 Result<uint64_t> parse_size_arg(const std::string& what, const std::string& text);
-std::string human_bytes(uint64_t bytes);
 std::string json_string(std::string_view s);
 void append_u64(std::string& out, uint64_t v);
 void append_json_string(std::string& out, std::string_view s);
