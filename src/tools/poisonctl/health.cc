@@ -1,7 +1,6 @@
 // poisonctl status and scrub: whether a filesystem is healthy, with its
 // poison and quarantine, and a scrub that finds latent poison.
 #include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,18 +118,9 @@ Result<ScrubReport> scrub_through_mount(const std::string& mountpoint, bool show
 }
 
 Result<ScrubReport> scrub_offline(const std::string& image, bool show) {
-  struct stat st {};
-  if (stat(image.c_str(), &st) != 0)
-    return fail(std::errc{errno}, image + ": " + std::strerror(errno));
-  if (S_ISDIR(st.st_mode))
-    return fail(std::errc::not_supported, image + " is a directory but not on a poisonfs mount");
   // Shared: the scrub writes the image (poison made known, quarantine cleared).
-  auto fs = Filesystem::mount_image(image, OpenOptions{MapMode::kShared});
-  if (!fs) {
-    std::string message = fs.error().to_string();
-    if (!message.starts_with(image + ":")) message = image + ": " + message;
-    return fail(fs.error().code, message);
-  }
+  auto fs = open_image(image, MapMode::kShared);
+  if (!fs) return std::unexpected(fs.error());
   int last = -1;
   auto rep = (*fs)->scrub([&](uint64_t done, uint64_t total) {
     if (!show || total == 0) return;

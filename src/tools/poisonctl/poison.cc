@@ -153,8 +153,8 @@ int cmd_inject(const std::vector<std::string>& args) {
       uint64_t device_bytes = (*probe)->info().device_bytes;
       if (offset >= device_bytes || length > device_bytes - offset) return outside(device_bytes);
     }
-    auto fs = Filesystem::mount_image(where.arg, OpenOptions{MapMode::kShared});
-    if (!fs) return error(where.arg + ": " + fs.error().to_string());
+    auto fs = open_image(where.arg, MapMode::kShared);
+    if (!fs) return error(fs.error().to_string());
     auto r = (*fs)->inject_poison(offset, length, latent);
     Status unmounted = (*fs)->unmount();
     if (!r) return error(where.arg + ": " + r.error().to_string() + "; nothing injected");

@@ -128,7 +128,9 @@ class OutBuf {
 
 bool on_poisonfs_mount(const std::string& path);
 std::string mountpoint_of_image(const std::string& path);
-Result<std::unique_ptr<Filesystem>> open_image(const std::string& path);
+// The core on an unmounted image: a private mapping (a query never writes
+// the image) unless a command changes it (inject, scrub).
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& path, MapMode mode = MapMode::kPrivate);
 
 // What was asked and where the answer came from.
 struct Target {

@@ -183,7 +183,7 @@ std::string mountpoint_of_image(const std::string& path) {
 
 // Opens an unmounted image through the core on a private mapping: queries
 // never write it.
-Result<std::unique_ptr<Filesystem>> open_image(const std::string& path) {
+Result<std::unique_ptr<Filesystem>> open_image(const std::string& path, MapMode mode) {
   struct stat st {};
   if (stat(path.c_str(), &st) != 0) {
     return fail(std::errc{errno}, path + ": " + std::strerror(errno));
@@ -191,7 +191,7 @@ Result<std::unique_ptr<Filesystem>> open_image(const std::string& path) {
   if (S_ISDIR(st.st_mode)) {
     return fail(std::errc::not_supported, path + " is a directory but not on a poisonfs mount");
   }
-  auto fs = Filesystem::mount_image(path, OpenOptions{MapMode::kPrivate});
+  auto fs = Filesystem::mount_image(path, OpenOptions{mode});
   if (!fs) {
     // The core's message names the image already when it comes from a check.
     std::string message = fs.error().to_string();
