@@ -663,14 +663,31 @@ TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
   EXPECT_EQ(ctl("map " + q(image())).exit_code, 2);  // no --svg: a usage error
 
   // A write that fails part way (here the file size limit, as a full disk
-  // would) says so, leaves the earlier picture whole and no temporary.
+  // would; SIGXFSZ at its default, which would kill the tool) says so,
+  // leaves the earlier picture whole and no temporary. A name planted where
+  // the old code put its temporary is not written through.
   const std::string before = slurp(out);
   ASSERT_GT(before.size(), 8192u);
-  r = run("trap '' XFSZ; ulimit -f 8; " + sh_quote(bin("poisonctl")) + " map --svg " + q(out) + " " + q(image()));
+  const std::string planted = dir() + "/planted";
+  ASSERT_EQ(symlink(planted.c_str(), (out + ".tmp").c_str()), 0);
+  r = run("ulimit -f 8; " + sh_quote(bin("poisonctl")) + " map --svg " + q(out) + " " + q(image()));
   EXPECT_EQ(r.exit_code, 1) << r.both();
   EXPECT_NE(r.err.find("write failed"), std::string::npos) << r.err;
   EXPECT_EQ(slurp(out), before);
-  EXPECT_NE(access((out + ".tmp").c_str(), F_OK), 0) << "the temporary was left behind";
+  for (const auto& entry : std::filesystem::directory_iterator(dir())) {
+    const std::string name = entry.path().filename();
+    EXPECT_TRUE(!name.starts_with("map.svg.") || name == "map.svg.tmp") << "a temporary was left behind: " << name;
+  }
+  // Then, with room, the picture is replaced and the planted name untouched.
+  r = ctl("map --svg " + q(out) + " " + q(image()));
+  ASSERT_EQ(r.exit_code, 0) << r.both();
+  check(slurp(out), "image, again");
+  EXPECT_NE(access(planted.c_str(), F_OK), 0) << "written through the planted symlink";
+  struct stat st {};
+  ASSERT_EQ(stat(out.c_str(), &st), 0);
+  const mode_t mask = umask(0);
+  umask(mask);
+  EXPECT_EQ(st.st_mode & 0777, 0666 & ~mask);
 }
 
 // Issue 4: "bmap and fsmap mark poisoned ranges (poisoned: true)".

@@ -77,7 +77,7 @@ TEST(Crc32c, MatchesBitwiseReferenceOnRandomBuffers) {
 // Inputs of 384 bytes and more are summed in three interleaved streams
 // (rounds of 3 x 128 and 3 x 1360 bytes) joined by a shift table: every
 // length up to past two long rounds, so each split into rounds and tail is
-// met, from every misalignment and from a chained register.
+// met, from starts misaligned by 0 to 15 bytes and from chained registers.
 TEST(Crc32c, MatchesBitwiseReferenceAcrossStreamRounds) {
   std::mt19937_64 rng(20261122);
   std::vector<unsigned char> buf(2 * 3 * 1360 + 3 * 128 + 64);

@@ -19,6 +19,7 @@
 // (declared with its synopsis in poisonctl.h, defined in a file of this
 // directory) plus a row there.
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -95,6 +96,10 @@ int flush_stdout(int rc) {
 }  // namespace poisonfs::ctl
 
 int main(int argc, char** argv) {
+  // Past a file size limit (ulimit -f) a write fails with EFBIG and is
+  // reported like any write error, instead of the signal killing the tool
+  // half way through a file (map's picture) or a listing.
+  std::signal(SIGXFSZ, SIG_IGN);
   int rc;
   try {
     rc = poisonfs::ctl::run(argc, argv);

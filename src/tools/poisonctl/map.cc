@@ -1,5 +1,6 @@
 // poisonctl map: a picture of the device (SVG).
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -44,30 +46,33 @@ struct MapCell {
   Ino ino = 0;
 };
 
-// Writes `data` to `path` through `path.tmp`, renamed over it: a reader
-// never sees half a picture, and a failed write (disk full, file size limit)
-// leaves an earlier file as it was and no temporary behind. Empty, or what
-// failed.
+// Writes `data` to `path` through a new temporary file beside it, synced
+// and renamed over it: a reader never sees half a picture, a crash leaves
+// the old one or the new one, and a failed write (disk full, file size
+// limit) leaves an earlier file as it was and no temporary behind. The
+// temporary is created exclusively (mkostemp), so neither a name planted
+// there nor a second run writing the same picture is written through.
+// Empty, or what failed.
 std::string replace_file(const std::string& path, std::string_view data) {
-  const std::string tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) return tmp + ": cannot create: " + errno_text(errno);
-  int err = 0;
+  std::string tmp = path + ".XXXXXX";
+  int fd = mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) return path + ": cannot create a temporary file beside it: " + errno_text(errno);
+  // mkostemp makes it 0600; a picture is as readable as a file made by open().
+  const mode_t mask = umask(0);
+  umask(mask);
+  int err = fchmod(fd, 0666 & ~mask) == 0 ? 0 : errno;
   while (!data.empty() && err == 0) {
     ssize_t n = write(fd, data.data(), data.size());
     if (n > 0) data.remove_prefix(static_cast<size_t>(n));
     else if (n == 0) err = EIO;
     else if (errno != EINTR) err = errno;
   }
+  if (err == 0 && fsync(fd) != 0) err = errno;
   if (close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
     unlink(tmp.c_str());
-    return tmp + ": write failed: " + errno_text(err);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    err = errno;
-    unlink(tmp.c_str());
-    return path + ": cannot rename: " + errno_text(err);
+    return path + ": write failed: " + errno_text(err);
   }
   return {};
 }
