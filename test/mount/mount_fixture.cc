@@ -87,13 +87,6 @@ void track_dir(const std::string& dir) {
 
 // ---------------------------------------------------------------------------
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::string unescape_mountinfo(std::string_view s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -151,6 +144,13 @@ bool wait_until(Pred pred, milliseconds timeout) {
 }
 
 }  // namespace
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 std::string bin_dir() { return POISONFS_BIN_DIR; }
 std::string bin(std::string_view name) { return bin_dir() + "/" + std::string(name); }
@@ -271,7 +271,7 @@ std::string MountTest::path(std::string_view rel) const {
   return mnt_ + "/" + std::string(rel);
 }
 
-std::string MountTest::daemon_log() const { return read_text(dir_ + "/daemon.log"); }
+std::string MountTest::daemon_log() const { return read_file(dir_ + "/daemon.log"); }
 
 void MountTest::SetUp() {
   char tmpl[] = "/tmp/poisonfs-mount.XXXXXX";

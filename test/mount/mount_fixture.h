@@ -31,6 +31,9 @@ struct RunResult {
 // timeout_s seconds (exit_code then says which signal).
 RunResult run(const std::string& cmd, int timeout_s = 120);
 
+// The whole file, bytes as they are; "" when it cannot be read.
+std::string read_file(const std::string& path);
+
 // Quotes s for /bin/sh.
 std::string sh_quote(std::string_view s);
 

@@ -22,7 +22,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -638,10 +637,6 @@ TEST_F(PoisonShared, RecoveryWithTheTrueDataHealsEverySharerInPlace) {
 // and offline from the image: an SVG naming the files in its legend, the
 // shared block hatched, the poisoned one in poison red.
 TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
-  auto slurp = [](const std::string& file) {
-    std::ifstream in(file, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
   auto check = [&](const std::string& svg, const char* how) {
     SCOPED_TRACE(how);
     ASSERT_TRUE(svg.starts_with("<?xml")) << svg.substr(0, 200);
@@ -655,25 +650,25 @@ TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
   const std::string out = dir() + "/map.svg";
   RunResult r = ctl("map --svg " + q(out) + " " + q(mnt()));
   ASSERT_EQ(r.exit_code, 0) << r.both();
-  check(slurp(out), "mount");
+  check(read_file(out), "mount");
   unmount();
   r = ctl("map --svg " + q(out) + " " + q(image()));
   ASSERT_EQ(r.exit_code, 0) << r.both();
-  check(slurp(out), "image");
+  check(read_file(out), "image");
   EXPECT_EQ(ctl("map " + q(image())).exit_code, 2);  // no --svg: a usage error
 
   // A write that fails part way (here the file size limit, as a full disk
   // would; SIGXFSZ at its default, which would kill the tool) says so,
   // leaves the earlier picture whole and no temporary. A name planted where
   // the old code put its temporary is not written through.
-  const std::string before = slurp(out);
+  const std::string before = read_file(out);
   ASSERT_GT(before.size(), 8192u);
   const std::string planted = dir() + "/planted";
   ASSERT_EQ(symlink(planted.c_str(), (out + ".tmp").c_str()), 0);
   r = run("ulimit -f 8; " + sh_quote(bin("poisonctl")) + " map --svg " + q(out) + " " + q(image()));
   EXPECT_EQ(r.exit_code, 1) << r.both();
   EXPECT_NE(r.err.find("write failed"), std::string::npos) << r.err;
-  EXPECT_EQ(slurp(out), before);
+  EXPECT_EQ(read_file(out), before);
   for (const auto& entry : std::filesystem::directory_iterator(dir())) {
     const std::string name = entry.path().filename();
     EXPECT_TRUE(!name.starts_with("map.svg.") || name == "map.svg.tmp") << "a temporary was left behind: " << name;
@@ -681,7 +676,7 @@ TEST_F(PoisonShared, MapSvgThroughTheMountAndOffline) {
   // Then, with room, the picture is replaced and the planted name untouched.
   r = ctl("map --svg " + q(out) + " " + q(image()));
   ASSERT_EQ(r.exit_code, 0) << r.both();
-  check(slurp(out), "image, again");
+  check(read_file(out), "image, again");
   EXPECT_NE(access(planted.c_str(), F_OK), 0) << "written through the planted symlink";
   struct stat st {};
   ASSERT_EQ(stat(out.c_str(), &st), 0);
@@ -1136,9 +1131,7 @@ TEST_F(PoisonBadInput, InjectRefusesAndChangesNothing) {
   ASSERT_EQ(stat(plain.c_str(), &after), 0);
   EXPECT_EQ(after.st_mtim.tv_sec, before.st_mtim.tv_sec);
   EXPECT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
-  std::ifstream in(plain, std::ios::binary);
-  std::string back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  EXPECT_EQ(back, std::string(1 << 20, 'p'));
+  EXPECT_EQ(read_file(plain), std::string(1 << 20, 'p'));
   EXPECT_FALSE(std::filesystem::exists(plain + ".badblocks"));
   refused("inject " + q(dir() + "/missing") + " 0 64", "No such file");
   refused("events " + q(plain), "not a mounted poisonfs");
@@ -1213,8 +1206,7 @@ TEST_F(PoisonEventLog, FollowPrintsNewEventsUntilSigint) {
                     std::to_string(physical(f, kBlock)) + " 64 >/dev/null; sleep 0.6; kill -INT $pid; wait $pid )",
                     20);
   EXPECT_EQ(r.exit_code, 0) << r.both();
-  std::ifstream in(out);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string text = read_file(out);
   std::vector<std::string> got = lines(text);
   ASSERT_EQ(got.size(), 1u) << text;
   EXPECT_TRUE(got[0].starts_with("{\"seq\":1,")) << got[0];

@@ -21,13 +21,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -255,13 +253,6 @@ bool write_file(const std::string& path, std::string_view data, mode_t mode = 06
     done += static_cast<size_t>(n);
   }
   return close(fd) == 0 && done == data.size();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 // Bytes [off, off+len) of a file.
@@ -1084,12 +1075,8 @@ RunResult ctl_without_statmount(const std::string& scratch, const std::vector<st
   int status = 0;
   if (pid < 0 || waitpid(pid, &status, 0) != pid) return r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  auto slurp = [](const std::string& f) {
-    std::ifstream in(f, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  };
-  r.out = slurp(out_path);
-  r.err = slurp(err_path);
+  r.out = read_file(out_path);
+  r.err = read_file(err_path);
   std::remove(out_path.c_str());
   std::remove(err_path.c_str());
   return r;

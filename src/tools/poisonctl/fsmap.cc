@@ -433,7 +433,7 @@ int cmd_fsmap(const std::vector<std::string>& args) {
   std::vector<FsmapEntry> entries;
   PathTable paths(json ? PathTable::Form::kJson : PathTable::Form::kFirstPath);
   if (!where.mountpoint.empty()) {
-    Fd fd(open(where.mountpoint.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+    Fd fd(open_for_control(where.mountpoint));
     if (!fd) return error(where.mountpoint + ": cannot open: " + errno_text(errno));
     if (auto st = named_fsmap_from_mount(fd.get(), where.mountpoint, start, length, entries, paths);
         !st) {

@@ -50,11 +50,6 @@ std::string ioctl_failed(const std::string& where, const char* name, int err,
   return where + ": " + name + " failed: " + errno_text(err) + control_hint(err, what);
 }
 
-// A descriptor of any file of a mount, for its control ioctls.
-int open_for_control(const std::string& path) {
-  return open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-}
-
 std::string inclusive(uint64_t offset, uint64_t length) {
   if (length == 0) return "-";
   return std::to_string(offset) + ".." + std::to_string(offset + length - 1);

@@ -145,6 +145,8 @@ struct Target {
 };
 
 Target resolve_target(const std::string& arg);
+// A descriptor of any file of a mount, for its ioctls.
+int open_for_control(const std::string& path);
 
 // ---- stat.cc -----------------------------------------------------------------
 
@@ -193,7 +195,6 @@ auto fetch_for_file(const std::string& cmd, const FileTarget& t, std::string* na
 
 std::string ioctl_failed(const std::string& where, const char* name, int err,
                          std::string_view what);
-int open_for_control(const std::string& path);
 std::string inclusive(uint64_t offset, uint64_t length);
 Result<std::vector<poisonfs_range>> ranges_from_mount(int fd, const std::string& where,
                                                       unsigned long cmd, const char* name,

@@ -211,7 +211,7 @@ Result<Ino> lookup_path(Filesystem& fs, const std::string& image, const std::str
 namespace {
 
 Result<std::vector<BmapEntry>> bmap_from_mount(const std::string& file) {
-  Fd fd(open(file.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  Fd fd(open_for_control(file));
   if (!fd) return fail(std::errc{errno}, file + ": cannot open: " + errno_text(errno));
   auto page = std::make_unique<poisonfs_bmap>();
   std::vector<BmapEntry> out;

@@ -21,7 +21,7 @@ namespace poisonfs::ctl {
 // ---- stat ------------------------------------------------------------------
 
 Result<FsInfo> info_from_mount(const std::string& path, std::optional<bool>* direct_io) {
-  Fd fd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  Fd fd(open_for_control(path));
   if (!fd) return fail(std::errc{errno}, path + ": cannot open: " + std::strerror(errno));
   poisonfs_stat st{};
   if (ioctl(fd.get(), POISONFS_IOC_STAT, &st) != 0) {

@@ -201,6 +201,12 @@ Result<std::unique_ptr<Filesystem>> open_image(const std::string& path, MapMode 
   return std::move(*fs);
 }
 
+// A descriptor of any file of a mount, for its ioctls: never a controlling
+// terminal, never blocking on a FIFO.
+int open_for_control(const std::string& path) {
+  return open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+}
+
 // Decides between the mount and the image for a MOUNTPOINT|IMAGE argument:
 // a path on a mounted poisonfs is asked through the mount; an image that is
 // mounted now is asked through its mount (it is locked, and the daemon has
