@@ -127,8 +127,10 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi) {
   fi->keep_cache = 1;
   // The open flags, for ioctls that need to know (a reflink target must be writable).
   fi->fh = static_cast<uint64_t>(fi->flags);
-  // No locks are kept here, so a close needs no FLUSH round trip.
-  fi->noflush = 1;
+  // No locks are kept here, so only a close that may have to report a
+  // recovery write left incomplete (a buffered writer's: Filesystem::flush)
+  // costs a FLUSH round trip.
+  fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY || fi->direct_io;
 }
 
 // ---------------------------------------------------------------------------
@@ -451,7 +453,7 @@ void pfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_
 }
 
 void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t off,
-               fuse_file_info* /*fi*/) {
+               fuse_file_info* fi) {
   guarded(req, [&] {
     // The kernel says whether the writer lacks CAP_FSETID (killpriv.h); a
     // write-back of mmapped pages drops nothing, as in the VFS.
@@ -462,9 +464,15 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
         return;
       }
     }
+    // Unless opened with FOPEN_DIRECT_IO (as in pfs_open), a write comes
+    // from the page cache, which may have cut the caller's write(2) into
+    // pieces (WriteOrigin); mmap write-back too, in whole pages.
+    // (fi->direct_io is set only for the OPEN reply; writes carry the flags.)
+    const bool direct = (fi->flags & O_DIRECT) != 0 || context(req)->serves_direct_io();
+    const WriteOrigin origin = direct ? WriteOrigin::kWhole : WriteOrigin::kPageCache;
     Result<size_t> n = filesystem(req).write(
-        ino, static_cast<uint64_t>(off),
-        std::span<const std::byte>(reinterpret_cast<const std::byte*>(buf), size));
+        ino, static_cast<uint64_t>(off), std::span<const std::byte>(reinterpret_cast<const std::byte*>(buf), size),
+        origin);
     if (!n) {
       reply_error(req, n.error());
       return;
@@ -473,8 +481,9 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
   });
 }
 
-void pfs_flush(fuse_req_t req, fuse_ino_t /*ino*/, fuse_file_info* /*fi*/) {
-  fuse_reply_err(req, 0);
+void pfs_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+  // close(2) learns here of a recovery write left incomplete (Filesystem::flush).
+  guarded(req, [&] { reply_status(req, filesystem(req).flush(ino)); });
 }
 
 void pfs_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {

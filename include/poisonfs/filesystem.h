@@ -150,6 +150,13 @@ struct Caller {
 // writer has CAP_FSETID; a chown always takes them.
 enum class KillPriv : uint8_t { kCaps, kCapsAndSuid };
 
+// Where a write's bytes come from. The kernel's page cache cuts a buffered
+// write(2) into pieces where the user's buffer crosses a page it must fault
+// in, so one of its pieces may stop inside a poisoned unit that the next
+// piece covers (see Filesystem::write); a whole write (a tool, O_DIRECT,
+// which the kernel cuts only at max_write) is judged alone.
+enum class WriteOrigin : uint8_t { kWhole, kPageCache };
+
 // Which fields a setattr changes.
 struct SetAttr {
   enum : uint32_t {
@@ -270,6 +277,7 @@ enum class EventKind : uint32_t {
   kHeal = 5,        // one recovery healed every sharer
   kCorruption = 6,  // data does not match its checksum (silent corruption)
   kError = 7,       // the filesystem could not do what it must (e.g. save the poison record)
+  kIncomplete = 8,  // a recovery write(2) delivered in pieces was not completed
 };
 const char* event_kind_name(EventKind kind);  // "failure", "repair", ...
 
@@ -390,7 +398,18 @@ class Filesystem {
                               const std::function<void(std::span<const ReadSegment>)>& sink) = 0;
   // Convenience copy for tools and tests.
   Result<size_t> read_copy(Ino ino, uint64_t off, std::span<std::byte> out);
-  virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) = 0;
+  // A write over known poison is a recovery: it must cover every poisoned
+  // 64-byte unit it touches, else EIO and nothing changes. A kPageCache
+  // piece that stops inside a poisoned unit is taken whole instead, its last
+  // partial block kept in memory until the next piece continues it; if none
+  // does, the next flush or fsync fails with EIO.
+  virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) = 0;
+  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) {
+    return write(ino, off, data, WriteOrigin::kWhole);
+  }
+  // close(2) of a descriptor: EIO (once) when a recovery write was left
+  // incomplete, its kept tail dropped and its units still poisoned.
+  virtual Status flush(Ino ino) = 0;
   // What a writer does before it changes a file's bytes (write, fallocate,
   // copy_file_range, clone): drops what kill says (see KillPriv). Returns
   // whether the file lost anything.

@@ -14,6 +14,7 @@
 
 #include "format/crc32c.h"
 #include "fs/fs_impl.h"
+#include "util/strfmt.h"
 
 namespace poisonfs {
 namespace {
@@ -399,57 +400,146 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
   }
 }
 
-Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data) {
+// The kernel cuts a buffered write(2) into pieces where the user's buffer
+// crosses a page it must fault in first (the page-cache folio is not
+// uptodate, as over poison it never is), and sends them in order, each
+// answered before the next. Judged alone, a piece of a recovery write can
+// stop inside a poisoned unit it does not cover. Such a piece is taken
+// whole: up to its last block it is written now, the rest (less than a
+// block) waits in memory and is joined to the next write of the file, which
+// must start where it ends; a whole block is then written at once, also over
+// shared blocks. Reads of the waiting bytes fail (their units are still
+// poisoned), nothing is cleared before the units are covered, and a tail that
+// no piece completes (another write, flush, fsync, the last close) is
+// dropped with an event, the next flush or fsync of the file failing with
+// EIO. A crash loses the tail: its units stay poisoned, as before the write.
+Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) {
   LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
-  Result<size_t> n;
-  {
-    std::unique_lock lock(mutex_);
-    auto inode = get(ino);
-    if (!inode) return std::unexpected(inode.error());
-    if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
-    if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
-    const uint64_t end = off + data.size();
-    // The hot path: one atomic load when the device has no poison.
-    std::vector<PoisonRange> before;  // the poison the write starts from
-    if (!poison().empty() && !data.empty() && end > off) before = poison_under(**inode, off, end);
-    const bool recovery = !before.empty();
-    if (recovery)
-      if (auto st = check_recovery_write(**inode, off, end, before); !st) return std::unexpected(st.error());
-    Transaction tx;
-    std::vector<BlockRange> dropped;
-    if (recovery) heal_in_place_ = healable_blocks(**inode, off, data);
-    n = _write(**inode, off, data, tx, dropped);
-    std::vector<uint64_t> healed;
-    healed.swap(heal_in_place_);
-    const bool remapped = !tx.empty();  // else every byte went in place
-    // Committed even when nothing was written: a record block linked into
-    // the inode's chain (in memory already) must reach the media too.
-    auto committed = commit(tx, std::move(dropped));
-    if (n && !committed) n = std::unexpected(committed.error());
-    if (n && recovery) {
-      // What is still poisoned under the written bytes was written in place.
-      // A pure in-place write commits nothing: drain so that the data is
-      // durable before the poison list (persisted at once) forgets the range.
-      media_->drain();
-      // Unless blocks were remapped (copy-on-write) or the write fell short,
-      // that is the poison it started from: no second lookup.
-      const std::vector<PoisonRange> recovered =
-          remapped || *n != data.size() ? poison_under(**inode, off, off + *n) : before;
-      poison().clear_all(recovered);  // one save of the device's record
-      Event e;
-      e.kind = EventKind::kRecovery;
-      // The poisoned device range: cleared in place, or left to the other sharers.
-      const auto& range = recovered.empty() ? before : recovered;
-      e.device_offset = range.front().offset;
-      e.length = range.back().end() - range.front().offset;
-      e.action = recovered.empty() ? "recovery write: the writer got its own copy; other sharers stay poisoned"
-                                   : "recovery write: poison cleared in place";
-      e.owners.push_back(EventOwner{"data", ino, first_path(ino), off, *n});
-      record_event(std::move(e));
-      if (!healed.empty()) record_heal(healed);
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
+  if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
+  if (recovery_tails_.empty() || data.empty()) return write_locked(**inode, ino, off, data, origin);
+  auto tail = recovery_tails_.find(ino);
+  if (tail == recovery_tails_.end()) return write_locked(**inode, ino, off, data, origin);
+  if (tail->second.end() != off || origin != WriteOrigin::kPageCache) {
+    abandon_recovery_tail(**inode, ino);
+    return write_locked(**inode, ino, off, data, origin);
+  }
+  std::vector<std::byte> joined = std::move(tail->second.bytes);
+  const uint64_t joined_off = tail->second.off;
+  const size_t carried = joined.size();
+  recovery_tails_.erase(tail);
+  joined.insert(joined.end(), data.begin(), data.end());
+  Result<size_t> n = write_locked(**inode, ino, joined_off, joined, origin);
+  if (n && *n > carried) return *n - carried;
+  // The bytes already answered for are lost with this piece.
+  mark_recovery_incomplete(**inode, ino, joined_off, carried, "its next piece failed");
+  if (!n) return n;
+  return fail(std::errc::no_space_on_device);
+}
+
+Result<size_t> FsImpl::write_locked(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
+                                    WriteOrigin origin) {
+  const uint64_t end = off + data.size();
+  // The hot path: one atomic load when the device has no poison.
+  std::vector<PoisonRange> before;  // the poison the write starts from
+  if (!poison().empty() && !data.empty() && end > off) before = poison_under(inode, off, end);
+  const bool recovery = !before.empty();
+  if (recovery)
+    if (auto st = check_recovery_write(inode, off, end, before); !st) {
+      if (origin != WriteOrigin::kPageCache) return std::unexpected(std::move(st.error()));
+      return defer_recovery_tail(inode, ino, off, data, std::move(st.error()));
     }
+  Transaction tx;
+  std::vector<BlockRange> dropped;
+  if (recovery) heal_in_place_ = healable_blocks(inode, off, data);
+  Result<size_t> n = _write(inode, off, data, tx, dropped);
+  std::vector<uint64_t> healed;
+  healed.swap(heal_in_place_);
+  const bool remapped = !tx.empty();  // else every byte went in place
+  // Committed even when nothing was written: a record block linked into
+  // the inode's chain (in memory already) must reach the media too.
+  auto committed = commit(tx, std::move(dropped));
+  if (n && !committed) n = std::unexpected(committed.error());
+  if (n && recovery) {
+    // What is still poisoned under the written bytes was written in place.
+    // A pure in-place write commits nothing: drain so that the data is
+    // durable before the poison list (persisted at once) forgets the range.
+    media_->drain();
+    // Unless blocks were remapped (copy-on-write) or the write fell short,
+    // that is the poison it started from: no second lookup.
+    const std::vector<PoisonRange> recovered =
+        remapped || *n != data.size() ? poison_under(inode, off, off + *n) : before;
+    poison().clear_all(recovered);  // one save of the device's record
+    Event e;
+    e.kind = EventKind::kRecovery;
+    // The poisoned device range: cleared in place, or left to the other sharers.
+    const auto& range = recovered.empty() ? before : recovered;
+    e.device_offset = range.front().offset;
+    e.length = range.back().end() - range.front().offset;
+    e.action = recovered.empty() ? "recovery write: the writer got its own copy; other sharers stay poisoned"
+                                 : "recovery write: poison cleared in place";
+    e.owners.push_back(EventOwner{"data", ino, first_path(ino), off, *n});
+    record_event(std::move(e));
+    if (!healed.empty()) record_heal(healed);
   }
   return n;
+}
+
+Result<size_t> FsImpl::defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
+                                           Error err) {
+  const uint64_t end = off + data.size();
+  const uint64_t unit_end = div_up(end, kPoisonUnit) * kPoisonUnit;
+  // Refused for more than the unit its end cuts into: the next piece cannot help.
+  if (unit_end == end || !check_recovery_write(inode, off, unit_end, poison_under(inode, off, unit_end)))
+    return std::unexpected(std::move(err));
+  const uint64_t cut = std::max(off, end / kBlockSize * kBlockSize);
+  if (cut > off) {
+    // Covers every unit it touches (cut is block-aligned): a plain recovery.
+    Result<size_t> n = write_locked(inode, ino, off, data.first(cut - off), WriteOrigin::kWhole);
+    if (!n || *n != cut - off) return n;
+  }
+  recovery_tails_[ino] = RecoveryTail{cut, {data.begin() + (cut - off), data.end()}};
+  return data.size();
+}
+
+void FsImpl::abandon_recovery_tail(Inode& inode, Ino ino) {
+  auto tail = recovery_tails_.find(ino);
+  if (tail == recovery_tails_.end()) return;
+  const uint64_t off = tail->second.off, len = tail->second.bytes.size();
+  recovery_tails_.erase(tail);
+  mark_recovery_incomplete(inode, ino, off, len, "no piece continued it");
+}
+
+void FsImpl::mark_recovery_incomplete(Inode& inode, Ino ino, uint64_t off, uint64_t len, std::string_view why) {
+  incomplete_recovery_.insert(ino);
+  uint64_t device = 0;  // 0 when the bytes' block is no longer mapped
+  const uint64_t fb = off / kBlockSize;
+  if (Extent* e = inode.extents.at_or_after(fb); e && e->file_block <= fb && !e->unwritten())
+    device = block_offset(e->phys_block + (fb - e->file_block)) + off % kBlockSize;
+  record_event(EventKind::kIncomplete, device, len,
+               strfmt("recovery write incomplete: {}; {} bytes dropped, their units stay poisoned", why, len),
+               {EventOwner{"data", ino, first_path(ino), off, len}});
+}
+
+Status FsImpl::report_incomplete_recovery(Inode& inode, Ino ino) {
+  if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
+  abandon_recovery_tail(inode, ino);
+  if (incomplete_recovery_.erase(ino) == 0) return {};
+  return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
+}
+
+Status FsImpl::flush(Ino ino) {
+  {
+    std::shared_lock lock(mutex_);  // every close(2) comes here: the common case shares the lock
+    if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
+  }
+  std::unique_lock lock(mutex_);
+  auto inode = get(ino);
+  if (!inode) return std::unexpected(inode.error());
+  return report_incomplete_recovery(**inode, ino);
 }
 
 Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,

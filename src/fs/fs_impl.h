@@ -18,6 +18,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "alloc/allocator.h"
@@ -126,7 +127,9 @@ class FsImpl final : public Filesystem {
   Status release(Ino ino) override;
   Result<size_t> read(Ino ino, uint64_t off, size_t len,
                       const std::function<void(std::span<const ReadSegment>)>& sink) override;
-  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) override;
+  using Filesystem::write;
+  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) override;
+  Status flush(Ino ino) override;
   Result<bool> drop_privileges(Ino ino, KillPriv kill) override;
   Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
   Status fsync(Ino ino, bool datasync) override;
@@ -297,6 +300,21 @@ class FsImpl final : public Filesystem {
   std::vector<FilePoison> _file_poison(Inode& inode);
   std::vector<PoisonRange> poison_under(Inode& inode, uint64_t off, uint64_t end);
   Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end, std::span<const PoisonRange> poison);
+  // write() under the lock, with data already joined to a waiting tail.
+  Result<size_t> write_locked(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
+                              WriteOrigin origin);
+  // A recovery write refused (err) only for the poisoned unit its end cuts
+  // into: writes up to its last block and keeps the rest for the next piece.
+  Result<size_t> defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
+                                     Error err);
+  // Drops ino's waiting tail (its units stay poisoned); the next flush or
+  // fsync of ino then fails with EIO.
+  void abandon_recovery_tail(Inode& inode, Ino ino);
+  // The bytes [off, off+len) of ino were answered for but not written: an
+  // event, and the next flush or fsync fails.
+  void mark_recovery_incomplete(Inode& inode, Ino ino, uint64_t off, uint64_t len, std::string_view why);
+  // flush and fsync: EIO once after a recovery write was left incomplete.
+  Status report_incomplete_recovery(Inode& inode, Ino ino);
 
   // --- checksums (checksums.cc in src/fs)
   // After a crash: recomputes the entries of the regions whose intent was
@@ -373,6 +391,16 @@ class FsImpl final : public Filesystem {
   DataChecksums csums_;
   bool verify_checksums_ = false;      // mount option: verify data on every read
   std::vector<uint64_t> heal_in_place_;  // during a recovery write: see healable_blocks
+  // The kernel cuts a buffered write(2) into pieces (see write() in data.cc);
+  // a recovery piece that stops inside a poisoned unit leaves its last
+  // partial block here, in memory, until the next piece joins it.
+  struct RecoveryTail {
+    uint64_t off = 0;  // file offset of bytes[0]
+    std::vector<std::byte> bytes;
+    uint64_t end() const { return off + bytes.size(); }
+  };
+  std::unordered_map<Ino, RecoveryTail> recovery_tails_;
+  std::unordered_set<Ino> incomplete_recovery_;  // reported by the next flush or fsync
   Allocator alloc_;
   Rmap rmap_;
   std::vector<std::unique_ptr<Inode>> inodes_;  // [ino - 1]

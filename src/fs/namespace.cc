@@ -390,6 +390,10 @@ Status FsImpl::release(Ino ino) {
   Inode& inode = **got;
   if (inode.open_count > 0) --inode.open_count;
   if (inode.open_count > 0) return {};
+  if (!recovery_tails_.empty() || !incomplete_recovery_.empty()) {
+    abandon_recovery_tail(inode, ino);  // no one is left to continue it, or to be told
+    incomplete_recovery_.erase(ino);
+  }
   Transaction tx;
   std::vector<BlockRange> dropped;
   if (inode.rec.nlink == 0) free_inode(inode, tx, dropped);
@@ -403,6 +407,7 @@ Status FsImpl::fsync(Ino ino, bool) {
   std::unique_lock lock(mutex_);
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
+  if (auto st = report_incomplete_recovery(**inode, ino); !st) return st;
   if (!(*inode)->times_dirty) return {};
   Transaction tx;
   stage_inode(tx, **inode);

@@ -47,6 +47,7 @@ const char* event_kind_name(EventKind kind) {
     case EventKind::kHeal: return "heal";
     case EventKind::kCorruption: return "corruption";
     case EventKind::kError: return "error";
+    case EventKind::kIncomplete: return "incomplete";
   }
   return "unknown";
 }

@@ -1611,5 +1611,177 @@ TEST(PoisonPersist, FailedSaveOfTheRecordIsReported) {
   EXPECT_TRUE((*fs)->unmount());
 }
 
+
+// ---- recovery writes delivered in pieces ----------------------------------------------------
+//
+// The kernel's page cache cuts a buffered write(2) where the caller's buffer
+// crosses a page it must fault in, and sends the pieces in order
+// (WriteOrigin::kPageCache). A piece that stops inside a poisoned unit is
+// taken whole and joined to the next one; one that no piece completes fails
+// the next flush or fsync.
+
+Result<size_t> piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s) {
+  return fs.write(ino, off, bytes(s), WriteOrigin::kPageCache);
+}
+
+void write_piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s) {
+  auto n = piece(fs, ino, off, s);
+  ASSERT_TRUE(n) << n.error().to_string();
+  ASSERT_EQ(*n, s.size());
+}
+
+// A file of 4 blocks with 2304 poisoned bytes in block 1 from byte 832.
+struct SplitCase {
+  Device dev;
+  Ino f = create(*dev, kRootIno, "f");
+  std::string data = content(4 * B, 80);
+  uint64_t poisoned = 0;  // device offset
+  SplitCase() {
+    write_str(*dev, f, 0, data);
+    poisoned = phys_of(*dev, f, B) + 832;
+    EXPECT_TRUE(dev->inject_poison(poisoned, 2304, false));
+  }
+};
+
+TEST(PoisonRecoveryPieces, PiecesOfOneWriteRecoverTogether) {
+  SplitCase c;
+  const std::string fresh = content(B, 81);
+  // Judged alone, the first piece is refused: it stops inside the unit [896, 960).
+  EXPECT_EQ(err(c.dev->write(c.f, B, bytes(fresh.substr(0, 904)))), std::errc::io_error);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+  // Nothing is cleared or readable before the units are covered.
+  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  EXPECT_EQ(err(read_range(*c.dev, c.f, B + 832, 64)), std::errc::io_error);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B + 904, fresh.substr(904)));
+  EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
+  EXPECT_EQ(read_all(*c.dev, c.f), c.data.substr(0, B) + fresh + c.data.substr(2 * B));
+  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_TRUE(find_event(all_events(*c.dev), EventKind::kRecovery, c.poisoned));
+  EXPECT_FALSE(find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned));
+  EXPECT_TRUE(c.dev.check().clean());
+}
+
+// Many small pieces, and a first piece that starts in the block before:
+// the bytes before the poisoned block are written at once.
+TEST(PoisonRecoveryPieces, ManyPiecesAcrossBlocks) {
+  SplitCase c;
+  const std::string fresh = content(2 * B, 82);  // for [B/2, 2B + B/2)
+  const uint64_t from = B / 2;
+  const size_t cuts[] = {B / 2 + 850, B / 2 + 900, B / 2 + 901, B / 2 + 2000, B / 2 + 3100, 2 * B};
+  size_t at = 0;
+  for (size_t cut : cuts) {
+    ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, from + at, fresh.substr(at, cut - at)));
+    if (at == 0) {  // block 0's part is in place already
+      EXPECT_EQ(read_range(*c.dev, c.f, from, B / 2).value_or(""), fresh.substr(0, B / 2));
+    }
+    at = cut;
+  }
+  EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
+  EXPECT_EQ(read_all(*c.dev, c.f), c.data.substr(0, from) + fresh + c.data.substr(from + 2 * B));
+  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_TRUE(c.dev.check().clean());
+}
+
+// No piece continues the first: its tail is dropped, the units stay
+// poisoned, and flush says so once.
+TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFlush) {
+  SplitCase c;
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 83)));
+  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
+  EXPECT_TRUE(c.dev->flush(c.f));  // reported once
+  auto ev = find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832);
+  ASSERT_TRUE(ev);
+  ASSERT_EQ(ev->owners.size(), 1u);
+  EXPECT_EQ(ev->owners[0].ino, c.f);
+  EXPECT_EQ(ev->owners[0].file_offset, B);
+  EXPECT_EQ(ev->owners[0].length, 904u);
+  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  // Nothing of it reached the file: recovering with the old bytes gives the old file.
+  write_str(*c.dev, c.f, B, c.data.substr(B, B));
+  EXPECT_EQ(read_all(*c.dev, c.f), c.data);
+  EXPECT_TRUE(c.dev.check().clean());
+}
+
+TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFsync) {
+  SplitCase c;
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 84)));
+  EXPECT_EQ(err(c.dev->fsync(c.f, false)), std::errc::io_error);
+  EXPECT_TRUE(c.dev->fsync(c.f, false));
+  EXPECT_TRUE(c.dev->flush(c.f));
+}
+
+// Another write in between (not where the tail ends) drops the tail: the
+// late continuation starts inside a poisoned unit and is refused.
+TEST(PoisonRecoveryPieces, AnUnrelatedWriteDropsTheTail) {
+  SplitCase c;
+  const std::string fresh = content(B, 85);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, 3 * B, "elsewhere"));
+  EXPECT_EQ(err(piece(*c.dev, c.f, B + 904, fresh.substr(904))), std::errc::io_error);
+  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
+  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  EXPECT_TRUE(c.dev.check().clean());
+}
+
+// A piece refused for more than the unit its end cuts into (its start is
+// inside a poisoned unit) is refused at once, as a whole write is.
+TEST(PoisonRecoveryPieces, APieceThatStartsInsidePoisonIsRefusedAtOnce) {
+  SplitCase c;
+  EXPECT_EQ(err(piece(*c.dev, c.f, B + 900, content(100, 86))), std::errc::io_error);
+  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+}
+
+// The last close drops a tail (no one is left to continue it or be told).
+TEST(PoisonRecoveryPieces, TheLastReleaseDropsTheTail) {
+  SplitCase c;
+  ASSERT_TRUE(c.dev->open(c.f));
+  const std::string fresh = content(B, 87);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+  ASSERT_TRUE(c.dev->release(c.f));
+  EXPECT_TRUE(find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832));
+  EXPECT_EQ(err(piece(*c.dev, c.f, B + 904, fresh.substr(904))), std::errc::io_error);
+  EXPECT_TRUE(c.dev->flush(c.f));
+}
+
+// On a block shared with a clone, the joined pieces give the writer its own
+// copy (other bytes than the recorded ones); the clone stays poisoned.
+TEST(PoisonRecoveryPieces, PiecesOverASharedBlockGiveTheWriterACopy) {
+  Device dev;
+  Ino f = create(*dev, kRootIno, "f"), g = create(*dev, kRootIno, "g");
+  const std::string data = content(2 * B, 88);
+  write_str(*dev, f, 0, data);
+  ASSERT_TRUE(dev->clone_range(f, 0, g, 0, 2 * B));
+  const uint64_t shared = phys_of(*dev, f, 0);
+  ASSERT_EQ(phys_of(*dev, g, 0), shared);
+  ASSERT_TRUE(dev->inject_poison(shared + 832, 2304, false));
+  const std::string fresh = content(B, 89);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*dev, f, 0, fresh.substr(0, 904)));
+  ASSERT_NO_FATAL_FAILURE(write_piece(*dev, f, 904, fresh.substr(904)));
+  EXPECT_NE(phys_of(*dev, f, 0), shared);
+  EXPECT_EQ(read_all(*dev, f), fresh + data.substr(B));
+  EXPECT_EQ(poison_of(*dev, g), (std::vector<FilePoison>{{832, 2304}}));
+  EXPECT_TRUE(dev->flush(f));
+  EXPECT_TRUE(dev.check().clean());
+}
+
+
+// The next piece comes but fails (here: poison found meanwhile under the
+// tail's first unit): the bytes answered for are lost, flush says so.
+TEST(PoisonRecoveryPieces, ANextPieceThatFailsLosesTheTail) {
+  SplitCase c;
+  const std::string fresh = content(B, 90);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B + 600, fresh.substr(600, 304)));
+  ASSERT_TRUE(c.dev->inject_poison(c.poisoned - 832 + 576, 64, false));
+  EXPECT_EQ(err(piece(*c.dev, c.f, B + 904, fresh.substr(904))), std::errc::io_error);
+  auto ev = find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832 + 600);
+  ASSERT_TRUE(ev);
+  EXPECT_NE(ev->action.find("its next piece failed"), std::string::npos) << ev->action;
+  EXPECT_EQ(ev->owners[0].file_offset, B + 600);
+  EXPECT_EQ(ev->owners[0].length, 304u);
+  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
+  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 576, 64}, {B + 832, 2304}}));
+}
+
 }  // namespace
 }  // namespace poisonfs
