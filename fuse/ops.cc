@@ -128,9 +128,10 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi) {
   // The open flags, for ioctls that need to know (a reflink target must be writable).
   fi->fh = static_cast<uint64_t>(fi->flags);
   // No locks are kept here, so only a close that may have to report a
-  // recovery write left incomplete (a buffered writer's: Filesystem::flush)
-  // costs a FLUSH round trip.
-  fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY || fi->direct_io;
+  // recovery write left incomplete (Filesystem::flush) costs a FLUSH round
+  // trip: a buffered writer's, opened while the device has poison. (One
+  // opened before poison came learns of it from fsync and the event log.)
+  fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY || fi->direct_io || !filesystem(req).has_poison();
 }
 
 // ---------------------------------------------------------------------------

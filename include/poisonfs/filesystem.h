@@ -464,6 +464,9 @@ class Filesystem {
   // the bounded history no longer holds.
   virtual std::vector<Event> events(uint64_t after_seq, size_t max, uint64_t* dropped) = 0;
   virtual Health health() = 0;
+  // Whether the device has poison, known or latent (one atomic load): only
+  // then can a write be a recovery, or a flush have something to report.
+  virtual bool has_poison() const = 0;
   // Walks every allocated byte of the data area and the metadata regions in
   // chunks (the lock is taken per chunk, so the filesystem stays usable):
   // latent poison found becomes known and is notified like a read would;

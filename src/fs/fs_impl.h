@@ -150,6 +150,7 @@ class FsImpl final : public Filesystem {
   Result<std::vector<FilePoison>> file_poison(Ino ino) override;
   std::vector<Event> events(uint64_t after_seq, size_t max, uint64_t* dropped) override;
   Health health() override;
+  bool has_poison() const override { return !poison().empty(); }
   Result<ScrubReport> scrub(const std::function<void(uint64_t done, uint64_t total)>& progress) override;
   void set_invalidate_hook(std::function<void(Ino, uint64_t, uint64_t)> hook) override;
   Result<size_t> read_direct(Ino ino, uint64_t off, size_t len,
