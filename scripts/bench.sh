@@ -10,7 +10,8 @@
 #   --no-build   use the binaries already in the build directory
 #   --only LIST  comma-separated sections (default: all, in this order):
 #                fio      ../shared/bench/compare.sh on the mount: fio against
-#                         tmpfs, libfuse passthrough_ll and null (issue 2)
+#                         tmpfs, libfuse passthrough_ll and null (issue 2), then
+#                         buffered reads vs the FUSE ceiling (read_ceiling.cc)
 #                xfs      the same fio jobs on poisonfs and XFS side by side
 #                meta     create/stat/unlink rates on poisonfs, passthrough_ll,
 #                         tmpfs and XFS (issue 2)
@@ -41,7 +42,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 command_line="$(printf '%q ' "$0" "$@")"
 command_line=${command_line% }
 
-usage() { sed -n '6,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
   log "$*"
@@ -204,6 +205,17 @@ pfs_umount() { # IMAGE MNT
   wait_unlocked "$1" || die "the poisonfs daemon of $1 did not exit"
 }
 
+# libfuse's passthrough_ll over a /dev/shm directory, built and mounted as
+# compare.sh does, on $W/pt (once; later calls find it mounted).
+mount_passthrough() {
+  mountpoint -q "$W/pt" 2>/dev/null && return
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to be split
+  gcc -O2 -o "$W/passthrough_ll" "$EX/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
+  mkdir -p "$SHM/pt-src" "$W/pt"
+  FUSE_MOUNTS+=("$W/pt")
+  "$W/passthrough_ll" -o source="$SHM/pt-src" "$W/pt"
+}
+
 H=$W/bench_helper
 g++ -std=c++23 -O2 -Wall -Wextra -I"$root/include" -o "$H" "$root/test/bench/bench_helper.cc"
 # Wall seconds (median over REPS runs) of a command, process start included.
@@ -266,6 +278,47 @@ compare_summary() {
   done <"$file"
 }
 
+# The buffered-read ceiling: test/bench/read_ceiling.cc answers every READ
+# from one cached buffer (no data source) with poisonfs's mount settings.
+# Buffered sequential reads on poisonfs, on it and on passthrough_ll,
+# interleaved; what poisonfs lacks to the ceiling is all a daemon could gain.
+read_ceiling_section() {
+  local r bs t dir a c p
+  section "buffered sequential reads: poisonfs vs the FUSE ceiling (read_ceiling) and passthrough_ll, interleaved, $rounds rounds (MB/s)"
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to be split
+  g++ -std=c++23 -O2 -Wall -Wextra -o "$W/read_ceiling" "$root/test/bench/read_ceiling.cc" $(pkg-config --cflags --libs fuse3)
+  mkdir -p "$W/ceiling" "$PMNT/ceiling"
+  FUSE_MOUNTS+=("$W/ceiling")
+  "$W/read_ceiling" "$W/ceiling"
+  # The same readahead window as poisonfs's mount (the daemon raises its own).
+  cat "/sys/class/bdi/$(mountpoint -d "$PMNT")/read_ahead_kb" >"/sys/class/bdi/$(mountpoint -d "$W/ceiling")/read_ahead_kb"
+  mount_passthrough
+  for dir in "$PMNT/ceiling" "$W/pt"; do
+    fio --name=w --directory="$dir" --filename=f --size=1G --rw=write --bs=1m --ioengine=psync \
+      --output-format=terse >/dev/null
+  done
+  declare -A cres
+  for r in $(seq "$rounds"); do
+    for bs in 1m 128k; do
+      for t in pfs ceiling pt; do
+        case $t in pfs) dir=$PMNT/ceiling ;; ceiling) dir=$W/ceiling ;; pt) dir=$W/pt ;; esac
+        cres["$t|$bs"]+="$(fio --name=c --directory="$dir" --filename=f --size=1G --rw=read --bs="$bs" \
+          --ioengine=psync --output-format=terse --terse-version=3 2>/dev/null | awk -F';' '{ printf "%.0f", $7 / 1024 }') "
+      done
+    done
+  done
+  rm -f "$PMNT/ceiling/f" "$W/pt/f"
+  printf '%-12s %10s %10s %10s %12s %12s %14s\n' job poisonfs ceiling pt "x ceiling" "x pt" "ceiling x pt"
+  for bs in 1m 128k; do
+    a=$(echo ${cres["pfs|$bs"]} | tr ' ' '\n' | median)
+    c=$(echo ${cres["ceiling|$bs"]} | tr ' ' '\n' | median)
+    p=$(echo ${cres["pt|$bs"]} | tr ' ' '\n' | median)
+    printf '%-12s %10s %10s %10s %12s %12s %14s\n' "read $bs" "$a" "$c" "$p" "$(ratio "$a" "$c")" "$(ratio "$a" "$p")" "$(ratio "$c" "$p")"
+    summary "fio read $bs buffered vs FUSE ceiling" "$a" "ceiling $c" "$(ratio "$a" "$c")" "(info)" ""
+    summary "fio read $bs: FUSE ceiling vs pt" "$c" "pt $p" "$(ratio "$c" "$p")" "(info)" ""
+  done
+}
+
 if want fio; then
   section "fio through the mount vs tmpfs, passthrough_ll and null (../shared/bench/compare.sh, $rounds rounds)"
   if [[ -f $COMPARE ]]; then
@@ -287,6 +340,7 @@ if want fio; then
   else
     printf 'skipped: %s is absent\n' "$COMPARE"
   fi
+  read_ceiling_section
 fi
 
 # ---- (c) fio: the same jobs on poisonfs and XFS ---------------------------------------------
@@ -341,12 +395,8 @@ fi
 
 if want meta; then
   section "metadata: $META_FILES files per round, $rounds rounds (ops/s, median)"
-  # libfuse's passthrough_ll over a /dev/shm directory, built and mounted as compare.sh does.
-  # shellcheck disable=SC2046 # pkg-config's flags are meant to be split
-  gcc -O2 -o "$W/passthrough_ll" "$EX/passthrough_ll.c" $(pkg-config --cflags --libs fuse3)
-  mkdir -p "$SHM/pt-src" "$W/pt" "$SHM/tmpfs-meta" "$PMNT/meta" "$XMNT/meta"
-  FUSE_MOUNTS+=("$W/pt")
-  "$W/passthrough_ll" -o source="$SHM/pt-src" "$W/pt"
+  mount_passthrough
+  mkdir -p "$SHM/tmpfs-meta" "$PMNT/meta" "$XMNT/meta"
   declare -A mres
   TARGETS="pfs pt tmpfs xfs"
   for r in $(seq "$rounds"); do
