@@ -101,6 +101,9 @@ void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& 
   for (Chain* chain : {&inode.chain, &inode.xattr_chain})
     for (uint64_t b : chain->blocks) rmap_.remove(b, 1, Owner{ino, 0, owner_kind_of(chain->kind)}, &dropped);
   std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
+  // A recovery's state must not pass to the next file given this number.
+  recovery_tails_.erase(ino);
+  incomplete_recovery_.erase(ino);
   inodes_[ino - 1].reset();
   free_inos_.push_back(ino);
   --inodes_used_;

@@ -1783,5 +1783,18 @@ TEST(PoisonRecoveryPieces, ANextPieceThatFailsLosesTheTail) {
   EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 576, 64}, {B + 832, 2304}}));
 }
 
+// The tail belongs to the file, not to its number: a file made after the
+// first is freed may get the same number, and must not be joined to it.
+TEST(PoisonRecoveryPieces, AFreedFileTakesItsTailAlong) {
+  SplitCase c;
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 91)));
+  ASSERT_TRUE(c.dev->unlink(kRootIno, "f"));
+  Ino g = create(*c.dev, kRootIno, "g");
+  ASSERT_EQ(g, c.f) << "the number is not reused: adapt the test";
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, g, B + 904, "more"));
+  EXPECT_EQ(read_range(*c.dev, g, 0, B + 904).value_or("?"), std::string(B + 904, '\0'));
+  EXPECT_TRUE(c.dev->flush(g));
+}
+
 }  // namespace
 }  // namespace poisonfs
