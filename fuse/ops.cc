@@ -125,14 +125,22 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi) {
   // Mappings use the page cache either way (kept: keep_cache).
   fi->direct_io = (fi->flags & O_DIRECT) != 0 || context(req)->serves_direct_io();
   fi->keep_cache = 1;
-  // The open flags, for ioctls that need to know (a reflink target must be writable).
-  fi->fh = static_cast<uint64_t>(fi->flags);
-  // No locks are kept here, so only a close that may have to report a
-  // recovery write left incomplete (Filesystem::flush) costs a FLUSH round
-  // trip: a buffered writer's, opened while the device has poison. (One
-  // opened before poison came learns of it from fsync and the event log.)
-  fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY || fi->direct_io || !filesystem(req).has_poison();
+  // The open flags (low 32 bits), for ioctls that need to know (a reflink
+  // target must be writable).
+  fi->fh = static_cast<uint32_t>(fi->flags);
+  // A writer through the page cache, opened while the device has poison,
+  // may send a recovery write(2) in pieces: it gets an OpenFileId (high 32
+  // bits) for Filesystem::write, and a FLUSH at each close to learn of one
+  // left incomplete. Other opens keep no state here and skip the FLUSH round
+  // trip; their writes are judged alone.
+  const bool page_cache_writer =
+      (fi->flags & O_ACCMODE) != O_RDONLY && !fi->direct_io && filesystem(req).has_poison();
+  if (page_cache_writer) fi->fh |= context(req)->next_open_file.fetch_add(1) << 32;
+  fi->noflush = !page_cache_writer;
 }
+
+// The OpenFileId set_open_flags gave this open (kWholeWrite: none).
+OpenFileId open_file_id(const fuse_file_info* fi) { return fi->fh >> 32; }
 
 // ---------------------------------------------------------------------------
 // Session
@@ -465,15 +473,12 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
         return;
       }
     }
-    // Unless opened with FOPEN_DIRECT_IO (as in pfs_open), a write comes
-    // from the page cache, which may have cut the caller's write(2) into
-    // pieces (WriteOrigin); mmap write-back too, in whole pages.
-    // (fi->direct_io is set only for the OPEN reply; writes carry the flags.)
-    const bool direct = (fi->flags & O_DIRECT) != 0 || context(req)->serves_direct_io();
-    const WriteOrigin origin = direct ? WriteOrigin::kWhole : WriteOrigin::kPageCache;
+    // O_DIRECT set since the open (fcntl), and mmap write-back (whole
+    // pages, the handle borrowed from any writer), come whole.
+    const bool whole = (fi->flags & O_DIRECT) != 0 || fi->writepage;
     Result<size_t> n = filesystem(req).write(
         ino, static_cast<uint64_t>(off), std::span<const std::byte>(reinterpret_cast<const std::byte*>(buf), size),
-        origin);
+        whole ? kWholeWrite : open_file_id(fi));
     if (!n) {
       reply_error(req, n.error());
       return;
@@ -482,17 +487,24 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
   });
 }
 
-void pfs_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+void pfs_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // close(2) learns here of a recovery write left incomplete (Filesystem::flush).
-  guarded(req, [&] { reply_status(req, filesystem(req).flush(ino)); });
+  guarded(req, [&] { reply_status(req, filesystem(req).flush(ino, open_file_id(fi))); });
 }
 
-void pfs_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
-  guarded(req, [&] { reply_status(req, filesystem(req).release(ino)); });
+void pfs_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  guarded(req, [&] {
+    (void)filesystem(req).flush(ino, open_file_id(fi));  // no one left to tell: the event says it
+    reply_status(req, filesystem(req).release(ino));
+  });
 }
 
-void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* /*fi*/) {
-  guarded(req, [&] { reply_status(req, filesystem(req).fsync(ino, datasync != 0)); });
+void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  guarded(req, [&] {
+    Status reported = filesystem(req).flush(ino, open_file_id(fi));
+    Status synced = filesystem(req).fsync(ino, datasync != 0);
+    reply_status(req, reported ? synced : reported);
+  });
 }
 
 void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t length,

@@ -67,6 +67,9 @@ struct MountContext {
   // GETXATTR requests served (POISONFS_IOC_STAT): shows that writes stopped
   // asking.
   std::atomic<uint64_t> getxattr_requests{0};
+  // Names the open files whose writes come through the page cache while
+  // the device has poison (OpenFileId; fi->fh >> 32, see set_open_flags).
+  std::atomic<uint64_t> next_open_file{1};
 };
 
 // Entry and attribute timeouts in seconds: every change goes through this

@@ -150,12 +150,14 @@ struct Caller {
 // writer has CAP_FSETID; a chown always takes them.
 enum class KillPriv : uint8_t { kCaps, kCapsAndSuid };
 
-// Where a write's bytes come from. The kernel's page cache cuts a buffered
-// write(2) into pieces where the user's buffer crosses a page it must fault
-// in, so one of its pieces may stop inside a poisoned unit that the next
-// piece covers (see Filesystem::write); a whole write (a tool, O_DIRECT,
-// which the kernel cuts only at max_write) is judged alone.
-enum class WriteOrigin : uint8_t { kWhole, kPageCache };
+// The open file a write comes through, when it comes from the kernel's page
+// cache: that cuts a buffered write(2) into pieces where the caller's buffer
+// crosses a page it must fault in, so one piece may stop inside a poisoned
+// unit that the next one covers (see Filesystem::write). kWholeWrite: a
+// write judged alone (a tool, O_DIRECT, mmap write-back). Any other value
+// names one open file, unique while it is open.
+using OpenFileId = uint64_t;
+inline constexpr OpenFileId kWholeWrite = 0;
 
 // Which fields a setattr changes.
 struct SetAttr {
@@ -399,17 +401,19 @@ class Filesystem {
   // Convenience copy for tools and tests.
   Result<size_t> read_copy(Ino ino, uint64_t off, std::span<std::byte> out);
   // A write over known poison is a recovery: it must cover every poisoned
-  // 64-byte unit it touches, else EIO and nothing changes. A kPageCache
-  // piece that stops inside a poisoned unit is taken whole instead, its last
-  // partial block kept in memory until the next piece continues it; if none
-  // does, the next flush or fsync fails with EIO.
-  virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) = 0;
+  // 64-byte unit it touches, else EIO and nothing changes. A piece from an
+  // open file's page cache (from != kWholeWrite) that stops inside a
+  // poisoned unit is taken whole instead: its whole blocks are written, its
+  // last partial block kept in memory until that file's next write continues
+  // it. If none does, flush(ino, from) fails with EIO.
+  virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) = 0;
   Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) {
-    return write(ino, off, data, WriteOrigin::kWhole);
+    return write(ino, off, data, kWholeWrite);
   }
-  // close(2) of a descriptor: EIO (once) when a recovery write was left
-  // incomplete, its kept tail dropped and its units still poisoned.
-  virtual Status flush(Ino ino) = 0;
+  // close(2), fsync(2) and the last release of an open file: drops what it
+  // kept of a recovery write and returns EIO (once) when one was left
+  // incomplete, its units still poisoned.
+  virtual Status flush(Ino ino, OpenFileId file) = 0;
   // What a writer does before it changes a file's bytes (write, fallocate,
   // copy_file_range, clone): drops what kill says (see KillPriv). Returns
   // whether the file lost anything.

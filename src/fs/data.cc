@@ -404,44 +404,49 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
 // crosses a page it must fault in first (the page-cache folio is not
 // uptodate, as over poison it never is), and sends them in order, each
 // answered before the next. Judged alone, a piece of a recovery write can
-// stop inside a poisoned unit it does not cover. Such a piece is taken
-// whole: up to its last block it is written now, the rest (less than a
-// block) waits in memory and is joined to the next write of the file, which
-// must start where it ends; a whole block is then written at once, also over
-// shared blocks. Reads of the waiting bytes fail (their units are still
-// poisoned), nothing is cleared before the units are covered, and a tail that
-// no piece completes (another write, flush, fsync, the last close) is
-// dropped with an event, the next flush or fsync of the file failing with
-// EIO. A crash loses the tail: its units stay poisoned, as before the write.
-Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) {
+// stop inside a poisoned unit it does not cover. Such a piece, from an open
+// file's page cache (from), is taken whole: up to its last block it is
+// written now, the rest (less than a block) waits in memory and is joined to
+// that file's next write, which must start where it ends; a whole block is
+// then written at once, also over shared blocks. Until then the waiting
+// bytes are not in the file (its poisoned units still read as EIO, the rest
+// as before) and no poison is cleared. A tail that no piece completes
+// (another write of its file elsewhere, a flush or fsync of it, its release,
+// a change of those bytes by anyone) is dropped with an event, and its
+// file's next flush fails with EIO. A crash loses the tail: its units stay
+// poisoned, as before the write.
+Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) {
   LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
   std::unique_lock lock(mutex_);
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
   if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
   if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
-  if (recovery_tails_.empty() || data.empty()) return write_locked(**inode, ino, off, data, origin);
-  auto tail = recovery_tails_.find(ino);
-  if (tail == recovery_tails_.end()) return write_locked(**inode, ino, off, data, origin);
-  if (tail->second.end() != off || origin != WriteOrigin::kPageCache) {
-    abandon_recovery_tail(**inode, ino);
-    return write_locked(**inode, ino, off, data, origin);
+  if (recovery_tails_.empty() || data.empty()) return write_locked(**inode, ino, off, data, from);
+  // Other files' tails under these bytes would bring back what they replace.
+  abandon_recovery_tails_of(ino, "another write changed its bytes", off, off + data.size(), from);
+  auto tail = from == kWholeWrite ? recovery_tails_.end() : recovery_tails_.find(from);
+  if (tail == recovery_tails_.end()) return write_locked(**inode, ino, off, data, from);
+  if (tail->second.ino != ino || tail->second.end() != off) {
+    abandon_recovery_tail(from, "its file wrote elsewhere");
+    return write_locked(**inode, ino, off, data, from);
   }
   std::vector<std::byte> joined = std::move(tail->second.bytes);
   const uint64_t joined_off = tail->second.off;
   const size_t carried = joined.size();
   recovery_tails_.erase(tail);
   joined.insert(joined.end(), data.begin(), data.end());
-  Result<size_t> n = write_locked(**inode, ino, joined_off, joined, origin);
+  Result<size_t> n = write_locked(**inode, ino, joined_off, joined, from);
   if (n && *n > carried) return *n - carried;
-  // The bytes already answered for are lost with this piece.
-  mark_recovery_incomplete(**inode, ino, joined_off, carried, "its next piece failed");
+  // The bytes already answered for are lost with this piece. (A short
+  // write stops at a block boundary past them: only a failure comes here.)
+  mark_recovery_incomplete(from, ino, joined_off, carried, "its next piece failed");
   if (!n) return n;
   return fail(std::errc::no_space_on_device);
 }
 
 Result<size_t> FsImpl::write_locked(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
-                                    WriteOrigin origin) {
+                                    OpenFileId from) {
   const uint64_t end = off + data.size();
   // The hot path: one atomic load when the device has no poison.
   std::vector<PoisonRange> before;  // the poison the write starts from
@@ -449,8 +454,8 @@ Result<size_t> FsImpl::write_locked(Inode& inode, Ino ino, uint64_t off, std::sp
   const bool recovery = !before.empty();
   if (recovery)
     if (auto st = check_recovery_write(inode, off, end, before); !st) {
-      if (origin != WriteOrigin::kPageCache) return std::unexpected(std::move(st.error()));
-      return defer_recovery_tail(inode, ino, off, data, std::move(st.error()));
+      if (from == kWholeWrite) return std::unexpected(std::move(st.error()));
+      return defer_recovery_tail(inode, ino, off, data, from, std::move(st.error()));
     }
   Transaction tx;
   std::vector<BlockRange> dropped;
@@ -489,7 +494,7 @@ Result<size_t> FsImpl::write_locked(Inode& inode, Ino ino, uint64_t off, std::sp
 }
 
 Result<size_t> FsImpl::defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
-                                           Error err) {
+                                           OpenFileId from, Error err) {
   const uint64_t end = off + data.size();
   const uint64_t unit_end = div_up(end, kPoisonUnit) * kPoisonUnit;
   // Refused for more than the unit its end cuts into: the next piece cannot help.
@@ -498,48 +503,52 @@ Result<size_t> FsImpl::defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, 
   const uint64_t cut = std::max(off, end / kBlockSize * kBlockSize);
   if (cut > off) {
     // Covers every unit it touches (cut is block-aligned): a plain recovery.
-    Result<size_t> n = write_locked(inode, ino, off, data.first(cut - off), WriteOrigin::kWhole);
+    Result<size_t> n = write_locked(inode, ino, off, data.first(cut - off), kWholeWrite);
     if (!n || *n != cut - off) return n;
   }
-  recovery_tails_[ino] = RecoveryTail{cut, {data.begin() + (cut - off), data.end()}};
+  recovery_tails_[from] = RecoveryTail{ino, cut, {data.begin() + (cut - off), data.end()}};
   return data.size();
 }
 
-void FsImpl::abandon_recovery_tail(Inode& inode, Ino ino) {
-  auto tail = recovery_tails_.find(ino);
+void FsImpl::abandon_recovery_tail(OpenFileId file, std::string_view why) {
+  auto tail = recovery_tails_.find(file);
   if (tail == recovery_tails_.end()) return;
-  const uint64_t off = tail->second.off, len = tail->second.bytes.size();
+  const RecoveryTail dropped = std::move(tail->second);
   recovery_tails_.erase(tail);
-  mark_recovery_incomplete(inode, ino, off, len, "no piece continued it");
+  mark_recovery_incomplete(file, dropped.ino, dropped.off, dropped.bytes.size(), why);
 }
 
-void FsImpl::mark_recovery_incomplete(Inode& inode, Ino ino, uint64_t off, uint64_t len, std::string_view why) {
-  incomplete_recovery_.insert(ino);
+void FsImpl::abandon_recovery_tails_of(Ino ino, std::string_view why, uint64_t off, uint64_t end,
+                                       OpenFileId except) {
+  std::vector<OpenFileId> stale;
+  for (const auto& [file, tail] : recovery_tails_)
+    if (tail.ino == ino && file != except && tail.off < end && off < tail.end()) stale.push_back(file);
+  for (OpenFileId file : stale) abandon_recovery_tail(file, why);
+}
+
+void FsImpl::mark_recovery_incomplete(OpenFileId file, Ino ino, uint64_t off, uint64_t len, std::string_view why) {
+  incomplete_recovery_.insert(file);
   uint64_t device = 0;  // 0 when the bytes' block is no longer mapped
+  auto inode = get(ino);
   const uint64_t fb = off / kBlockSize;
-  if (Extent* e = inode.extents.at_or_after(fb); e && e->file_block <= fb && !e->unwritten())
+  if (Extent* e = inode ? (*inode)->extents.at_or_after(fb) : nullptr; e && e->file_block <= fb && !e->unwritten())
     device = block_offset(e->phys_block + (fb - e->file_block)) + off % kBlockSize;
   record_event(EventKind::kIncomplete, device, len,
                strfmt("recovery write incomplete: {}; {} bytes dropped, their units stay poisoned", why, len),
                {EventOwner{"data", ino, first_path(ino), off, len}});
 }
 
-Status FsImpl::report_incomplete_recovery(Inode& inode, Ino ino) {
-  if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
-  abandon_recovery_tail(inode, ino);
-  if (incomplete_recovery_.erase(ino) == 0) return {};
-  return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
-}
-
-Status FsImpl::flush(Ino ino) {
+Status FsImpl::flush(Ino ino, OpenFileId file) {
+  if (file == kWholeWrite) return {};
   {
-    std::shared_lock lock(mutex_);  // every close(2) comes here: the common case shares the lock
+    std::shared_lock lock(mutex_);  // every close(2) of a writer comes here: the common case shares the lock
     if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
   }
   std::unique_lock lock(mutex_);
-  auto inode = get(ino);
-  if (!inode) return std::unexpected(inode.error());
-  return report_incomplete_recovery(**inode, ino);
+  if (auto inode = get(ino); !inode) return std::unexpected(inode.error());
+  abandon_recovery_tail(file, "its file was flushed before the next piece came");
+  if (incomplete_recovery_.erase(file) == 0) return {};
+  return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
 }
 
 Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
@@ -686,6 +695,7 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
   Inode& inode = **got;
   if (inode.is_dir()) return fail(std::errc::is_a_directory);
   if (!inode.is_reg()) return fail(std::errc::no_such_device);
+  if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "fallocate changed the file", off, off + len);
   Transaction tx;
   std::vector<BlockRange> dropped;
   const uint64_t end = off + len;

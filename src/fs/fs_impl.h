@@ -128,8 +128,8 @@ class FsImpl final : public Filesystem {
   Result<size_t> read(Ino ino, uint64_t off, size_t len,
                       const std::function<void(std::span<const ReadSegment>)>& sink) override;
   using Filesystem::write;
-  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, WriteOrigin origin) override;
-  Status flush(Ino ino) override;
+  Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) override;
+  Status flush(Ino ino, OpenFileId file) override;
   Result<bool> drop_privileges(Ino ino, KillPriv kill) override;
   Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
   Status fsync(Ino ino, bool datasync) override;
@@ -303,19 +303,21 @@ class FsImpl final : public Filesystem {
   Status check_recovery_write(Inode& inode, uint64_t off, uint64_t end, std::span<const PoisonRange> poison);
   // write() under the lock, with data already joined to a waiting tail.
   Result<size_t> write_locked(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
-                              WriteOrigin origin);
-  // A recovery write refused (err) only for the poisoned unit its end cuts
-  // into: writes up to its last block and keeps the rest for the next piece.
+                              OpenFileId from);
+  // A recovery piece refused (err) only for the poisoned unit its end cuts
+  // into: writes up to its last block and keeps the rest for from's next piece.
   Result<size_t> defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
-                                     Error err);
-  // Drops ino's waiting tail (its units stay poisoned); the next flush or
-  // fsync of ino then fails with EIO.
-  void abandon_recovery_tail(Inode& inode, Ino ino);
+                                     OpenFileId from, Error err);
+  // Drops file's waiting tail (its units stay poisoned): an event, and
+  // file's next flush fails with EIO.
+  void abandon_recovery_tail(OpenFileId file, std::string_view why);
+  // The same for every tail of ino (overlapping [off, end) only, and not
+  // except's, when given): a change of the file's bytes makes them stale.
+  void abandon_recovery_tails_of(Ino ino, std::string_view why, uint64_t off = 0, uint64_t end = UINT64_MAX,
+                                 OpenFileId except = kWholeWrite);
   // The bytes [off, off+len) of ino were answered for but not written: an
-  // event, and the next flush or fsync fails.
-  void mark_recovery_incomplete(Inode& inode, Ino ino, uint64_t off, uint64_t len, std::string_view why);
-  // flush and fsync: EIO once after a recovery write was left incomplete.
-  Status report_incomplete_recovery(Inode& inode, Ino ino);
+  // event, and file's next flush fails.
+  void mark_recovery_incomplete(OpenFileId file, Ino ino, uint64_t off, uint64_t len, std::string_view why);
 
   // --- checksums (checksums.cc in src/fs)
   // After a crash: recomputes the entries of the regions whose intent was
@@ -394,14 +396,15 @@ class FsImpl final : public Filesystem {
   std::vector<uint64_t> heal_in_place_;  // during a recovery write: see healable_blocks
   // The kernel cuts a buffered write(2) into pieces (see write() in data.cc);
   // a recovery piece that stops inside a poisoned unit leaves its last
-  // partial block here, in memory, until the next piece joins it.
+  // partial block here, in memory, until its open file's next piece joins it.
   struct RecoveryTail {
+    Ino ino = 0;
     uint64_t off = 0;  // file offset of bytes[0]
     std::vector<std::byte> bytes;
     uint64_t end() const { return off + bytes.size(); }
   };
-  std::unordered_map<Ino, RecoveryTail> recovery_tails_;
-  std::unordered_set<Ino> incomplete_recovery_;  // reported by the next flush or fsync
+  std::unordered_map<OpenFileId, RecoveryTail> recovery_tails_;
+  std::unordered_set<OpenFileId> incomplete_recovery_;  // reported by the file's next flush
   Allocator alloc_;
   Rmap rmap_;
   std::vector<std::unique_ptr<Inode>> inodes_;  // [ino - 1]

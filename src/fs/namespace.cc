@@ -101,9 +101,8 @@ void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& 
   for (Chain* chain : {&inode.chain, &inode.xattr_chain})
     for (uint64_t b : chain->blocks) rmap_.remove(b, 1, Owner{ino, 0, owner_kind_of(chain->kind)}, &dropped);
   std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
-  // A recovery's state must not pass to the next file given this number.
-  recovery_tails_.erase(ino);
-  incomplete_recovery_.erase(ino);
+  // A recovery's tail must not pass to the next file given this number.
+  std::erase_if(recovery_tails_, [&](const auto& entry) { return entry.second.ino == ino; });
   inodes_[ino - 1].reset();
   free_inos_.push_back(ino);
   --inodes_used_;
@@ -302,6 +301,7 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
     if (inode.is_dir()) return fail(std::errc::is_a_directory);
     if (!inode.is_reg()) return fail(std::errc::invalid_argument);
     if (set.size > kMaxFileSize) return fail(std::errc::file_too_large);
+    if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "the file was truncated");
     if (auto st = _truncate(inode, set.size, tx, dropped); !st) {
       // Committed even on failure, as write() and fallocate() do: what was
       // staged (a record block linked into the chain in memory, blocks
@@ -393,10 +393,6 @@ Status FsImpl::release(Ino ino) {
   Inode& inode = **got;
   if (inode.open_count > 0) --inode.open_count;
   if (inode.open_count > 0) return {};
-  if (!recovery_tails_.empty() || !incomplete_recovery_.empty()) {
-    abandon_recovery_tail(inode, ino);  // no one is left to continue it, or to be told
-    incomplete_recovery_.erase(ino);
-  }
   Transaction tx;
   std::vector<BlockRange> dropped;
   if (inode.rec.nlink == 0) free_inode(inode, tx, dropped);
@@ -410,7 +406,6 @@ Status FsImpl::fsync(Ino ino, bool) {
   std::unique_lock lock(mutex_);
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
-  if (auto st = report_incomplete_recovery(**inode, ino); !st) return st;
   if (!(*inode)->times_dirty) return {};
   Transaction tx;
   stage_inode(tx, **inode);

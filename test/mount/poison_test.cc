@@ -1107,6 +1107,32 @@ TEST_F(PoisonRecovery, WriteCoveringOnlyPartOfAUnitChangesNothing) {
   EXPECT_EQ(block_map(f), before);
 }
 
+// A buffered write that ends inside a poisoned unit, through a descriptor
+// opened while the device has poison: the kernel may have cut a longer
+// write there, so its whole blocks are written, the rest waits for a next
+// piece that never comes, and close fails. Through a descriptor opened
+// before the poison came (no FLUSH asked), the same write fails at once and
+// changes nothing, as an O_DIRECT one.
+TEST_F(PoisonRecovery, BufferedWriteEndingInsidePoisonFailsAtCloseOrAtOnce) {
+  const std::string f = path("f");
+  const std::string data = random_bytes(2 * kBlock, 64);
+  ASSERT_TRUE(write_file(f, data));
+  const int before_poison = open(f.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(before_poison, 0);
+  ASSERT_NO_FATAL_FAILURE(inject(physical(f, kBlock) + 512, 64));
+  const std::string fresh = random_bytes(kBlock + 550, 65);
+  errno = 0;
+  EXPECT_EQ(pwrite(before_poison, fresh.data(), fresh.size(), 0), -1);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_EQ(close(before_poison), 0);
+  EXPECT_TRUE(same(pread_at(f, 0, kBlock).data, data.substr(0, kBlock)));
+  EXPECT_EQ(pwrite_at(f, 0, fresh), EIO);  // pwrite succeeds, close fails
+  EXPECT_TRUE(same(pread_at(f, 0, kBlock).data, fresh.substr(0, kBlock))) << "block 0 was written";
+  EXPECT_EQ(pread_at(f, kBlock, kBlock).err, EIO);
+  ASSERT_EQ(pwrite_at(f, kBlock + 512, data.substr(kBlock + 512, 64)), 0);
+  EXPECT_TRUE(same(read_all(f).data, fresh.substr(0, kBlock) + data.substr(kBlock)));
+}
+
 // ---- bad input ---------------------------------------------------------------------------
 
 class PoisonBadInput : public PoisonTest {};

@@ -1615,17 +1615,19 @@ TEST(PoisonPersist, FailedSaveOfTheRecordIsReported) {
 // ---- recovery writes delivered in pieces ----------------------------------------------------
 //
 // The kernel's page cache cuts a buffered write(2) where the caller's buffer
-// crosses a page it must fault in, and sends the pieces in order
-// (WriteOrigin::kPageCache). A piece that stops inside a poisoned unit is
-// taken whole and joined to the next one; one that no piece completes fails
-// the next flush or fsync.
+// crosses a page it must fault in, and sends the pieces in order through
+// the open file (an OpenFileId). A piece that stops inside a poisoned unit
+// is taken whole and joined to that file's next one; one that no piece
+// completes fails that file's next flush.
 
-Result<size_t> piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s) {
-  return fs.write(ino, off, bytes(s), WriteOrigin::kPageCache);
+constexpr OpenFileId kFile = 1, kOtherFile = 2;
+
+Result<size_t> piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s, OpenFileId from = kFile) {
+  return fs.write(ino, off, bytes(s), from);
 }
 
-void write_piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s) {
-  auto n = piece(fs, ino, off, s);
+void write_piece(Filesystem& fs, Ino ino, uint64_t off, std::string_view s, OpenFileId from = kFile) {
+  auto n = piece(fs, ino, off, s, from);
   ASSERT_TRUE(n) << n.error().to_string();
   ASSERT_EQ(*n, s.size());
 }
@@ -1641,6 +1643,10 @@ struct SplitCase {
     poisoned = phys_of(*dev, f, B) + 832;
     EXPECT_TRUE(dev->inject_poison(poisoned, 2304, false));
   }
+  std::vector<FilePoison> still_poisoned() const { return {{B + 832, 2304}}; }
+  size_t incomplete_events() {
+    return std::ranges::count_if(all_events(*dev), [](const Event& e) { return e.kind == EventKind::kIncomplete; });
+  }
 };
 
 TEST(PoisonRecoveryPieces, PiecesOfOneWriteRecoverTogether) {
@@ -1650,14 +1656,15 @@ TEST(PoisonRecoveryPieces, PiecesOfOneWriteRecoverTogether) {
   EXPECT_EQ(err(c.dev->write(c.f, B, bytes(fresh.substr(0, 904)))), std::errc::io_error);
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
   // Nothing is cleared or readable before the units are covered.
-  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  EXPECT_EQ(poison_of(*c.dev, c.f), c.still_poisoned());
   EXPECT_EQ(err(read_range(*c.dev, c.f, B + 832, 64)), std::errc::io_error);
+  EXPECT_EQ(read_range(*c.dev, c.f, B, 832).value_or(""), c.data.substr(B, 832)) << "the tail is not in the file yet";
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B + 904, fresh.substr(904)));
   EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
   EXPECT_EQ(read_all(*c.dev, c.f), c.data.substr(0, B) + fresh + c.data.substr(2 * B));
-  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
   EXPECT_TRUE(find_event(all_events(*c.dev), EventKind::kRecovery, c.poisoned));
-  EXPECT_FALSE(find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned));
+  EXPECT_EQ(c.incomplete_events(), 0u);
   EXPECT_TRUE(c.dev.check().clean());
 }
 
@@ -1678,7 +1685,7 @@ TEST(PoisonRecoveryPieces, ManyPiecesAcrossBlocks) {
   }
   EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
   EXPECT_EQ(read_all(*c.dev, c.f), c.data.substr(0, from) + fresh + c.data.substr(from + 2 * B));
-  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
   EXPECT_TRUE(c.dev.check().clean());
 }
 
@@ -1687,40 +1694,89 @@ TEST(PoisonRecoveryPieces, ManyPiecesAcrossBlocks) {
 TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFlush) {
   SplitCase c;
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 83)));
-  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
-  EXPECT_TRUE(c.dev->flush(c.f));  // reported once
+  EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));  // reported once
   auto ev = find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832);
   ASSERT_TRUE(ev);
   ASSERT_EQ(ev->owners.size(), 1u);
   EXPECT_EQ(ev->owners[0].ino, c.f);
   EXPECT_EQ(ev->owners[0].file_offset, B);
   EXPECT_EQ(ev->owners[0].length, 904u);
-  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  EXPECT_EQ(poison_of(*c.dev, c.f), c.still_poisoned());
   // Nothing of it reached the file: recovering with the old bytes gives the old file.
   write_str(*c.dev, c.f, B, c.data.substr(B, B));
   EXPECT_EQ(read_all(*c.dev, c.f), c.data);
   EXPECT_TRUE(c.dev.check().clean());
 }
 
-TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFsync) {
+// Tails and reports belong to one open file: another one's flush, and its
+// writes elsewhere, leave them alone.
+TEST(PoisonRecoveryPieces, AnotherOpenFileDoesNotDisturbTheTail) {
   SplitCase c;
-  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 84)));
-  EXPECT_EQ(err(c.dev->fsync(c.f, false)), std::errc::io_error);
-  EXPECT_TRUE(c.dev->fsync(c.f, false));
-  EXPECT_TRUE(c.dev->flush(c.f));
+  const std::string fresh = content(B, 84);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+  EXPECT_TRUE(c.dev->flush(c.f, kOtherFile));
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, 3 * B, "elsewhere", kOtherFile));
+  write_str(*c.dev, c.f, 0, "whole write elsewhere");
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B + 904, fresh.substr(904)));
+  EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
+  EXPECT_EQ(read_range(*c.dev, c.f, B, B).value_or(""), fresh);
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
+  EXPECT_EQ(c.incomplete_events(), 0u);
 }
 
-// Another write in between (not where the tail ends) drops the tail: the
-// late continuation starts inside a poisoned unit and is refused.
-TEST(PoisonRecoveryPieces, AnUnrelatedWriteDropsTheTail) {
+// Its own file writing elsewhere drops the tail: the late continuation
+// starts inside a poisoned unit and is refused.
+TEST(PoisonRecoveryPieces, AWriteElsewhereDropsTheTail) {
   SplitCase c;
   const std::string fresh = content(B, 85);
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, 3 * B, "elsewhere"));
   EXPECT_EQ(err(piece(*c.dev, c.f, B + 904, fresh.substr(904))), std::errc::io_error);
-  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
-  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
+  EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
+  EXPECT_EQ(poison_of(*c.dev, c.f), c.still_poisoned());
   EXPECT_TRUE(c.dev.check().clean());
+}
+
+// Bytes that change under a tail (another file's write over them, a
+// truncate, a punched hole, a clone) make it stale: it is dropped, never
+// written over what replaced it.
+TEST(PoisonRecoveryPieces, ChangesUnderTheTailDropIt) {
+  const std::string zeros(B + 904, '\0');
+  struct Change {
+    const char* what;
+    std::function<void(SplitCase&)> apply;
+  };
+  const Change changes[] = {
+      {"another file's write over it", [](SplitCase& c) { write_piece(*c.dev, c.f, B, "over", kOtherFile); }},
+      {"truncate", [](SplitCase& c) {
+         SetAttr to_zero;
+         to_zero.valid = SetAttr::kSize;
+         to_zero.size = 0;
+         ASSERT_TRUE(c.dev->setattr(c.f, to_zero, kUser));
+       }},
+      {"punch", [](SplitCase& c) {
+         ASSERT_TRUE(c.dev->fallocate(c.f, kFallocPunchHole | kFallocKeepSize, 0, 2 * B));
+       }},
+      {"clone over it", [](SplitCase& c) {
+         Ino g = create(*c.dev, kRootIno, "g");
+         write_str(*c.dev, g, 0, std::string(2 * B, 'z'));
+         ASSERT_TRUE(c.dev->clone_range(g, 0, c.f, 0, 2 * B));
+       }},
+  };
+  for (const Change& change : changes) {
+    SCOPED_TRACE(change.what);
+    SplitCase c;
+    const std::string fresh = content(B, 86);
+    ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+    ASSERT_NO_FATAL_FAILURE(change.apply(c));
+    // The continuation is not joined: the tail's bytes never appear.
+    (void)piece(*c.dev, c.f, B + 904, fresh.substr(904));
+    auto got = read_range(*c.dev, c.f, B, 904);
+    EXPECT_TRUE(!got || *got != fresh.substr(0, 904)) << "the dropped tail was written";
+    EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
+    EXPECT_EQ(c.incomplete_events(), 1u);
+  }
 }
 
 // A piece refused for more than the unit its end cuts into (its start is
@@ -1728,20 +1784,8 @@ TEST(PoisonRecoveryPieces, AnUnrelatedWriteDropsTheTail) {
 TEST(PoisonRecoveryPieces, APieceThatStartsInsidePoisonIsRefusedAtOnce) {
   SplitCase c;
   EXPECT_EQ(err(piece(*c.dev, c.f, B + 900, content(100, 86))), std::errc::io_error);
-  EXPECT_TRUE(c.dev->flush(c.f));
-  EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 832, 2304}}));
-}
-
-// The last close drops a tail (no one is left to continue it or be told).
-TEST(PoisonRecoveryPieces, TheLastReleaseDropsTheTail) {
-  SplitCase c;
-  ASSERT_TRUE(c.dev->open(c.f));
-  const std::string fresh = content(B, 87);
-  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
-  ASSERT_TRUE(c.dev->release(c.f));
-  EXPECT_TRUE(find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832));
-  EXPECT_EQ(err(piece(*c.dev, c.f, B + 904, fresh.substr(904))), std::errc::io_error);
-  EXPECT_TRUE(c.dev->flush(c.f));
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
+  EXPECT_EQ(poison_of(*c.dev, c.f), c.still_poisoned());
 }
 
 // On a block shared with a clone, the joined pieces give the writer its own
@@ -1761,10 +1805,29 @@ TEST(PoisonRecoveryPieces, PiecesOverASharedBlockGiveTheWriterACopy) {
   EXPECT_NE(phys_of(*dev, f, 0), shared);
   EXPECT_EQ(read_all(*dev, f), fresh + data.substr(B));
   EXPECT_EQ(poison_of(*dev, g), (std::vector<FilePoison>{{832, 2304}}));
-  EXPECT_TRUE(dev->flush(f));
+  EXPECT_TRUE(dev->flush(f, kFile));
   EXPECT_TRUE(dev.check().clean());
 }
 
+// With the recorded bytes, pieces over two shared poisoned blocks heal every
+// sharer in place, as one whole write would.
+TEST(PoisonRecoveryPieces, PiecesWithTheRecordedBytesHealEverySharer) {
+  Device dev;
+  Ino f = create(*dev, kRootIno, "f"), g = create(*dev, kRootIno, "g");
+  const std::string data = content(2 * B, 92);
+  write_str(*dev, f, 0, data);
+  ASSERT_TRUE(dev->clone_range(f, 0, g, 0, 2 * B));
+  const uint64_t shared = phys_of(*dev, f, 0);
+  ASSERT_TRUE(dev->inject_poison(shared + 832, B, false));  // across both blocks
+  ASSERT_NO_FATAL_FAILURE(write_piece(*dev, f, 0, data.substr(0, B + 904)));
+  ASSERT_NO_FATAL_FAILURE(write_piece(*dev, f, B + 904, data.substr(B + 904)));
+  EXPECT_EQ(phys_of(*dev, f, 0), shared);
+  EXPECT_TRUE(poison_of(*dev, f).empty());
+  EXPECT_TRUE(poison_of(*dev, g).empty());
+  EXPECT_EQ(read_all(*dev, g), data);
+  EXPECT_TRUE(find_event(all_events(*dev), EventKind::kHeal, shared + B));
+  EXPECT_TRUE(dev.check().clean());
+}
 
 // The next piece comes but fails (here: poison found meanwhile under the
 // tail's first unit): the bytes answered for are lost, flush says so.
@@ -1779,7 +1842,7 @@ TEST(PoisonRecoveryPieces, ANextPieceThatFailsLosesTheTail) {
   EXPECT_NE(ev->action.find("its next piece failed"), std::string::npos) << ev->action;
   EXPECT_EQ(ev->owners[0].file_offset, B + 600);
   EXPECT_EQ(ev->owners[0].length, 304u);
-  EXPECT_EQ(err(c.dev->flush(c.f)), std::errc::io_error);
+  EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
   EXPECT_EQ(poison_of(*c.dev, c.f), (std::vector<FilePoison>{{B + 576, 64}, {B + 832, 2304}}));
 }
 
@@ -1793,7 +1856,6 @@ TEST(PoisonRecoveryPieces, AFreedFileTakesItsTailAlong) {
   ASSERT_EQ(g, c.f) << "the number is not reused: adapt the test";
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, g, B + 904, "more"));
   EXPECT_EQ(read_range(*c.dev, g, 0, B + 904).value_or("?"), std::string(B + 904, '\0'));
-  EXPECT_TRUE(c.dev->flush(g));
 }
 
 }  // namespace
