@@ -125,22 +125,22 @@ void set_open_flags(fuse_req_t req, fuse_file_info* fi) {
   // Mappings use the page cache either way (kept: keep_cache).
   fi->direct_io = (fi->flags & O_DIRECT) != 0 || context(req)->serves_direct_io();
   fi->keep_cache = 1;
-  // The open flags (low 32 bits), for ioctls that need to know (a reflink
-  // target must be writable).
-  fi->fh = static_cast<uint32_t>(fi->flags);
+  // The open flags' low bits (access mode, O_APPEND), for ioctls that need
+  // to know (a reflink target must be writable).
+  fi->fh = static_cast<uint64_t>(fi->flags) & kOpenFlagsInFh;
   // A writer through the page cache, opened while the device has poison,
-  // may send a recovery write(2) in pieces: it gets an OpenFileId (high 32
-  // bits) for Filesystem::write, and a FLUSH at each close to learn of one
+  // may send a recovery write(2) in pieces: it gets an OpenFileId (the bits
+  // above) for Filesystem::write, and a FLUSH at each close to learn of one
   // left incomplete. Other opens keep no state here and skip the FLUSH round
   // trip; their writes are judged alone.
   const bool page_cache_writer =
       (fi->flags & O_ACCMODE) != O_RDONLY && !fi->direct_io && filesystem(req).has_poison();
-  if (page_cache_writer) fi->fh |= context(req)->next_open_file.fetch_add(1) << 32;
+  if (page_cache_writer) fi->fh |= context(req)->next_open_file.fetch_add(1) << kOpenFileIdShift;
   fi->noflush = !page_cache_writer;
 }
 
 // The OpenFileId set_open_flags gave this open (kWholeWrite: none).
-OpenFileId open_file_id(const fuse_file_info* fi) { return fi->fh >> 32; }
+OpenFileId open_file_id(const fuse_file_info* fi) { return fi->fh >> kOpenFileIdShift; }
 
 // ---------------------------------------------------------------------------
 // Session
@@ -494,14 +494,14 @@ void pfs_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void pfs_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, [&] {
-    (void)filesystem(req).flush(ino, open_file_id(fi));  // no one left to tell: the event says it
+    (void)filesystem(req).settle_recovery(ino, open_file_id(fi));  // no one left to tell: the event says it
     reply_status(req, filesystem(req).release(ino));
   });
 }
 
 void pfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
   guarded(req, [&] {
-    Status reported = filesystem(req).flush(ino, open_file_id(fi));
+    Status reported = filesystem(req).settle_recovery(ino, open_file_id(fi));
     Status synced = filesystem(req).fsync(ino, datasync != 0);
     reply_status(req, reported ? synced : reported);
   });

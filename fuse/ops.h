@@ -8,6 +8,7 @@
 #define FUSE_USE_VERSION 314
 #endif
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <sys/types.h>
 
@@ -68,9 +69,16 @@ struct MountContext {
   // asking.
   std::atomic<uint64_t> getxattr_requests{0};
   // Names the open files whose writes come through the page cache while
-  // the device has poison (OpenFileId; fi->fh >> 32, see set_open_flags).
+  // the device has poison (OpenFileId, in fi->fh; see set_open_flags).
   std::atomic<uint64_t> next_open_file{1};
 };
+
+// fi->fh of an open file: its open flags' low bits (kOpenFlagsInFh: the
+// access mode and O_APPEND, for the ioctls) and above them its OpenFileId
+// (52 bits: unique while it is open).
+inline constexpr uint64_t kOpenFlagsInFh = 0xfff;
+inline constexpr int kOpenFileIdShift = 12;
+static_assert((O_ACCMODE | O_APPEND) <= kOpenFlagsInFh);
 
 // Entry and attribute timeouts in seconds: every change goes through this
 // daemon, and its replies refresh what the kernel caches.
@@ -99,7 +107,8 @@ KillPriv unflagged_kill(fuse_req_t req);
 void reply_after_invalidations(fuse_req_t req, std::function<void()> reply);
 
 // The poisonfs ioctls (include/poisonfs/ioctl.h), in control.cc. fi->fh
-// holds the file's open flags. Replies exactly once.
+// holds the low bits of the file's open flags (kOpenFlagsInFh). Replies
+// exactly once.
 void handle_ioctl(fuse_req_t req, fuse_ino_t ino, unsigned int cmd, fuse_file_info* fi,
                   const void* in_buf, size_t in_bufsz, size_t out_bufsz);
 

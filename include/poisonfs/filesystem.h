@@ -405,15 +405,22 @@ class Filesystem {
   // open file's page cache (from != kWholeWrite) that stops inside a
   // poisoned unit is taken whole instead: its whole blocks are written, its
   // last partial block kept in memory until that file's next write continues
-  // it. If none does, flush(ino, from) fails with EIO.
+  // it. If none does, flush or settle_recovery of from fails with EIO.
   virtual Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) = 0;
   Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data) {
     return write(ino, off, data, kWholeWrite);
   }
-  // close(2), fsync(2) and the last release of an open file: drops what it
-  // kept of a recovery write and returns EIO (once) when one was left
-  // incomplete, its units still poisoned.
+  // close(2) of a descriptor of an open file: EIO when its last recovery
+  // write was left incomplete (reported once), or still waits for its next
+  // piece. A close of another descriptor of the same open file (a dup, a
+  // forked child's) may come between two pieces of a write(2), so a waiting
+  // tail is kept: it is dropped by settle_recovery.
   virtual Status flush(Ino ino, OpenFileId file) = 0;
+  // fsync(2), which never comes between the pieces of a write(2), and the
+  // release of an open file: drops a waiting tail (its units stay poisoned;
+  // an event says so) and returns EIO (once) when a recovery write of the
+  // file was left incomplete.
+  virtual Status settle_recovery(Ino ino, OpenFileId file) = 0;
   // What a writer does before it changes a file's bytes (write, fallocate,
   // copy_file_range, clone): drops what kill says (see KillPriv). Returns
   // whether the file lost anything.

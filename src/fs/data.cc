@@ -410,11 +410,12 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
 // that file's next write, which must start where it ends; a whole block is
 // then written at once, also over shared blocks. Until then the waiting
 // bytes are not in the file (its poisoned units still read as EIO, the rest
-// as before) and no poison is cleared. A tail that no piece completes
-// (another write of its file elsewhere, a flush or fsync of it, its release,
-// a change of those bytes by anyone) is dropped with an event, and its
-// file's next flush fails with EIO. A crash loses the tail: its units stay
-// poisoned, as before the write.
+// as before) and no poison is cleared. A flush (close) while a tail waits
+// fails but keeps it: another descriptor's close can come between two
+// pieces. A tail that no piece completes (settle_recovery: fsync, release;
+// another write of its file elsewhere; a change of those bytes by anyone)
+// is dropped with an event, and its file's next flush or settle fails with
+// EIO. A crash loses the tail: its units stay poisoned, as before the write.
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) {
   LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
   std::unique_lock lock(mutex_);
@@ -423,20 +424,26 @@ Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> d
   if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
   if (!(*inode)->is_reg()) return fail(std::errc::invalid_argument);
   if (recovery_tails_.empty() || data.empty()) return write_locked(**inode, ino, off, data, from);
-  // Other files' tails under these bytes would bring back what they replace.
-  abandon_recovery_tails_of(ino, "another write changed its bytes", off, off + data.size(), from);
   auto tail = from == kWholeWrite ? recovery_tails_.end() : recovery_tails_.find(from);
-  if (tail == recovery_tails_.end()) return write_locked(**inode, ino, off, data, from);
-  if (tail->second.ino != ino || tail->second.end() != off) {
+  if (tail != recovery_tails_.end() && (tail->second.ino != ino || tail->second.end() != off))
     abandon_recovery_tail(from, "its file wrote elsewhere");
-    return write_locked(**inode, ino, off, data, from);
-  }
+  else if (tail != recovery_tails_.end())
+    return write_joined(**inode, ino, data, from);
+  Result<size_t> n = write_locked(**inode, ino, off, data, from);
+  // Other files' tails under the written bytes would bring back what they replaced.
+  if (n && *n > 0) abandon_recovery_tails_of(ino, "another write changed its bytes", off, off + *n, from);
+  return n;
+}
+
+Result<size_t> FsImpl::write_joined(Inode& inode, Ino ino, std::span<const std::byte> data, OpenFileId from) {
+  auto tail = recovery_tails_.find(from);
   std::vector<std::byte> joined = std::move(tail->second.bytes);
   const uint64_t joined_off = tail->second.off;
   const size_t carried = joined.size();
   recovery_tails_.erase(tail);
   joined.insert(joined.end(), data.begin(), data.end());
-  Result<size_t> n = write_locked(**inode, ino, joined_off, joined, from);
+  Result<size_t> n = write_locked(inode, ino, joined_off, joined, from);
+  if (n && *n > 0) abandon_recovery_tails_of(ino, "another write changed its bytes", joined_off, joined_off + *n, from);
   if (n && *n > carried) return *n - carried;
   // The bytes already answered for are lost with this piece. (A short
   // write stops at a block boundary past them: only a failure comes here.)
@@ -538,15 +545,27 @@ void FsImpl::mark_recovery_incomplete(OpenFileId file, Ino ino, uint64_t off, ui
                {EventOwner{"data", ino, first_path(ino), off, len}});
 }
 
-Status FsImpl::flush(Ino ino, OpenFileId file) {
+Status FsImpl::flush(Ino, OpenFileId file) {
   if (file == kWholeWrite) return {};
   {
     std::shared_lock lock(mutex_);  // every close(2) of a writer comes here: the common case shares the lock
     if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
   }
   std::unique_lock lock(mutex_);
-  if (auto inode = get(ino); !inode) return std::unexpected(inode.error());
-  abandon_recovery_tail(file, "its file was flushed before the next piece came");
+  if (recovery_tails_.contains(file))
+    return fail(std::errc::io_error, "a recovery write still waits for its next piece: its units stay poisoned");
+  if (incomplete_recovery_.erase(file) == 0) return {};
+  return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
+}
+
+Status FsImpl::settle_recovery(Ino, OpenFileId file) {
+  if (file == kWholeWrite) return {};
+  {
+    std::shared_lock lock(mutex_);
+    if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
+  }
+  std::unique_lock lock(mutex_);
+  abandon_recovery_tail(file, "no piece continued it");
   if (incomplete_recovery_.erase(file) == 0) return {};
   return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
 }

@@ -130,6 +130,7 @@ class FsImpl final : public Filesystem {
   using Filesystem::write;
   Result<size_t> write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) override;
   Status flush(Ino ino, OpenFileId file) override;
+  Status settle_recovery(Ino ino, OpenFileId file) override;
   Result<bool> drop_privileges(Ino ino, KillPriv kill) override;
   Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
   Status fsync(Ino ino, bool datasync) override;
@@ -304,6 +305,8 @@ class FsImpl final : public Filesystem {
   // write() under the lock, with data already joined to a waiting tail.
   Result<size_t> write_locked(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,
                               OpenFileId from);
+  // write() of the piece that continues from's waiting tail: both as one.
+  Result<size_t> write_joined(Inode& inode, Ino ino, std::span<const std::byte> data, OpenFileId from);
   // A recovery piece refused (err) only for the poisoned unit its end cuts
   // into: writes up to its last block and keeps the rest for from's next piece.
   Result<size_t> defer_recovery_tail(Inode& inode, Ino ino, uint64_t off, std::span<const std::byte> data,

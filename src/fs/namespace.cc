@@ -102,7 +102,7 @@ void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& 
     for (uint64_t b : chain->blocks) rmap_.remove(b, 1, Owner{ino, 0, owner_kind_of(chain->kind)}, &dropped);
   std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
   // A recovery's tail must not pass to the next file given this number.
-  std::erase_if(recovery_tails_, [&](const auto& entry) { return entry.second.ino == ino; });
+  if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "its file was freed");
   inodes_[ino - 1].reset();
   free_inos_.push_back(ino);
   --inodes_used_;

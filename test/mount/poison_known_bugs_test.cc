@@ -4,18 +4,22 @@
 // blocks), and a recovery write(2) the kernel split into pieces failed with
 // EIO, because each piece alone had to cover the poisoned units it touches
 // (a page-cache piece that stops inside a poisoned unit is now joined to the
-// next one: Filesystem::write, WriteOrigin).
+// next one: Filesystem::write, OpenFileId).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
 
 #include "mount/mount_fixture.h"
 #include "poisonfs/ioctl.h"
@@ -102,11 +106,42 @@ class PoisonSplitWrite : public PoisonKnownBugs {
   std::string mount_options() const override { return "allow_other,debug"; }
 };
 
-size_t count_of(std::string_view text, std::string_view what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string_view::npos; at = text.find(what, at + what.size())) ++n;
-  return n;
+// The sizes of the WRITE requests in a libfuse debug log ("opcode: WRITE
+// (16), nodeid: N, insize: S"): S less the two headers.
+std::vector<size_t> write_sizes(std::string_view log) {
+  constexpr size_t kHeaders = 80;  // fuse_in_header + fuse_write_in
+  std::vector<size_t> out;
+  for (size_t at = log.find("opcode: WRITE"); at != std::string_view::npos; at = log.find("opcode: WRITE", at + 1)) {
+    size_t in = log.find("insize: ", at);
+    if (in == std::string_view::npos) break;
+    out.push_back(std::stoul(std::string(log.substr(in + 8, 12))) - kHeaders);
+  }
+  return out;
 }
+
+// A whole-block recovery pwrite from a source whose first `first` bytes end
+// a mapped page and whose rest lies on a page of shared memory present but
+// not mapped in this process: the kernel cuts it after `first` bytes.
+class SplitSource {
+ public:
+  SplitSource(std::string_view block, size_t first) : shift_(kBlock - first) {
+    mem_ = static_cast<char*>(mmap(nullptr, 2 * kBlock, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    if (mem_ == MAP_FAILED) return;
+    std::memcpy(mem_ + shift_, block.data(), kBlock);
+    unmap_second_page();
+  }
+  ~SplitSource() {
+    if (ok()) munmap(mem_, 2 * kBlock);
+  }
+  bool ok() const { return mem_ != MAP_FAILED; }
+  const char* data() const { return mem_ + shift_; }
+  // Unmaps the second page again (shmem keeps it): the next write faults.
+  void unmap_second_page() { madvise(mem_ + kBlock, kBlock, MADV_DONTNEED); }
+
+ private:
+  size_t shift_;
+  char* mem_ = static_cast<char*>(MAP_FAILED);
+};
 
 TEST_F(PoisonSplitWrite, RecoveryWriteSplitByTheKernelRecovers) {
   const std::string f = path("f");
@@ -114,24 +149,50 @@ TEST_F(PoisonSplitWrite, RecoveryWriteSplitByTheKernelRecovers) {
   ASSERT_TRUE(write_file(f, data));
   inject(physical(f) + 4 * kBlock + 832, 2304, true);
   remount();  // nothing cached: the kernel makes a new folio, not uptodate
-  // The source: 904 bytes at the end of a mapped page, the rest on a page
-  // of shared memory that is present but not mapped in this process.
-  const size_t shift = kBlock - 904;
-  auto* shm = static_cast<char*>(mmap(nullptr, 2 * kBlock, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(shm, MAP_FAILED);
-  std::memcpy(shm + shift, data.data() + 4 * kBlock, kBlock);
-  ASSERT_EQ(madvise(shm + kBlock, kBlock, MADV_DONTNEED), 0);  // unmaps; shmem keeps the page
+  SplitSource source(std::string_view(data).substr(4 * kBlock, kBlock), 904);
+  ASSERT_TRUE(source.ok());
   int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
   const size_t logged = daemon_log().size();
-  ssize_t n = pwrite(fd, shm + shift, kBlock, 4 * kBlock);
+  ssize_t n = pwrite(fd, source.data(), kBlock, 4 * kBlock);
   int err = errno;
   EXPECT_EQ(close(fd), 0) << std::strerror(errno);
-  EXPECT_GE(count_of(daemon_log().substr(logged), "opcode: WRITE"), 2u) << "the kernel did not cut the write";
-  munmap(shm, 2 * kBlock);
+  EXPECT_EQ(write_sizes(daemon_log().substr(logged)), (std::vector<size_t>{904, kBlock - 904}))
+      << "the kernel did not cut the write where the source's mapped page ends";
   EXPECT_EQ(n, static_cast<ssize_t>(kBlock)) << std::strerror(err);
   remount();  // the bytes come from the image, not the page cache
-  EXPECT_EQ(read_file(f), data);
+  EXPECT_TRUE(read_file(f) == data) << "the file differs from what was written";
+}
+
+// Closes of other descriptors of the open file (dups) between the pieces
+// of split recovery writes: each write must still recover its block (the
+// dups' closes may fail; the writer's must not, nor lose a byte).
+TEST_F(PoisonKnownBugs, ClosesOfDupsBetweenPiecesLoseNothing) {
+  const std::string f = path("f");
+  const std::string data = random_bytes(8 * kBlock, 4);
+  ASSERT_TRUE(write_file(f, data));
+  const uint64_t block = physical(f) + 2 * kBlock;
+  SplitSource source(std::string_view(data).substr(2 * kBlock, kBlock), 904);
+  ASSERT_TRUE(source.ok());
+  inject(block + 832, 2304, false);
+  int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);  // opened while poisoned: pieces are joined
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> stop{false};
+  std::thread closer([&] {
+    while (!stop.load()) close(dup(fd));
+  });
+  int short_writes = 0;
+  for (int round = 0; round < 40; ++round) {
+    if (round > 0) inject(block + 832, 2304, false);  // drops the kernel's cached page too
+    source.unmap_second_page();
+    if (pwrite(fd, source.data(), kBlock, 2 * kBlock) != static_cast<ssize_t>(kBlock)) ++short_writes;
+  }
+  stop = true;
+  closer.join();
+  EXPECT_EQ(short_writes, 0);
+  EXPECT_EQ(close(fd), 0) << std::strerror(errno);
+  remount();
+  EXPECT_TRUE(read_file(f) == data) << "the file differs from what was written";
 }
 
 }  // namespace

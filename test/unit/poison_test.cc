@@ -1689,13 +1689,19 @@ TEST(PoisonRecoveryPieces, ManyPiecesAcrossBlocks) {
   EXPECT_TRUE(c.dev.check().clean());
 }
 
-// No piece continues the first: its tail is dropped, the units stay
-// poisoned, and flush says so once.
-TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFlush) {
+// No piece continues the first. A close (flush) says so but keeps the tail
+// (another descriptor's close may come between two pieces); fsync or the
+// release (settle_recovery) drops it: the units stay poisoned, an event and
+// one EIO say so.
+TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsFlushAndSettle) {
   SplitCase c;
   ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, content(904, 83)));
   EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
-  EXPECT_TRUE(c.dev->flush(c.f, kFile));  // reported once
+  EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);  // still waiting
+  EXPECT_EQ(c.incomplete_events(), 0u);
+  EXPECT_EQ(err(c.dev->settle_recovery(c.f, kFile)), std::errc::io_error);
+  EXPECT_TRUE(c.dev->settle_recovery(c.f, kFile));  // reported once
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
   auto ev = find_event(all_events(*c.dev), EventKind::kIncomplete, c.poisoned - 832);
   ASSERT_TRUE(ev);
   ASSERT_EQ(ev->owners.size(), 1u);
@@ -1707,6 +1713,21 @@ TEST(PoisonRecoveryPieces, ATailNoPieceCompletesFailsTheNextFlush) {
   write_str(*c.dev, c.f, B, c.data.substr(B, B));
   EXPECT_EQ(read_all(*c.dev, c.f), c.data);
   EXPECT_TRUE(c.dev.check().clean());
+}
+
+// A close of another descriptor of the open file (a dup) between two pieces
+// gets EIO, but the tail waits on and the write(2) recovers.
+TEST(PoisonRecoveryPieces, AFlushBetweenPiecesKeepsTheTail) {
+  SplitCase c;
+  const std::string fresh = content(B, 93);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B, fresh.substr(0, 904)));
+  EXPECT_EQ(err(c.dev->flush(c.f, kFile)), std::errc::io_error);
+  ASSERT_NO_FATAL_FAILURE(write_piece(*c.dev, c.f, B + 904, fresh.substr(904)));
+  EXPECT_TRUE(poison_of(*c.dev, c.f).empty());
+  EXPECT_EQ(read_range(*c.dev, c.f, B, B).value_or(""), fresh);
+  EXPECT_TRUE(c.dev->flush(c.f, kFile));
+  EXPECT_TRUE(c.dev->settle_recovery(c.f, kFile));
+  EXPECT_EQ(c.incomplete_events(), 0u);
 }
 
 // Tails and reports belong to one open file: another one's flush, and its
