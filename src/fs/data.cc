@@ -527,6 +527,7 @@ void FsImpl::abandon_recovery_tail(OpenFileId file, std::string_view why) {
 
 void FsImpl::abandon_recovery_tails_of(Ino ino, std::string_view why, uint64_t off, uint64_t end,
                                        OpenFileId except) {
+  if (recovery_tails_.empty()) return;  // the common case: nothing waits
   std::vector<OpenFileId> stale;
   for (const auto& [file, tail] : recovery_tails_)
     if (tail.ino == ino && file != except && tail.off < end && off < tail.end()) stale.push_back(file);
@@ -545,29 +546,29 @@ void FsImpl::mark_recovery_incomplete(OpenFileId file, Ino ino, uint64_t off, ui
                {EventOwner{"data", ino, first_path(ino), off, len}});
 }
 
-Status FsImpl::flush(Ino, OpenFileId file) {
-  if (file == kWholeWrite) return {};
-  {
-    std::shared_lock lock(mutex_);  // every close(2) of a writer comes here: the common case shares the lock
-    if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
-  }
-  std::unique_lock lock(mutex_);
-  if (recovery_tails_.contains(file))
-    return fail(std::errc::io_error, "a recovery write still waits for its next piece: its units stay poisoned");
+bool FsImpl::has_recovery_state() const {
+  std::shared_lock lock(mutex_);  // every close(2) of a writer asks: the common case shares the lock
+  return !recovery_tails_.empty() || !incomplete_recovery_.empty();
+}
+
+Status FsImpl::take_incomplete_report(OpenFileId file) {
   if (incomplete_recovery_.erase(file) == 0) return {};
   return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
 }
 
+Status FsImpl::flush(Ino, OpenFileId file) {
+  if (file == kWholeWrite || !has_recovery_state()) return {};
+  std::unique_lock lock(mutex_);
+  if (recovery_tails_.contains(file))
+    return fail(std::errc::io_error, "a recovery write still waits for its next piece: its units stay poisoned");
+  return take_incomplete_report(file);
+}
+
 Status FsImpl::settle_recovery(Ino, OpenFileId file) {
-  if (file == kWholeWrite) return {};
-  {
-    std::shared_lock lock(mutex_);
-    if (recovery_tails_.empty() && incomplete_recovery_.empty()) return {};
-  }
+  if (file == kWholeWrite || !has_recovery_state()) return {};
   std::unique_lock lock(mutex_);
   abandon_recovery_tail(file, "no piece continued it");
-  if (incomplete_recovery_.erase(file) == 0) return {};
-  return fail(std::errc::io_error, "a recovery write was left incomplete: its units stay poisoned");
+  return take_incomplete_report(file);
 }
 
 Status FsImpl::_punch(Inode& inode, uint64_t fb, uint64_t n, Transaction& tx,
@@ -714,7 +715,7 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
   Inode& inode = **got;
   if (inode.is_dir()) return fail(std::errc::is_a_directory);
   if (!inode.is_reg()) return fail(std::errc::no_such_device);
-  if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "fallocate changed the file", off, off + len);
+  abandon_recovery_tails_of(ino, "fallocate changed the file", off, off + len);
   Transaction tx;
   std::vector<BlockRange> dropped;
   const uint64_t end = off + len;

@@ -321,6 +321,10 @@ class FsImpl final : public Filesystem {
   // The bytes [off, off+len) of ino were answered for but not written: an
   // event, and file's next flush fails.
   void mark_recovery_incomplete(OpenFileId file, Ino ino, uint64_t off, uint64_t len, std::string_view why);
+  // Whether any tail waits or any report is pending (the shared lock).
+  bool has_recovery_state() const;
+  // EIO once if file's recovery was left incomplete. REQUIRES: mutex_ held.
+  Status take_incomplete_report(OpenFileId file);
 
   // --- checksums (checksums.cc in src/fs)
   // After a crash: recomputes the entries of the regions whose intent was

@@ -102,7 +102,7 @@ void FsImpl::free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& 
     for (uint64_t b : chain->blocks) rmap_.remove(b, 1, Owner{ino, 0, owner_kind_of(chain->kind)}, &dropped);
   std::memset(tx.reserve(inode_offset(sb_, ino), kInodeSize), 0, kInodeSize);
   // A recovery's tail must not pass to the next file given this number.
-  if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "its file was freed");
+  abandon_recovery_tails_of(ino, "its file was freed");
   inodes_[ino - 1].reset();
   free_inos_.push_back(ino);
   --inodes_used_;
@@ -301,7 +301,7 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
     if (inode.is_dir()) return fail(std::errc::is_a_directory);
     if (!inode.is_reg()) return fail(std::errc::invalid_argument);
     if (set.size > kMaxFileSize) return fail(std::errc::file_too_large);
-    if (!recovery_tails_.empty()) abandon_recovery_tails_of(ino, "the file was truncated");
+    abandon_recovery_tails_of(ino, "the file was truncated");
     if (auto st = _truncate(inode, set.size, tx, dropped); !st) {
       // Committed even on failure, as write() and fallocate() do: what was
       // staged (a record block linked into the chain in memory, blocks

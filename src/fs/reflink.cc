@@ -120,7 +120,7 @@ Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t 
   if (&s == &d && src_off < dst_off + len && dst_off < src_off + len)
     return fail(std::errc::invalid_argument, "overlapping ranges of one file");
   if (len == 0) return {};
-  if (!recovery_tails_.empty()) abandon_recovery_tails_of(dst_ino, "a clone replaced its bytes", dst_off, dst_off + len);
+  abandon_recovery_tails_of(dst_ino, "a clone replaced its bytes", dst_off, dst_off + len);
   Transaction tx;
   std::vector<BlockRange> dropped;
   Status st;
@@ -180,7 +180,7 @@ Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, 
   len = std::min(len, s.rec.size - src_off);
   if (overflows(dst_off, len)) return fail(std::errc::file_too_large);
   if (&s == &d && src_off < dst_off + len && dst_off < src_off + len) return fail(std::errc::invalid_argument);
-  if (!recovery_tails_.empty()) abandon_recovery_tails_of(dst_ino, "a copy replaced its bytes", dst_off, dst_off + len);
+  abandon_recovery_tails_of(dst_ino, "a copy replaced its bytes", dst_off, dst_off + len);
 
   Transaction tx;
   std::vector<BlockRange> dropped;
