@@ -58,8 +58,8 @@ void note_request(const void* buf, ssize_t n) {
   }
 }
 
-ssize_t shim_read(int fd, void* buf, size_t len, void* /*userdata*/) {
-  ssize_t n = read(fd, buf, len);
+ssize_t shim_read(int fd, void* buf, size_t len, void* userdata) {
+  ssize_t n = read_request(fd, buf, len, static_cast<MountContext*>(userdata)->request_wait);
   note_request(buf, n);
   return n;
 }

@@ -25,9 +25,11 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -49,6 +51,12 @@ constexpr unsigned kUnset = UINT_MAX;
 // The readahead window the daemon gives its mount (set_read_ahead): one
 // READ of max_read bytes.
 constexpr unsigned kDefaultReadAheadKb = kMaxIo / 1024;
+// How long the single-threaded loop polls for the next request before it
+// sleeps (request_wait.h): longer than a synchronous client takes to send
+// its next request after a reply, short enough that an idle mount sleeps
+// within a blink.
+constexpr unsigned kDefaultSpinUs = 50;
+constexpr unsigned kMaxSpinUs = 10000;
 
 // The command line as fuse_opt_parse fills it (plain data: fuse_opt stores
 // through offsets). Strings are malloc'ed by fuse_opt or by strdup.
@@ -69,6 +77,7 @@ struct CmdLine {
   unsigned max_threads;
   unsigned max_read;
   unsigned read_ahead_kb;
+  char* spin_us;
   int verify_checksums;
   int direct_io;
 };
@@ -90,6 +99,7 @@ const fuse_opt kOptions[] = {
     PFS_OPT("max_threads=%u", max_threads, 0),
     PFS_OPT("max_read=%u", max_read, 0),
     PFS_OPT("read_ahead_kb=%u", read_ahead_kb, 0),
+    PFS_OPT("spin_us=%s", spin_us, 0),
     PFS_OPT("read_reply=%s", read_reply, 0),
     PFS_OPT("verify_checksums", verify_checksums, 1),
     PFS_OPT("direct_io", direct_io, 1),
@@ -193,6 +203,9 @@ void print_usage(const char* prog) {
       "    -o max_read=N          largest read request in bytes (default 1 MiB)\n"
       "    -o read_ahead_kb=N     readahead window of the mount in KiB (default %u;\n"
       "                           0: the kernel's 128; needs root)\n"
+      "    -o spin_us=N           after each request keep polling for the next one for\n"
+      "                           N microseconds before sleeping (default %u, at most\n"
+      "                           %u; 0: sleep at once; single-threaded loop only)\n"
       "    -o read_reply=MODE     how read replies leave: iov (default), data, splice\n"
       "    -o direct_io           no page cache for read(2) and write(2), as on fsdax:\n"
       "                           one copy from the image instead of two; a read of a\n"
@@ -208,7 +221,7 @@ void print_usage(const char* prog) {
       "Always on: default_permissions, fsname=<IMAGE as an absolute path>,\n"
       "subtype=poisonfs. Ignored (mount(8) passes them): rw, dev, suid, exec,\n"
       "auto, noauto, user, nouser, users, nofail, _netdev, defaults.\n",
-      prog, kDefaultReadAheadKb);
+      prog, kDefaultReadAheadKb, kDefaultSpinUs, kMaxSpinUs);
 }
 
 // An absolute form of path: the real path when it exists, else cwd + path,
@@ -382,6 +395,49 @@ bool multithreaded(const CmdLine& cmd) {
          cmd.max_threads != kUnset;
 }
 
+// The signals that end the session loop (libfuse's handlers).
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : kStopSignals) sigaddset(&set, sig);
+  return set;
+}
+
+// How the loop waits for requests (-o spin_us), or nullopt after printing
+// why the option is wrong.
+std::optional<RequestWait> request_wait_of(const CmdLine& cmd, const char* prog) {
+  unsigned spin_us = kDefaultSpinUs;
+  if (cmd.spin_us) {
+    char* end = nullptr;
+    errno = 0;
+    unsigned long value = std::strtoul(cmd.spin_us, &end, 10);
+    if (!std::isdigit(static_cast<unsigned char>(cmd.spin_us[0])) || *end != '\0' || errno != 0 ||
+        value > kMaxSpinUs) {
+      std::fprintf(stderr, "%s: spin_us must be a number of microseconds from 0 to %u, not '%s'\n",
+                   prog, kMaxSpinUs, cmd.spin_us);
+      return std::nullopt;
+    }
+    spin_us = static_cast<unsigned>(value);
+  }
+  if (multithreaded(cmd)) {
+    if (cmd.spin_us && spin_us != 0) {
+      std::fprintf(stderr, "%s: spin_us is for the single-threaded loop; drop it or the "
+                   "multithreaded options\n", prog);
+      return std::nullopt;
+    }
+    spin_us = 0;
+  }
+  RequestWait wait;
+  wait.spin_ns = int64_t{spin_us} * 1000;
+  // The mask the loop's thread will have (stop signals blocked, see
+  // daemon_main), less the stop signals.
+  pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
+  for (int sig : kStopSignals) sigdelset(&wait.sleep_mask, sig);
+  return wait;
+}
+
 int run_loop(fuse_session* se, const CmdLine& cmd) {
   if (!multithreaded(cmd)) return fuse_session_loop(se);
   fuse_loop_config* config = fuse_loop_cfg_create();
@@ -402,6 +458,7 @@ struct CmdLineOwner {
     std::free(cmd->image);
     std::free(cmd->mountpoint);
     std::free(cmd->read_reply);
+    std::free(cmd->spin_us);
     std::free(cmd->bad_argument);
     fuse_opt_free_args(args);
   }
@@ -467,6 +524,9 @@ int daemon_main(int argc, char** argv) {
     std::fprintf(stderr, "%s: max_read must be between 1 and %u\n", prog, kMaxIo);
     return 1;
   }
+  std::optional<RequestWait> wait = request_wait_of(cmd, prog);
+  if (!wait) return 1;
+  context.request_wait = *wait;
   if (cmd.debug) cmd.foreground = 1;
   if (cmd.read_ahead_kb == kUnset) {
     context.max_readahead = kDefaultReadAheadKb * 1024;
@@ -505,14 +565,12 @@ int daemon_main(int argc, char** argv) {
   }
   std::free(fixed);
 
-  // Only the main thread takes the signals that end the loop: threads the
-  // core or libfuse start inherit this mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // Only the loop's thread takes the signals that end the loop: threads the
+  // core and the daemon start inherit this mask. A spinning loop takes them
+  // only while it sleeps (request_wait.h); otherwise it unblocks them just
+  // before the loop.
+  const sigset_t stop = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   if (!cmd.foreground) daemonize_early();
 
@@ -553,8 +611,10 @@ int daemon_main(int argc, char** argv) {
     set_read_ahead(mountpoint, context.max_readahead / 1024, cmd.read_ahead_kb != kUnset);
   }
   // Before the loop reads the INIT request (see killpriv.h).
-  if (int err = install_killpriv_shim(se); err != 0) {
-    std::fprintf(stderr, "%s: cannot install the /dev/fuse shim: %s\n", prog, std::strerror(-err));
+  int err = install_killpriv_shim(se);
+  if (err == 0) err = prepare_request_fd(fuse_session_fd(se), context.request_wait);
+  if (err != 0) {
+    std::fprintf(stderr, "%s: cannot set up /dev/fuse: %s\n", prog, std::strerror(-err));
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
@@ -562,7 +622,6 @@ int daemon_main(int argc, char** argv) {
     return 1;
   }
   report_ready();
-  pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
 
   int res;
   {
@@ -574,6 +633,7 @@ int daemon_main(int argc, char** argv) {
       // reply on the invalidator) before the invalidator stops.
       SerialWorker background;
       context.background = &background;
+      if (!context.request_wait.spins()) pthread_sigmask(SIG_UNBLOCK, &stop, nullptr);
       res = run_loop(se, cmd);
       context.background = nullptr;
     }

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "poisonfs/filesystem.h"
+#include "request_wait.h"
 
 namespace poisonfs::fuse {
 
@@ -71,6 +72,9 @@ struct MountContext {
   // Names the open files whose writes come through the page cache while
   // the device has poison (OpenFileId, in fi->fh; see set_open_flags).
   std::atomic<uint64_t> next_open_file{1};
+  // How the session loop waits for requests (-o spin_us; main.cc sets it
+  // before the loop starts, then only the loop's thread uses it).
+  RequestWait request_wait;
 };
 
 // fi->fh of an open file: its open flags' low bits (kOpenFlagsInFh: the

@@ -20,6 +20,8 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <string>
@@ -1117,6 +1119,11 @@ TEST_F(PosixMount, BadCommandLinesLeaveTheImageUntouched) {
       {"", "IMAGE"},
       {img + " " + mp + " extra", "extra"},
       {"-o read_reply=bogus " + img + " " + mp, "read_reply"},
+      {"-o spin_us=abc " + img + " " + mp, "spin_us must be a number of microseconds"},
+      {"-o spin_us=-1 " + img + " " + mp, "spin_us must be a number of microseconds"},
+      {"-o spin_us=10001 " + img + " " + mp, "from 0 to 10000"},
+      {"-o spin_us= " + img + " " + mp, "spin_us must be a number of microseconds"},
+      {"-o multithread,spin_us=50 " + img + " " + mp, "spin_us is for the single-threaded loop"},
   };
   for (const Case& c : cases) {
     RunResult r = run(prog + " " + c.args);
@@ -1159,7 +1166,8 @@ TEST_F(PosixMount, GenericMountOptionsAreAccepted) {
 TEST_F(PosixMount, SessionLoopVariants) {
   // Every loop setup the benchmark compares must serve requests.
   for (const char* opts : {"singlethread", "clone_fd,max_idle_threads=2",
-                           "max_threads=4,read_reply=data", "read_reply=splice"}) {
+                           "max_threads=4,read_reply=data", "read_reply=splice", "spin_us=0",
+                           "spin_us=10000", "multithread,spin_us=0"}) {
     unmount();
     RunResult r = run(sh_quote(bin("poisonfs")) + " -o allow_other," + opts + " " +
                       sh_quote(image()) + " " + sh_quote(mnt()));
@@ -1172,6 +1180,77 @@ TEST_F(PosixMount, SessionLoopVariants) {
     data += "tail";
     EXPECT_EQ(read_file(path(name)), data) << opts;
   }
+}
+
+// The pid of the poisonfs daemon whose command line names image, or -1.
+pid_t daemon_serving(const std::string& image) {
+  for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename();
+    if (!std::all_of(pid.begin(), pid.end(), ::isdigit)) continue;
+    std::ifstream in(e.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::string> args;
+    for (size_t at = 0; at < cmdline.size();) {
+      size_t end = cmdline.find('\0', at);
+      if (end == std::string::npos) end = cmdline.size();
+      args.push_back(cmdline.substr(at, end - at));
+      at = end + 1;
+    }
+    if (!args.empty() && std::filesystem::path(args[0]).filename() == "poisonfs" &&
+        std::find(args.begin(), args.end(), image) != args.end()) {
+      return static_cast<pid_t>(std::stol(pid));
+    }
+  }
+  return -1;
+}
+
+// Whether pid runs (a zombie waiting for init to reap it does not).
+bool running(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t state = stat.rfind(')');
+  return state != std::string::npos && state + 2 < stat.size() && stat[state + 2] != 'Z';
+}
+
+// SIGTERM ends the daemon cleanly (it unmounts, exits 0, loses nothing),
+// also when it comes while the loop spins between the requests of a busy
+// client, where no system call of the loop can be interrupted
+// (fuse/request_wait.h), and in each way the loop can wait.
+TEST_F(PosixMount, SigtermWhileBusyEndsTheDaemonCleanly) {
+  for (const char* opts : {"allow_other", "allow_other,spin_us=10000", "allow_other,spin_us=0",
+                           "allow_other,multithread"}) {
+    unmount();
+    std::string run_opts = std::string(" -o ") + opts;
+    RunResult started = run(sh_quote(bin("poisonfs")) + run_opts + " " + sh_quote(image()) + " " +
+                            sh_quote(mnt()));
+    ASSERT_EQ(started.exit_code, 0) << opts << ": " << started.both();
+    const pid_t daemon = daemon_serving(image());
+    ASSERT_GT(daemon, 0) << opts;
+    const std::string name = std::string("kept-") + opts;
+    ASSERT_EQ(write_file(path(name), name), 0) << opts;
+    // A client that keeps the loop busy until the mount goes away.
+    std::atomic<bool> stop{false};
+    std::thread client([&] {
+      struct stat st;
+      while (!stop && stat(path(name).c_str(), &st) == 0) {
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ASSERT_EQ(kill(daemon, SIGTERM), 0) << opts;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while ((mounted() || running(daemon)) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    stop = true;
+    client.join();
+    ASSERT_FALSE(mounted() || running(daemon)) << opts << ": the daemon did not end within 10 s of SIGTERM";
+    EXPECT_TRUE(image_unlocked(image())) << opts;
+    mount();
+    EXPECT_EQ(read_file(path(name)), name) << opts;
+  }
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
 }
 
 TEST_F(PosixMount, MountHelperWorksWhenInstalled) {
