@@ -19,13 +19,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
-#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -433,6 +433,7 @@ std::optional<RequestWait> request_wait_of(const CmdLine& cmd, const char* prog)
   wait.spin_ns = int64_t{spin_us} * 1000;
   // The mask the loop's thread will have (stop signals blocked, see
   // daemon_main), less the stop signals.
+  wait.stop_signals = stop_signals();
   pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
   for (int sig : kStopSignals) sigdelset(&wait.sleep_mask, sig);
   return wait;
@@ -635,6 +636,8 @@ int daemon_main(int argc, char** argv) {
       context.background = &background;
       if (!context.request_wait.spins()) pthread_sigmask(SIG_UNBLOCK, &stop, nullptr);
       res = run_loop(se, cmd);
+      // A second signal must not kill the daemon while it writes back.
+      pthread_sigmask(SIG_BLOCK, &stop, nullptr);
       context.background = nullptr;
     }
     fs->set_invalidate_hook(nullptr);

@@ -73,7 +73,8 @@ struct MountContext {
   // the device has poison (OpenFileId, in fi->fh; see set_open_flags).
   std::atomic<uint64_t> next_open_file{1};
   // How the session loop waits for requests (-o spin_us; main.cc sets it
-  // before the loop starts, then only the loop's thread uses it).
+  // before the loop starts). Only the single-threaded loop spins, and only
+  // its thread changes it.
   RequestWait request_wait;
 };
 

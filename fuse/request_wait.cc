@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace poisonfs::fuse {
@@ -17,26 +18,42 @@ int64_t monotonic_ns() {
   return int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
 }
 
+bool stop_signal_pending(const RequestWait& wait) {
+  sigset_t pending;
+  if (sigpending(&pending) != 0) return false;
+  sigandset(&pending, &pending, &wait.stop_signals);
+  return !sigisemptyset(&pending);
+}
+
+// Lets the pending stop signals in (their handlers run) without sleeping.
+ssize_t take_stop_signals(const RequestWait& wait) {
+  const timespec now{};
+  ppoll(nullptr, 0, &now, &wait.sleep_mask);
+  errno = EINTR;
+  return -1;
+}
+
 // Sleeps until fd is readable (or has an error to report: a read then
-// returns it) or a signal of the sleep mask arrives (-1, EINTR).
+// returns it) or a stop signal arrives (-1, EINTR).
 int sleep_until_readable(int fd, const RequestWait& wait) {
   pollfd readable{fd, POLLIN, 0};
   return ppoll(&readable, 1, nullptr, &wait.sleep_mask) < 0 ? -1 : 0;
 }
 
-// Spinning pays while requests come close together. A request that came
-// within twice the window of the last reply (or was queued already) puts
-// the window in force; after kLateRequestsBeforeRest requests in a row that
-// came later, the loop rests (sleeps at once): a mount used now and then
-// costs no spinning, and the first close request wakes the window again.
-constexpr int kLateRequestsBeforeRest = 8;
-
-void adapt_window(RequestWait& wait, int64_t waited_ns) {
-  if (waited_ns <= 2 * wait.spin_ns) {
-    wait.window_ns = wait.spin_ns;
+// Keeps the window only while it catches requests (request_wait.h).
+void adapt_window(RequestWait& wait, bool slept) {
+  if (!wait.window_in_force) {
+    wait.window_in_force = --wait.rest_left <= 0;
+    return;
+  }
+  if (!slept) {
     wait.late_requests = 0;
+    wait.next_rest = kFirstRest;
   } else if (++wait.late_requests >= kLateRequestsBeforeRest) {
-    wait.window_ns = 0;
+    wait.window_in_force = false;
+    wait.late_requests = 0;
+    wait.rest_left = wait.next_rest;
+    wait.next_rest = std::min(2 * wait.next_rest, kLongestRest);
   }
 }
 
@@ -44,18 +61,19 @@ void adapt_window(RequestWait& wait, int64_t waited_ns) {
 
 ssize_t read_request(int fd, void* buf, size_t len, RequestWait& wait) {
   if (!wait.spins()) return read(fd, buf, len);
-  const int64_t start = monotonic_ns();
-  int64_t sleep_at = start + wait.window_ns;
+  if (stop_signal_pending(wait)) return take_stop_signals(wait);
+  const int64_t sleep_at = wait.window_in_force ? monotonic_ns() + wait.spin_ns : 0;
+  bool slept = false;
   for (;;) {
     ssize_t n = read(fd, buf, len);
     if (n >= 0) {
-      adapt_window(wait, monotonic_ns() - start);
+      adapt_window(wait, slept);
       return n;
     }
     if (errno != EAGAIN) return -1;
-    if (monotonic_ns() < sleep_at) continue;
+    if (!slept && monotonic_ns() < sleep_at) continue;
     if (sleep_until_readable(fd, wait) < 0) return -1;
-    sleep_at = 0;  // a spurious wake-up sleeps again at once
+    slept = true;  // a spurious wake-up sleeps again at once
   }
 }
 

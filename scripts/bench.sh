@@ -12,6 +12,9 @@
 #                fio      ../shared/bench/compare.sh on the mount: fio against
 #                         tmpfs, libfuse passthrough_ll and null (issue 2), then
 #                         buffered reads vs the FUSE ceiling (read_ceiling.cc)
+#                loop     the session loop's spin (-o spin_us, default 50) against
+#                         a mount with spin_us=0, interleaved: requests one at a
+#                         time (random 4 KiB, O_DIRECT, create/unlink, stat)
 #                xfs      the same fio jobs on poisonfs and XFS side by side
 #                meta     create/stat/unlink rates on poisonfs, passthrough_ll,
 #                         tmpfs and XFS (issue 2)
@@ -42,7 +45,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 command_line="$(printf '%q ' "$0" "$@")"
 command_line=${command_line% }
 
-usage() { sed -n '6,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
   log "$*"
@@ -52,7 +55,7 @@ die() {
 rounds=3
 quick=0
 build=1
-only=fio,xfs,meta,reflink,mount,poison
+only=fio,loop,xfs,meta,reflink,mount,poison
 rounds_given=0
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -65,7 +68,7 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --no-build) build=0 ;;
     --only)
-      [[ $# -ge 2 ]] || die "--only takes a list: fio,xfs,meta,reflink,mount,poison"
+      [[ $# -ge 2 ]] || die "--only takes a list: fio,loop,xfs,meta,reflink,mount,poison"
       only=$2
       shift
       ;;
@@ -82,7 +85,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 for s in ${only//,/ }; do
-  case $s in fio | xfs | meta | reflink | mount | poison) ;; *) die "unknown section '$s' (fio, xfs, meta, reflink, mount, poison)" ;; esac
+  case $s in fio | loop | xfs | meta | reflink | mount | poison) ;; *) die "unknown section '$s' (fio, loop, xfs, meta, reflink, mount, poison)" ;; esac
 done
 want() { [[ ",$only," == *",$1,"* ]]; }
 # The issue lists mount time among the reflink cases.
@@ -221,6 +224,14 @@ g++ -std=c++23 -O2 -Wall -Wextra -I"$root/include" -o "$H" "$root/test/bench/ben
 # Wall seconds (median over REPS runs) of a command, process start included.
 timeit() { "$H" time "$@" | awk '{ print $1 }'; }
 
+# meta_rates DIR: bench_helper meta's rates (create, stat after the timeouts, stat cached,
+# unlink, create+unlink pairs) of $META_FILES files in DIR, which it makes and removes.
+meta_rates() {
+  mkdir "$1"
+  "$H" meta "$1" "$META_FILES"
+  rmdir "$1"
+}
+
 have_ctl() { [[ -x $CTL ]] && { "$CTL" 2>&1 || true; } | grep -qw "$1"; }
 
 printf 'poisonfs benchmarks, %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -236,7 +247,7 @@ printf 'rounds:  %s%s\n' "$rounds" "$([[ $quick == 1 ]] && echo ' (quick: smalle
 
 IMG=$SHM/poisonfs.img
 PMNT=$W/poisonfs
-if want fio || want xfs || want meta || want reflink; then
+if want fio || want loop || want xfs || want meta || want reflink; then
   "$MKFS" "$IMG" "$PFS_IMAGE" >/dev/null
   pfs_mount "$IMG" "$PMNT"
 fi
@@ -391,6 +402,56 @@ if want xfs; then
   done
 fi
 
+# ---- (c2) the session loop's spin -------------------------------------------------------------
+
+# The default mount (spin_us=50, fuse/request_wait.h) and one with -o spin_us=0, same build,
+# interleaved: jobs that send one request at a time, where waking the daemon is the cost.
+if want loop; then
+  section "session loop: default spin (spin_us=50) vs -o spin_us=0, interleaved, $rounds rounds, random jobs ${XFS_FIO_RUNTIME} s"
+  NIMG=$SHM/nospin.img
+  NMNT=$W/nospin
+  "$MKFS" "$NIMG" "$PFS_IMAGE" >/dev/null
+  pfs_mount "$NIMG" "$NMNT" -o spin_us=0
+  mkdir -p "$PMNT/loop" "$NMNT/loop"
+  for dir in "$PMNT/loop" "$NMNT/loop"; do fio_job "$dir" write 1m 0 >/dev/null; done
+  LOOP_JOBS="randread:4k:0 randwrite:4k:0 randread:4k:1"
+  declare -A lres
+  for r in $(seq "$rounds"); do
+    for t in spin nospin; do
+      dir=$PMNT/loop
+      [[ $t == nospin ]] && dir=$NMNT/loop
+      for j in $LOOP_JOBS; do
+        IFS=: read -r rw bs d <<<"$j"
+        lres["$t|$j"]+="$(fio_job "$dir" "$rw" "$bs" "$d") "
+      done
+      read -r c sc sw u cu < <(meta_rates "$dir/m$r")
+      [[ -n ${cu:-} ]] || die "bench_helper meta failed on $t"
+      lres["$t|create+unlink"]+="$cu "
+      lres["$t|stat_cold"]+="$sc "
+    done
+  done
+  printf '%-30s %12s %12s %8s
+' job "spin_us=50" "spin_us=0" "ratio"
+  for j in $LOOP_JOBS create+unlink stat_cold; do
+    a=$(echo ${lres["spin|$j"]} | tr ' ' '\n' | median)
+    b=$(echo ${lres["nospin|$j"]} | tr ' ' '\n' | median)
+    case $j in
+      create+unlink) label="create+unlink (pairs/s)" ;;
+      stat_cold) label="stat after timeouts (/s)" ;;
+      *)
+        IFS=: read -r rw bs d <<<"$j"
+        label="$rw $bs kIOPS"
+        [[ $d == 1 ]] && label+=" O_DIRECT"
+        ;;
+    esac
+    printf '%-30s %12s %12s %8s\n' "$label" "$a" "$b" "$(ratio "$a" "$b")"
+    summary "$label: spin vs spin_us=0" "$a" "no spin $b" "$(ratio "$a" "$b")" "(info)" ""
+  done
+  pfs_umount "$NIMG" "$NMNT"
+  rm -f "$NIMG" "$NIMG.badblocks"
+  rm -rf "$PMNT/loop"
+fi
+
 # ---- (b) metadata rates --------------------------------------------------------------------
 
 if want meta; then
@@ -407,10 +468,8 @@ if want meta; then
         tmpfs) dir=$SHM/tmpfs-meta ;;
         xfs) dir=$XMNT/meta ;;
       esac
-      mkdir "$dir/r$r"
-      read -r c sc sw u cu < <("$H" meta "$dir/r$r" "$META_FILES")
+      read -r c sc sw u cu < <(meta_rates "$dir/r$r")
       [[ -n ${cu:-} ]] || die "bench_helper meta failed on $t"
-      rmdir "$dir/r$r"
       mres["$t|create"]+="$c "
       mres["$t|stat_cold"]+="$sc "
       mres["$t|stat_warm"]+="$sw "

@@ -11,9 +11,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -38,6 +40,21 @@ struct Pipe {
   void send(const std::string& s) const {
     ASSERT_EQ(write(write_end, s.data(), s.size()), ssize_t(s.size()));
   }
+  // Sends s from another thread once the thread tid sleeps (in ppoll: its
+  // state in /proc is S), so the request comes only after the loop slept;
+  // join the thread.
+  std::thread send_once_asleep(pid_t tid, std::string s) const {
+    return std::thread([this, tid, s] {
+      while (!sleeping(tid)) std::this_thread::sleep_for(20us);
+      send(s);
+    });
+  }
+  static bool sleeping(pid_t tid) {
+    std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    size_t name_end = stat.rfind(')');
+    return name_end != std::string::npos && name_end + 2 < stat.size() && stat[name_end + 2] == 'S';
+  }
   // Sends s from another thread after delay; join the thread.
   std::thread send_after(std::chrono::milliseconds delay, std::string s) const {
     return std::thread([this, delay, s] {
@@ -50,7 +67,6 @@ struct Pipe {
 RequestWait spinning_for(std::chrono::microseconds spin) {
   RequestWait wait;
   wait.spin_ns = std::chrono::nanoseconds(spin).count();
-  wait.window_ns = wait.spin_ns;  // in force, as on a busy mount
   pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
   return wait;
 }
@@ -98,28 +114,63 @@ TEST(RequestWait, SleepsOnceTheSpinWindowPasses) {
   EXPECT_LT(cpu_used, 0.1);
 }
 
-// The window rests after a run of requests that came long after it, and
-// comes back with the first request that comes close to the last.
-TEST(RequestWait, TheWindowFollowsTheTraffic) {
-  Pipe p;
-  RequestWait wait = spinning_for(2000us);
-  wait.window_ns = 0;  // resting, as a fresh mount
-  ASSERT_EQ(prepare_request_fd(p.read_end, wait), 0);
+// Serves one request: queued before the read, or sent only once the loop
+// went to sleep (late).
+enum class Arrival { kQueued, kLate };
+void serve_one(Pipe& p, RequestWait& wait, Arrival arrival) {
   char buf[8];
-  p.send("a");
-  ASSERT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
-  EXPECT_EQ(wait.window_ns, wait.spin_ns) << "a queued request puts the window in force";
-  for (int i = 0; i < 8; ++i) {
-    EXPECT_EQ(wait.window_ns, wait.spin_ns) << "still spinning before late request " << i;
-    std::thread sender = p.send_after(30ms, "b");
+  if (arrival == Arrival::kQueued) {
+    p.send("q");
     ASSERT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
-    sender.join();
+    return;
   }
-  EXPECT_EQ(wait.window_ns, 0) << "eight late requests in a row: the loop rests";
-  p.send("c");
+  std::thread sender = p.send_once_asleep(static_cast<pid_t>(gettid()), "s");
   ASSERT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
-  EXPECT_EQ(wait.window_ns, wait.spin_ns);
+  sender.join();
+}
+
+// The window rests after a run of requests that came only after the loop
+// had gone to sleep, tries again after a rest that doubles with each try
+// that fails, and a request it catches resets the rest.
+TEST(RequestWait, TheWindowPaysOrRests) {
+  Pipe p;
+  RequestWait wait = spinning_for(1000us);
+  ASSERT_EQ(prepare_request_fd(p.read_end, wait), 0);
+  ASSERT_TRUE(wait.window_in_force);
+  for (int i = 0; i < kLateRequestsBeforeRest; ++i) {
+    EXPECT_TRUE(wait.window_in_force) << "still spinning before late request " << i;
+    ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kLate));
+  }
+  EXPECT_FALSE(wait.window_in_force) << "a run of late requests: the loop rests";
+  EXPECT_EQ(wait.rest_left, kFirstRest);
+  for (int i = 0; i < kFirstRest; ++i)
+    ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kQueued));
+  EXPECT_TRUE(wait.window_in_force) << "the rest is over: try the window again";
+  for (int i = 0; i < kLateRequestsBeforeRest; ++i)
+    ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kLate));
+  EXPECT_FALSE(wait.window_in_force);
+  EXPECT_EQ(wait.rest_left, 2 * kFirstRest) << "a try that failed doubles the rest";
+  for (int i = 0; i < 2 * kFirstRest; ++i)
+    ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kQueued));
+  ASSERT_TRUE(wait.window_in_force);
+  ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kQueued));
+  EXPECT_EQ(wait.next_rest, kFirstRest) << "a request caught in the window resets the rest";
   EXPECT_EQ(wait.late_requests, 0);
+}
+
+TEST(RequestWait, TheRestDoublesUpToTheLongest) {
+  Pipe p;
+  RequestWait wait = spinning_for(1us);
+  ASSERT_EQ(prepare_request_fd(p.read_end, wait), 0);
+  int longest = 0;
+  for (int tries = 0; tries < 12; ++tries) {
+    for (int i = 0; i < kLateRequestsBeforeRest; ++i)
+      ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kLate));
+    ASSERT_FALSE(wait.window_in_force);
+    longest = std::max(longest, wait.rest_left);
+    while (!wait.window_in_force) ASSERT_NO_FATAL_FAILURE(serve_one(p, wait, Arrival::kQueued));
+  }
+  EXPECT_EQ(longest, kLongestRest);
 }
 
 TEST(RequestWait, WithoutSpinItIsABlockingRead) {
@@ -148,44 +199,84 @@ TEST(RequestWait, ReturnsEndOfFileAndErrorsAtOnce) {
 std::atomic<int> g_signals_seen{0};
 void count_signal(int) { g_signals_seen.fetch_add(1); }
 
-// The daemon's loop: stop signals blocked except while it sleeps. A signal
-// sent while it spins (here: before it even starts) must end the sleep.
-TEST(RequestWait, ASignalThatCameWhileSpinningEndsTheSleep) {
-  struct sigaction action {
-  }, old_action{};
-  action.sa_handler = count_signal;
-  sigemptyset(&action.sa_mask);
-  ASSERT_EQ(sigaction(SIGUSR1, &action, &old_action), 0);
-  sigset_t usr1, old_mask;
-  sigemptyset(&usr1);
-  sigaddset(&usr1, SIGUSR1);
-  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+// SIGUSR1 as the daemon's stop signals are: blocked in this thread, let in
+// only by read_request. Restores the handler and the mask.
+struct Usr1AsStopSignal {
+  struct sigaction old_action {};
+  sigset_t old_mask{};
+  Usr1AsStopSignal() {
+    struct sigaction action {};
+    action.sa_handler = count_signal;
+    sigemptyset(&action.sa_mask);
+    EXPECT_EQ(sigaction(SIGUSR1, &action, &old_action), 0);
+    sigset_t usr1 = only_usr1();
+    EXPECT_EQ(pthread_sigmask(SIG_BLOCK, &usr1, &old_mask), 0);
+    g_signals_seen = 0;
+  }
+  ~Usr1AsStopSignal() {
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    sigaction(SIGUSR1, &old_action, nullptr);
+  }
+  static sigset_t only_usr1() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    return set;
+  }
+  static RequestWait wait_stopped_by_usr1(std::chrono::microseconds spin) {
+    RequestWait wait = spinning_for(spin);
+    wait.stop_signals = only_usr1();
+    sigdelset(&wait.sleep_mask, SIGUSR1);
+    return wait;
+  }
+};
 
+// A stop signal that comes while the loop spins must end the sleep that
+// follows, not be lost before it.
+TEST(RequestWait, ASignalThatCameWhileSpinningEndsTheSleep) {
+  Usr1AsStopSignal usr1;
   Pipe p;
-  RequestWait wait = spinning_for(1000us);
-  sigdelset(&wait.sleep_mask, SIGUSR1);
+  RequestWait wait = Usr1AsStopSignal::wait_stopped_by_usr1(300ms);
   ASSERT_EQ(prepare_request_fd(p.read_end, wait), 0);
-  // If the signal were lost, this request would end the wait instead.
+  // Sent while the window (300 ms) runs; if it were lost, the watchdog's
+  // request would end the wait instead.
+  const pthread_t loop = pthread_self();
   std::atomic<bool> returned{false};
-  std::thread watchdog([&p, &returned] {
-    for (auto waited = 0ms; waited < 3s && !returned; waited += 10ms)
+  std::thread sender([&] {
+    std::this_thread::sleep_for(30ms);
+    pthread_kill(loop, SIGUSR1);
+    for (auto waited = 30ms; waited < 3s && !returned; waited += 10ms)
       std::this_thread::sleep_for(10ms);
     if (!returned) p.send("watchdog");
   });
-  g_signals_seen = 0;
-  ASSERT_EQ(pthread_kill(pthread_self(), SIGUSR1), 0);  // pending: blocked
-  EXPECT_EQ(g_signals_seen.load(), 0);
   char buf[16];
   errno = 0;
   ssize_t n = read_request(p.read_end, buf, sizeof buf, wait);
   int read_errno = errno;
   returned = true;
-  watchdog.join();
-  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  sigaction(SIGUSR1, &old_action, nullptr);
+  sender.join();
   EXPECT_EQ(n, -1);
   EXPECT_EQ(read_errno, EINTR);
   EXPECT_EQ(g_signals_seen.load(), 1);
+}
+
+// A client that never lets the loop sleep cannot hold a stop signal off:
+// the next read lets it in, and the queued requests stay for later.
+TEST(RequestWait, AStopSignalGetsInWhileRequestsKeepComing) {
+  Usr1AsStopSignal usr1;
+  Pipe p;
+  RequestWait wait = Usr1AsStopSignal::wait_stopped_by_usr1(50us);
+  ASSERT_EQ(prepare_request_fd(p.read_end, wait), 0);
+  p.send(std::string(64, 'r'));
+  char buf[1];
+  ASSERT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
+  ASSERT_EQ(pthread_kill(pthread_self(), SIGUSR1), 0);
+  EXPECT_EQ(g_signals_seen.load(), 0) << "blocked until read_request lets it in";
+  errno = 0;
+  EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), -1);
+  EXPECT_EQ(errno, EINTR);
+  EXPECT_EQ(g_signals_seen.load(), 1);
+  EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1) << "the requests are still queued";
 }
 
 }  // namespace
