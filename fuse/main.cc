@@ -429,14 +429,7 @@ std::optional<RequestWait> request_wait_of(const CmdLine& cmd, const char* prog)
     }
     spin_us = 0;
   }
-  RequestWait wait;
-  wait.spin_ns = int64_t{spin_us} * 1000;
-  // The mask the loop's thread will have (stop signals blocked, see
-  // daemon_main), less the stop signals.
-  wait.stop_signals = stop_signals();
-  pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
-  for (int sig : kStopSignals) sigdelset(&wait.sleep_mask, sig);
-  return wait;
+  return make_request_wait(int64_t{spin_us} * 1000, stop_signals());
 }
 
 int run_loop(fuse_session* se, const CmdLine& cmd) {

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +59,17 @@ void adapt_window(RequestWait& wait, bool slept) {
 }
 
 }  // namespace
+
+RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop) {
+  RequestWait wait;
+  wait.spin_ns = spin_ns;
+  wait.stop_signals = stop;
+  pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sigismember(&stop, sig) == 1) sigdelset(&wait.sleep_mask, sig);
+  }
+  return wait;
+}
 
 ssize_t read_request(int fd, void* buf, size_t len, RequestWait& wait) {
   if (!wait.spins()) return read(fd, buf, len);

@@ -60,6 +60,11 @@ struct RequestWait {
   bool spins() const { return spin_ns > 0; }
 };
 
+// A wait that spins for spin_ns (0: never) and lets the signals of stop in
+// only while it sleeps: its sleep mask is the calling thread's mask without
+// them.
+RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop);
+
 // Reads one request from fd into buf, as read(2) would: the request's
 // length, or -1 with errno (EINTR: a stop signal came and its handler ran;
 // ENODEV: the session ended). With wait.spins(), fd must be O_NONBLOCK

@@ -430,8 +430,7 @@ if want loop; then
       lres["$t|stat_cold"]+="$sc "
     done
   done
-  printf '%-30s %12s %12s %8s
-' job "spin_us=50" "spin_us=0" "ratio"
+  printf '%-30s %12s %12s %8s\n' job "spin_us=50" "spin_us=0" "ratio"
   for j in $LOOP_JOBS create+unlink stat_cold; do
     a=$(echo ${lres["spin|$j"]} | tr ' ' '\n' | median)
     b=$(echo ${lres["nospin|$j"]} | tr ' ' '\n' | median)

@@ -2,7 +2,6 @@
 // the analogue of fsdax PMD mappings): the daemon maps every byte of it
 // with 2 MiB pages (libpmem2's mapping is 2 MiB-aligned and the pre-fault
 // maps huge pages), and the filesystem works there as anywhere else.
-#include <dirent.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,25 +44,6 @@ struct DaemonMount {
     for (int i = 0; i < 2000 && !image_unlocked(image); ++i) usleep(10000);
   }
 };
-
-// The process whose command line names image (the daemon), or -1.
-pid_t daemon_of(const std::string& image) {
-  DIR* proc = opendir("/proc");
-  if (proc == nullptr) return -1;
-  pid_t found = -1;
-  while (dirent* e = readdir(proc)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0) continue;
-    std::string cmdline = read_file("/proc/" + std::string(e->d_name) + "/cmdline");
-    if (cmdline.find(image + '\0') != std::string::npos && cmdline.starts_with(bin("poisonfs") + '\0')) {
-      found = static_cast<pid_t>(pid);
-      break;
-    }
-  }
-  closedir(proc);
-  return found;
-}
 
 // Field (in kB) of the mapping of file in /proc/pid/smaps.
 std::optional<uint64_t> smaps_field(pid_t pid, const std::string& file, const std::string& field) {

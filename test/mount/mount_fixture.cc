@@ -3,6 +3,7 @@
 // making sure no mount outlives the test program.
 #include "mount/mount_fixture.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -247,6 +248,24 @@ bool image_unlocked(const std::string& image) {
   bool free = flock(fd, LOCK_EX | LOCK_NB) == 0;
   close(fd);  // drops the probe's lock at once
   return free;
+}
+
+pid_t daemon_of(const std::string& image) {
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  pid_t found = -1;
+  while (dirent* e = readdir(proc)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0) continue;
+    std::string cmdline = read_file("/proc/" + std::string(e->d_name) + "/cmdline");
+    if (cmdline.find(image + '\0') != std::string::npos && cmdline.starts_with(bin("poisonfs") + '\0')) {
+      found = static_cast<pid_t>(pid);
+      break;
+    }
+  }
+  closedir(proc);
+  return found;
 }
 
 int as_user(uid_t uid, gid_t gid, const std::function<int()>& fn) {

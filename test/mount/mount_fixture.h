@@ -43,6 +43,9 @@ bool is_poisonfs_mounted(const std::string& path);
 // True when nobody holds the image's flock (no daemon or tool has it open).
 bool image_unlocked(const std::string& image);
 
+// The poisonfs daemon of this build whose command line names image, or -1.
+pid_t daemon_of(const std::string& image);
+
 // Runs fn in a forked child with the given credentials (supplementary groups
 // dropped) and returns what fn returns (an errno value or 0 by convention),
 // or -1 when the child died.

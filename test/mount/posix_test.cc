@@ -20,8 +20,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <random>
 #include <set>
 #include <string>
@@ -30,6 +28,7 @@
 
 #include "format/layout.h"
 #include "mount/mount_fixture.h"
+#include "proc_state.h"
 #include "poisonfs/ioctl.h"
 
 namespace poisonfs::test {
@@ -1182,34 +1181,10 @@ TEST_F(PosixMount, SessionLoopVariants) {
   }
 }
 
-// The pid of the poisonfs daemon whose command line names image, or -1.
-pid_t daemon_serving(const std::string& image) {
-  for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator("/proc")) {
-    const std::string pid = e.path().filename();
-    if (!std::all_of(pid.begin(), pid.end(), ::isdigit)) continue;
-    std::ifstream in(e.path() / "cmdline");
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::vector<std::string> args;
-    for (size_t at = 0; at < cmdline.size();) {
-      size_t end = cmdline.find('\0', at);
-      if (end == std::string::npos) end = cmdline.size();
-      args.push_back(cmdline.substr(at, end - at));
-      at = end + 1;
-    }
-    if (!args.empty() && std::filesystem::path(args[0]).filename() == "poisonfs" &&
-        std::find(args.begin(), args.end(), image) != args.end()) {
-      return static_cast<pid_t>(std::stol(pid));
-    }
-  }
-  return -1;
-}
-
 // Whether pid runs (a zombie waiting for init to reap it does not).
 bool running(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  size_t state = stat.rfind(')');
-  return state != std::string::npos && state + 2 < stat.size() && stat[state + 2] != 'Z';
+  char state = proc_state("/proc/" + std::to_string(pid) + "/stat");
+  return state != '\0' && state != 'Z';
 }
 
 // SIGTERM ends the daemon cleanly (it unmounts, exits 0, loses nothing),
@@ -1224,7 +1199,7 @@ TEST_F(PosixMount, SigtermWhileBusyEndsTheDaemonCleanly) {
     RunResult started = run(sh_quote(bin("poisonfs")) + run_opts + " " + sh_quote(image()) + " " +
                             sh_quote(mnt()));
     ASSERT_EQ(started.exit_code, 0) << opts << ": " << started.both();
-    const pid_t daemon = daemon_serving(image());
+    const pid_t daemon = daemon_of(image());
     ASSERT_GT(daemon, 0) << opts;
     const std::string name = std::string("kept-") + opts;
     ASSERT_EQ(write_file(path(name), name), 0) << opts;

@@ -15,9 +15,10 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <fstream>
 #include <string>
 #include <thread>
+
+#include "proc_state.h"
 
 namespace poisonfs::fuse {
 namespace {
@@ -50,10 +51,7 @@ struct Pipe {
     });
   }
   static bool sleeping(pid_t tid) {
-    std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
-    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    size_t name_end = stat.rfind(')');
-    return name_end != std::string::npos && name_end + 2 < stat.size() && stat[name_end + 2] == 'S';
+    return test::proc_state("/proc/self/task/" + std::to_string(tid) + "/stat") == 'S';
   }
   // Sends s from another thread after delay; join the thread.
   std::thread send_after(std::chrono::milliseconds delay, std::string s) const {
@@ -65,10 +63,9 @@ struct Pipe {
 };
 
 RequestWait spinning_for(std::chrono::microseconds spin) {
-  RequestWait wait;
-  wait.spin_ns = std::chrono::nanoseconds(spin).count();
-  pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
-  return wait;
+  sigset_t none;
+  sigemptyset(&none);
+  return make_request_wait(std::chrono::nanoseconds(spin).count(), none);
 }
 
 bool nonblocking(int fd) { return (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0; }
@@ -224,10 +221,7 @@ struct Usr1AsStopSignal {
     return set;
   }
   static RequestWait wait_stopped_by_usr1(std::chrono::microseconds spin) {
-    RequestWait wait = spinning_for(spin);
-    wait.stop_signals = only_usr1();
-    sigdelset(&wait.sleep_mask, SIGUSR1);
-    return wait;
+    return make_request_wait(std::chrono::nanoseconds(spin).count(), only_usr1());
   }
 };
 
