@@ -34,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 
 #include "invalidator.h"
 #include "killpriv.h"
@@ -522,7 +523,7 @@ int daemon_main(int argc, char** argv) {
   }
   std::optional<RequestWait> wait = request_wait_of(cmd, prog);
   if (!wait) return 1;
-  context.request_wait = *wait;
+  context.request_wait = std::move(*wait);
   if (cmd.debug) cmd.foreground = 1;
   if (cmd.read_ahead_kb == kUnset) {
     context.max_readahead = kDefaultReadAheadKb * 1024;

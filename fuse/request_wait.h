@@ -16,6 +16,16 @@
 // by the window resets it. A client whose requests come just too far apart
 // costs at most a few windows per kLongestRest requests.
 //
+// A busy machine: a spinning thread keeps its CPU from the other runnable
+// tasks (the client among them), and is time-sliced with them instead of
+// preempting them when its request comes, as a sleeping one does. So the
+// window is suspended while the CPUs are contended: while, over the last
+// kPressureIntervalNs, some runnable task waited for a CPU more than
+// kContendedPermille of the time (the kernel's pressure stall information,
+// /proc/pressure/cpu, "some"); a contended interval suspends it for
+// kContendedPauseNs before the next look. Without PSI it is never
+// suspended.
+//
 // Signals: libfuse's handlers of the stop signals (SIGINT, SIGTERM, SIGHUP)
 // only set the session's exit flag, which the loop reads between requests;
 // a handler that ran while the loop spun would leave it to go to sleep
@@ -32,12 +42,39 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace poisonfs::fuse {
 
 inline constexpr int kLateRequestsBeforeRest = 8;
 inline constexpr int kFirstRest = 8;  // requests served without spinning
 inline constexpr int kLongestRest = 1024;
+inline constexpr int64_t kPressureIntervalNs = 10'000'000;
+inline constexpr int64_t kContendedPauseNs = 100'000'000;
+inline constexpr int kContendedPermille = 100;
+inline constexpr const char* kCpuPressurePath = "/proc/pressure/cpu";
+
+int64_t monotonic_ns();
+
+// The "some" stall total of a PSI file such as /proc/pressure/cpu: the
+// microseconds in which at least one runnable task waited for a CPU.
+// Move-only: it owns the descriptor.
+class CpuPressure {
+ public:
+  CpuPressure() = default;
+  // Unavailable when path is empty, missing or unreadable (PSI off).
+  explicit CpuPressure(const char* path);
+  CpuPressure(CpuPressure&& other) noexcept;
+  CpuPressure& operator=(CpuPressure&& other) noexcept;
+  ~CpuPressure();
+
+  bool available() const { return fd_ >= 0; }
+  // The current total, or nothing when it cannot be read or parsed.
+  std::optional<uint64_t> stall_us() const;
+
+ private:
+  int fd_ = -1;
+};
 
 struct RequestWait {
   // How long to keep reading after a request before sleeping (the window
@@ -57,13 +94,26 @@ struct RequestWait {
   int rest_left = 0;
   int next_rest = kFirstRest;
 
+  // The contention gate: the pressure source, the last look at it (time
+  // and total), when to look next, and what the last look found.
+  CpuPressure pressure;
+  int64_t pressure_seen_at = 0;
+  uint64_t stall_seen_us = 0;
+  int64_t next_pressure_look = 0;
+  bool cpus_contended = false;
+
+  // CLOCK_MONOTONIC in ns; tests make time stand still.
+  int64_t (*clock)() = monotonic_ns;
+
   bool spins() const { return spin_ns > 0; }
 };
 
-// A wait that spins for spin_ns (0: never) and lets the signals of stop in
-// only while it sleeps: its sleep mask is the calling thread's mask without
-// them.
-RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop);
+// A wait that spins for spin_ns (0: never) unless the CPUs are contended
+// (pressure_path: a PSI file; empty: never suspended) and lets the signals
+// of stop in only while it sleeps: its sleep mask is the calling thread's
+// mask without them.
+RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop,
+                              const char* pressure_path = kCpuPressurePath);
 
 // Reads one request from fd into buf, as read(2) would: the request's
 // length, or -1 with errno (EINTR: a stop signal came and its handler ran;

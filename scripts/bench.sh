@@ -163,6 +163,7 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   local m img pid
+  stop_busy_loops
   for m in "${FUSE_MOUNTS[@]}"; do
     mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"; }
   done
@@ -182,6 +183,22 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- helpers -----------------------------------------------------------------------
+
+# One busy loop per CPU (a loaded machine), stopped by stop_busy_loops or on exit.
+BUSY_LOOPS=()
+start_busy_loops() {
+  local i
+  for i in $(seq "$(nproc)"); do
+    bash -c 'while :; do :; done' &
+    BUSY_LOOPS+=($!)
+  done
+}
+stop_busy_loops() {
+  [[ ${#BUSY_LOOPS[@]} -gt 0 ]] || return 0
+  kill "${BUSY_LOOPS[@]}" 2>/dev/null || true
+  wait "${BUSY_LOOPS[@]}" 2>/dev/null || true
+  BUSY_LOOPS=()
+}
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else print a[int((NR + 1) / 2)] }'; }
 # ratio A B: A/B with 2 decimals, "-" when either is missing.
@@ -405,9 +422,11 @@ fi
 # ---- (c2) the session loop's spin -------------------------------------------------------------
 
 # The default mount (spin_us=50, fuse/request_wait.h) and one with -o spin_us=0, same build,
-# interleaved: jobs that send one request at a time, where waking the daemon is the cost.
+# interleaved: jobs that send one request at a time, where waking the daemon is the cost. Each
+# round runs them on a quiet machine and again with one busy loop per CPU (the loop stops
+# spinning while the CPUs are contended).
 if want loop; then
-  section "session loop: default spin (spin_us=50) vs -o spin_us=0, interleaved, $rounds rounds, random jobs ${XFS_FIO_RUNTIME} s"
+  section "session loop: default spin (spin_us=50) vs -o spin_us=0, interleaved, $rounds rounds, random jobs ${XFS_FIO_RUNTIME} s, quiet and with $(nproc) busy loops"
   NIMG=$SHM/nospin.img
   NMNT=$W/nospin
   "$MKFS" "$NIMG" "$PFS_IMAGE" >/dev/null
@@ -417,23 +436,25 @@ if want loop; then
   LOOP_JOBS="randread:4k:0 randwrite:4k:0 randread:4k:1"
   declare -A lres
   for r in $(seq "$rounds"); do
-    for t in spin nospin; do
-      dir=$PMNT/loop
-      [[ $t == nospin ]] && dir=$NMNT/loop
-      for j in $LOOP_JOBS; do
-        IFS=: read -r rw bs d <<<"$j"
-        lres["$t|$j"]+="$(fio_job "$dir" "$rw" "$bs" "$d") "
+    for load in quiet busy; do
+      [[ $load == busy ]] && start_busy_loops
+      for t in spin nospin; do
+        dir=$PMNT/loop
+        [[ $t == nospin ]] && dir=$NMNT/loop
+        for j in $LOOP_JOBS; do
+          IFS=: read -r rw bs d <<<"$j"
+          lres["$load|$t|$j"]+="$(fio_job "$dir" "$rw" "$bs" "$d") "
+        done
+        read -r c sc sw u cu < <(meta_rates "$dir/m$r-$load")
+        [[ -n ${cu:-} ]] || die "bench_helper meta failed on $t"
+        lres["$load|$t|create+unlink"]+="$cu "
+        lres["$load|$t|stat_cold"]+="$sc "
       done
-      read -r c sc sw u cu < <(meta_rates "$dir/m$r")
-      [[ -n ${cu:-} ]] || die "bench_helper meta failed on $t"
-      lres["$t|create+unlink"]+="$cu "
-      lres["$t|stat_cold"]+="$sc "
+      [[ $load == busy ]] && stop_busy_loops
     done
   done
-  printf '%-30s %12s %12s %8s\n' job "spin_us=50" "spin_us=0" "ratio"
+  printf '%-30s %12s %12s %8s   %12s %12s %8s\n' job "spin_us=50" "spin_us=0" "ratio" "busy: spin" "no spin" "ratio"
   for j in $LOOP_JOBS create+unlink stat_cold; do
-    a=$(echo ${lres["spin|$j"]} | tr ' ' '\n' | median)
-    b=$(echo ${lres["nospin|$j"]} | tr ' ' '\n' | median)
     case $j in
       create+unlink) label="create+unlink (pairs/s)" ;;
       stat_cold) label="stat after timeouts (/s)" ;;
@@ -443,8 +464,14 @@ if want loop; then
         [[ $d == 1 ]] && label+=" O_DIRECT"
         ;;
     esac
-    printf '%-30s %12s %12s %8s\n' "$label" "$a" "$b" "$(ratio "$a" "$b")"
-    summary "$label: spin vs spin_us=0" "$a" "no spin $b" "$(ratio "$a" "$b")" "(info)" ""
+    row_of=()
+    for load in quiet busy; do
+      a=$(echo ${lres["$load|spin|$j"]} | tr ' ' '\n' | median)
+      b=$(echo ${lres["$load|nospin|$j"]} | tr ' ' '\n' | median)
+      row_of+=("$a" "$b" "$(ratio "$a" "$b")")
+      summary "$label, $load: spin vs spin_us=0" "$a" "no spin $b" "$(ratio "$a" "$b")" "(info)" ""
+    done
+    printf '%-30s %12s %12s %8s   %12s %12s %8s\n' "$label" "${row_of[@]}"
   done
   pfs_umount "$NIMG" "$NMNT"
   rm -f "$NIMG" "$NIMG.badblocks"

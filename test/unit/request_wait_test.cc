@@ -1,7 +1,7 @@
 // The session loop's wait for requests (fuse/request_wait.h), on a pipe:
-// it returns what is queued, sleeps (not spins) once its window passes, and
-// a stop signal that came while it spun ends the sleep instead of being
-// lost before it.
+// it returns what is queued, sleeps (not spins) once its window passes or
+// while the CPUs are contended, and a stop signal that came while it spun
+// ends the sleep instead of being lost before it.
 #include "request_wait.h"
 
 #include <fcntl.h>
@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -62,10 +63,12 @@ struct Pipe {
   }
 };
 
-RequestWait spinning_for(std::chrono::microseconds spin) {
+// A wait that spins for spin, never suspended by the machine's load (the
+// tests of the contention gate give it their own pressure file).
+RequestWait spinning_for(std::chrono::microseconds spin, const char* pressure_path = "") {
   sigset_t none;
   sigemptyset(&none);
-  return make_request_wait(std::chrono::nanoseconds(spin).count(), none);
+  return make_request_wait(std::chrono::nanoseconds(spin).count(), none, pressure_path);
 }
 
 bool nonblocking(int fd) { return (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0; }
@@ -221,7 +224,7 @@ struct Usr1AsStopSignal {
     return set;
   }
   static RequestWait wait_stopped_by_usr1(std::chrono::microseconds spin) {
-    return make_request_wait(std::chrono::nanoseconds(spin).count(), only_usr1());
+    return make_request_wait(std::chrono::nanoseconds(spin).count(), only_usr1(), "");
   }
 };
 
@@ -271,6 +274,138 @@ TEST(RequestWait, AStopSignalGetsInWhileRequestsKeepComing) {
   EXPECT_EQ(errno, EINTR);
   EXPECT_EQ(g_signals_seen.load(), 1);
   EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1) << "the requests are still queued";
+}
+
+// ---- the contention gate ------------------------------------------------------
+
+// A PSI file the test writes (as /proc/pressure/cpu reads), removed at the end.
+struct PressureFile {
+  std::string path;
+  PressureFile() {
+    char name[] = "/tmp/poisonfs-psi.XXXXXX";
+    int fd = mkstemp(name);
+    EXPECT_GE(fd, 0);
+    close(fd);
+    path = name;
+  }
+  ~PressureFile() { unlink(path.c_str()); }
+  void write_text(const std::string& text) const {
+    int fd = open(path.c_str(), O_WRONLY | O_TRUNC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, text.data(), text.size()), ssize_t(text.size()));
+    close(fd);
+  }
+  void set_stall_us(uint64_t total) const {
+    write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=" + std::to_string(total) +
+               "\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
+  }
+};
+
+TEST(CpuPressure, ReadsTheSomeTotalOfAPsiFile) {
+  PressureFile f;
+  f.set_stall_us(123456);
+  CpuPressure pressure(f.path.c_str());
+  ASSERT_TRUE(pressure.available());
+  EXPECT_EQ(pressure.stall_us(), 123456u);
+  f.set_stall_us(123999);
+  EXPECT_EQ(pressure.stall_us(), 123999u) << "each look reads the file again";
+}
+
+TEST(CpuPressure, IsUnavailableWithoutAReadablePsiFile) {
+  EXPECT_FALSE(CpuPressure("").available());
+  EXPECT_FALSE(CpuPressure(nullptr).available());
+  EXPECT_FALSE(CpuPressure("/nonexistent/pressure/cpu").available());
+  PressureFile f;
+  f.write_text("garbage\n");
+  EXPECT_FALSE(CpuPressure(f.path.c_str()).available());
+  f.write_text("some avg10=0.00 total=\n");
+  EXPECT_FALSE(CpuPressure(f.path.c_str()).available());
+}
+
+TEST(CpuPressure, ReadsThisMachinesPressureWhereTheKernelKeepsIt) {
+  if (access(kCpuPressurePath, R_OK) != 0) GTEST_SKIP() << "no PSI on this kernel";
+  CpuPressure pressure(kCpuPressurePath);
+  if (!pressure.available()) GTEST_SKIP() << kCpuPressurePath << " is there but PSI is off";
+  EXPECT_TRUE(pressure.stall_us().has_value());
+}
+
+// Time stands still for the gate's tests: the window never passes by itself,
+// so a loop that spins would spin until its request comes.
+std::atomic<int64_t> g_now{0};
+int64_t frozen_clock() { return g_now.load(); }
+constexpr int64_t kMs = 1'000'000;
+
+// Reads one request that is sent only once the loop sleeps, or after
+// `patience` if it never does. Returns whether it went to sleep.
+bool went_to_sleep_before_its_request(Pipe& p, RequestWait& wait,
+                                      std::chrono::milliseconds patience) {
+  const pid_t tid = static_cast<pid_t>(gettid());
+  std::atomic<bool> asleep{false};
+  std::thread sender([&] {
+    for (auto waited = 0ms; waited < patience; waited += 1ms) {
+      if (Pipe::sleeping(tid)) {
+        asleep = true;
+        break;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    p.send("r");
+  });
+  char buf[8];
+  EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
+  sender.join();
+  return asleep;
+}
+
+// A wait on p's read end under a pressure file, its clock frozen at 1 s, and
+// the file's first look taken (a queued request) with stall_us.
+RequestWait gated_wait(Pipe& p, const PressureFile& f, uint64_t stall_us) {
+  f.set_stall_us(stall_us);
+  RequestWait wait = spinning_for(10000us, f.path.c_str());
+  EXPECT_TRUE(wait.pressure.available());
+  wait.clock = frozen_clock;
+  g_now = 1000 * kMs;
+  EXPECT_EQ(prepare_request_fd(p.read_end, wait), 0);
+  p.send("q");
+  char buf[8];
+  EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
+  return wait;
+}
+
+TEST(RequestWait, AContendedMachineSleepsAtOnce) {
+  Pipe p;
+  PressureFile f;
+  RequestWait wait = gated_wait(p, f, 5000);
+  g_now += 20 * kMs;
+  f.set_stall_us(5000 + 10000);  // some task waited 10 of the last 20 ms
+  EXPECT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
+  EXPECT_TRUE(wait.cpus_contended);
+  EXPECT_EQ(wait.late_requests, 0) << "a contended machine does not count against the window";
+  g_now += 50 * kMs;  // no stall since, but the pause (100 ms) is not over
+  EXPECT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
+}
+
+TEST(RequestWait, AQuietMachineSpins) {
+  Pipe p;
+  PressureFile f;
+  RequestWait wait = gated_wait(p, f, 5000);
+  g_now += 20 * kMs;
+  f.set_stall_us(5000 + 1000);  // 1 of 20 ms: below the threshold (10%)
+  EXPECT_FALSE(went_to_sleep_before_its_request(p, wait, 200ms));
+  EXPECT_FALSE(wait.cpus_contended);
+}
+
+TEST(RequestWait, TheWindowComesBackWhenTheContentionEnds) {
+  Pipe p;
+  PressureFile f;
+  RequestWait wait = gated_wait(p, f, 0);
+  g_now += 20 * kMs;
+  f.set_stall_us(20000);  // all of the last 20 ms
+  ASSERT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
+  g_now += 150 * kMs;
+  f.set_stall_us(20000 + 2000);  // 2 of the 150 ms since: quiet again
+  EXPECT_FALSE(went_to_sleep_before_its_request(p, wait, 200ms));
+  EXPECT_FALSE(wait.cpus_contended);
 }
 
 }  // namespace
