@@ -38,6 +38,7 @@
 
 #include "invalidator.h"
 #include "killpriv.h"
+#include "media/image_lock.h"
 #include "ops.h"
 #include "poisonfs/filesystem.h"
 
@@ -227,62 +228,6 @@ void print_usage(const char* prog) {
       prog, kDefaultReadAheadKb, kDefaultSpinUs, kMaxSpinUs);
 }
 
-// An absolute form of path: the real path when it exists, else cwd + path,
-// so that the error the core gives still names what the user typed.
-std::string absolute_path(const char* path) {
-  if (char* real = realpath(path, nullptr)) {
-    std::string out(real);
-    std::free(real);
-    return out;
-  }
-  if (path[0] == '/') return path;
-  char cwd[PATH_MAX];
-  if (!getcwd(cwd, sizeof cwd)) return path;
-  return std::string(cwd) + "/" + path;
-}
-
-// Decodes the octal escapes (\040 for a space) of a /proc/self/mountinfo field.
-std::string unescape_mountinfo(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      int v = 0;
-      bool ok = true;
-      for (size_t j = 1; j <= 3; ++j) {
-        char c = s[i + j];
-        ok = ok && c >= '0' && c <= '7';
-        v = v * 8 + (c - '0');
-      }
-      if (ok) {
-        out += static_cast<char>(v);
-        i += 3;
-        continue;
-      }
-    }
-    out += s[i];
-  }
-  return out;
-}
-
-// True when a poisonfs mount of image (by its absolute path) is visible.
-bool image_is_mounted(const std::string& image) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    size_t sep = line.find(" - ");
-    if (sep == std::string::npos) continue;
-    // After " - ": fstype source super-options.
-    std::string_view rest = std::string_view(line).substr(sep + 3);
-    size_t a = rest.find(' ');
-    if (a == std::string_view::npos) continue;
-    std::string_view fstype = rest.substr(0, a);
-    std::string_view tail = rest.substr(a + 1);
-    std::string_view source = tail.substr(0, tail.find(' '));
-    if (fstype == "fuse.poisonfs" && unescape_mountinfo(source) == image) return true;
-  }
-  return false;
-}
-
 // The device number ("0:42") of the poisonfs mount on mountpoint (the last
 // one listed: the top of a stack), or "" when there is none.
 std::string mount_device(const std::string& mountpoint) {
@@ -312,20 +257,6 @@ void set_read_ahead(const std::string& mountpoint, unsigned kb, bool asked) {
   if (!device.empty() && knob && (knob << kb << "\n").flush()) return;
   // Not root (a user mount through fusermount3): the kernel's window stays.
   if (asked) std::fprintf(stderr, "poisonfs: cannot set read_ahead_kb of %s\n", mountpoint.c_str());
-}
-
-// Opens the image. A daemon that was just unmounted may still be writing
-// back its last state and hold the image lock for a moment; when the image
-// is no longer mounted, waiting briefly lets `umount; poisonfs ...` work.
-Result<std::unique_ptr<Filesystem>> open_image(const std::string& image, const OpenOptions& options) {
-  using namespace std::chrono;
-  const auto deadline = steady_clock::now() + seconds(5);
-  for (;;) {
-    auto fs = Filesystem::mount_image(image, options);
-    if (fs || fs.error().code != std::errc::device_or_resource_busy) return fs;
-    if (image_is_mounted(image) || steady_clock::now() >= deadline) return fs;
-    std::this_thread::sleep_for(milliseconds(20));
-  }
 }
 
 // The write end of the pipe to a waiting parent (-1 in the foreground).
@@ -573,7 +504,9 @@ int daemon_main(int argc, char** argv) {
 
   OpenOptions open_options;
   open_options.verify_checksums = cmd.verify_checksums != 0;
-  auto mounted = open_image(image, open_options);
+  // Waits for the daemon of a mount of the image that was just unmounted
+  // (media/image_lock.h), so `umount IMAGE; poisonfs IMAGE ...` works.
+  auto mounted = Filesystem::mount_image(image, open_options);
   if (!mounted) {
     // The core's message names the image (and says "in use" when it is).
     std::fprintf(stderr, "%s: %s\n", prog, mounted.error().to_string().c_str());

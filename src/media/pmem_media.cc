@@ -20,6 +20,7 @@
 #include <system_error>
 #include <vector>
 
+#include "media/image_lock.h"
 #include "media/poison_record.h"
 #include "poisonfs/media.h"
 
@@ -290,8 +291,7 @@ Status PmemMedia::open_and_lock(const std::string& path) {
   // coexist, but nobody reads an image that a mount is changing under them.
   // The lock belongs to the open file description, so it lives exactly as
   // long as this object holds fd_.
-  if (flock(fd_, (shared ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
-    int err = errno;
+  if (int err = lock_image(fd_, path, shared ? LOCK_EX : LOCK_SH); err != 0) {
     if (err == EWOULDBLOCK) {
       return fail(std::errc::device_or_resource_busy,
                   path + ": image is in use (mounted, or open in another poisonfs tool)");

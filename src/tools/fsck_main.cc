@@ -21,6 +21,7 @@
 #include <cstring>
 #include <string>
 
+#include "media/image_lock.h"
 #include "poisonfs/filesystem.h"
 #include "poisonfs/media.h"
 
@@ -115,7 +116,7 @@ int parse_args(int argc, char** argv, Options* opt) {
 bool image_in_use(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
-  bool busy = flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  bool busy = lock_image(fd, path, LOCK_SH) == EWOULDBLOCK;
   close(fd);  // drops the probe's own lock
   return busy;
 }

@@ -21,6 +21,7 @@
 #include <string>
 #include <string_view>
 
+#include "media/image_lock.h"
 #include "poisonfs/filesystem.h"
 #include "poisonfs/media.h"
 
@@ -187,8 +188,8 @@ uint64_t prepare_target(const Options& opt, bool* created) {
     if (*created) unlink(opt.image.c_str());
     die(message);
   };
-  // A mounted image holds an exclusive flock (see open_pmem_media).
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  // A mounted image holds an exclusive flock (media/image_lock.h).
+  if (lock_image(fd, opt.image, LOCK_EX) != 0) {
     fail(opt.image + " is in use (mounted?); unmount it first");
   }
   if (exists && !opt.force && has_magic(fd)) {

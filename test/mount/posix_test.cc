@@ -1098,6 +1098,28 @@ TEST_F(PosixMount, UmountByImagePathThenImmediateRemount) {
   EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
 }
 
+// umount returns once the kernel let go of the mount, while the daemon may
+// still be writing back with the image locked: the tools wait for it.
+TEST_F(PosixMount, UmountThenAtOnceFsckStatAndMkfsOfTheImage) {
+  const std::string img = sh_quote(image());
+  for (int round = 0; round < 5; ++round) {
+    ASSERT_EQ(write_file(path("f" + std::to_string(round)), std::string(1 << 20, 'x')), 0);
+    RunResult r = run("umount " + img + " && " + sh_quote(bin("fsck.poisonfs")) + " -n " + img);
+    ASSERT_EQ(r.exit_code, 0) << "round " << round << ": " << r.both();
+    unmount();  // reaps the daemon
+    mount();
+    r = run("umount " + img + " && " + sh_quote(bin("poisonctl")) + " stat " + img);
+    ASSERT_EQ(r.exit_code, 0) << "round " << round << ": " << r.both();
+    unmount();
+    mount();
+  }
+  RunResult r = run("umount " + img + " && " + sh_quote(bin("mkfs.poisonfs")) + " -f " + img + " " + image_size());
+  EXPECT_EQ(r.exit_code, 0) << r.both();
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + img);
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
 TEST_F(PosixMount, BadCommandLinesLeaveTheImageUntouched) {
   unmount();
   const std::string sum = sha256_of(image());

@@ -1,0 +1,35 @@
+// The image lock. A mount holds an exclusive flock on its image for as long
+// as its daemon runs, a tool a shared one (a read-only view) or an
+// exclusive one (mkfs, repair). umount(8) returns once the kernel has let go
+// of the mount, while its daemon may still be writing back its last state
+// with the lock held; so `umount IMAGE; fsck.poisonfs IMAGE` (or mkfs, or a
+// remount) waits for a daemon whose mount is gone, instead of failing.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <string_view>
+
+namespace poisonfs {
+
+// How long an opener waits for the daemon of an unmounted image to exit.
+inline constexpr std::chrono::milliseconds kUnmountedDaemonPatience{5000};
+
+// An absolute form of path: the real path when it exists, else cwd + path,
+// so that an error still names what the user typed.
+std::string absolute_path(const std::string& path);
+
+// Decodes the octal escapes (\040 for a space) of a /proc/self/mountinfo field.
+std::string unescape_mountinfo(std::string_view field);
+
+// True when a poisonfs mount of the image at absolute path `image` (its
+// fsname) is listed in /proc/self/mountinfo.
+bool image_is_mounted(const std::string& image);
+
+// flock(fd, op | LOCK_NB) on the image at path; while another holds it and
+// the image is not mounted (a daemon finishing its unmount), tries again
+// for up to `patience`. Returns 0 or the errno (EWOULDBLOCK: still held).
+int lock_image(int fd, const std::string& path, int op,
+               std::chrono::milliseconds patience = kUnmountedDaemonPatience);
+
+}  // namespace poisonfs
