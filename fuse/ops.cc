@@ -523,6 +523,23 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
   });
 }
 
+// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
+void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
+  guarded(req, [&] {
+    if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
+    Result<uint64_t> to = filesystem(req).seek(ino, static_cast<uint64_t>(off), what);
+    if (!to) {
+      reply_error(req, to.error());
+      return;
+    }
+    fuse_reply_lseek(req, static_cast<off_t>(*to));
+  });
+}
+
 // ---------------------------------------------------------------------------
 // Directories
 
@@ -758,6 +775,7 @@ fuse_lowlevel_ops make_poisonfs_ops() {
   ops.ioctl = pfs_ioctl;
   ops.copy_file_range = pfs_copy_file_range;
   ops.fallocate = pfs_fallocate;
+  ops.lseek = pfs_lseek;
   return ops;
 }
 

@@ -349,6 +349,9 @@ inline constexpr int kFallocKeepSize = 0x01;
 inline constexpr int kFallocPunchHole = 0x02;
 inline constexpr int kFallocZeroRange = 0x10;
 
+// What Filesystem::seek looks for (SEEK_DATA, SEEK_HOLE).
+enum class SeekFor : uint8_t { kData, kHole };
+
 // Rename flags (values of RENAME_*).
 inline constexpr unsigned kRenameNoReplace = 1u << 0;
 inline constexpr unsigned kRenameExchange = 1u << 1;
@@ -426,6 +429,11 @@ class Filesystem {
   // whether the file lost anything.
   virtual Result<bool> drop_privileges(Ino ino, KillPriv kill) = 0;
   virtual Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) = 0;
+  // lseek(2)'s SEEK_DATA and SEEK_HOLE from off, in whole blocks: holes and
+  // unwritten (preallocated) extents read as zeros, so both are holes, and
+  // so is the end of the file. ENXIO when off is at or past the end, or no
+  // data follows it (SEEK_DATA).
+  virtual Result<uint64_t> seek(Ino ino, uint64_t off, SeekFor what) = 0;
   virtual Status fsync(Ino ino, bool datasync) = 0;
 
   // Lists entries after cookie (0 = from the start, including "." and "..").

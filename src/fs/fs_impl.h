@@ -133,6 +133,7 @@ class FsImpl final : public Filesystem {
   Status settle_recovery(Ino ino, OpenFileId file) override;
   Result<bool> drop_privileges(Ino ino, KillPriv kill) override;
   Status fallocate(Ino ino, int mode, uint64_t off, uint64_t len) override;
+  Result<uint64_t> seek(Ino ino, uint64_t off, SeekFor what) override;
   Status fsync(Ino ino, bool datasync) override;
   Status readdir(Ino ino, uint64_t cookie, const std::function<bool(const DirEntry&)>& fn) override;
   Result<std::string> getxattr(Ino ino, std::string_view name) override;

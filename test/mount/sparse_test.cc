@@ -1,0 +1,71 @@
+// Sparse files through the mount: lseek's SEEK_DATA and SEEK_HOLE reach the
+// daemon (FUSE_LSEEK), so `cp` and `tar -S` find the holes and keep them.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+#include "mount/mount_fixture.h"
+
+namespace poisonfs::test {
+namespace {
+
+class SparseMount : public MountTest {
+ protected:
+  static constexpr off_t kMiB = 1 << 20;
+  // f: 64 KiB of data at 0 and at 5 MiB, 16 MiB long (a hole at the end).
+  void make_sparse(const std::string& f) {
+    int fd = open(f.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    const std::string chunk(64 << 10, 'd');
+    ASSERT_EQ(pwrite(fd, chunk.data(), chunk.size(), 0), ssize_t(chunk.size()));
+    ASSERT_EQ(pwrite(fd, chunk.data(), chunk.size(), 5 * kMiB), ssize_t(chunk.size()));
+    ASSERT_EQ(ftruncate(fd, 16 * kMiB), 0);
+    close(fd);
+  }
+};
+
+TEST_F(SparseMount, SeekDataAndSeekHoleFindTheExtents) {
+  make_sparse(path("f"));
+  int fd = open(path("f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_HOLE), 64 << 10);
+  EXPECT_EQ(lseek(fd, 100 << 10, SEEK_DATA), 5 * kMiB);
+  EXPECT_EQ(lseek(fd, 5 * kMiB + 7, SEEK_DATA), 5 * kMiB + 7);
+  EXPECT_EQ(lseek(fd, 5 * kMiB, SEEK_HOLE), 5 * kMiB + (64 << 10));
+  errno = 0;
+  EXPECT_EQ(lseek(fd, 6 * kMiB, SEEK_DATA), -1) << "only the final hole follows";
+  EXPECT_EQ(errno, ENXIO);
+  EXPECT_EQ(lseek(fd, 6 * kMiB, SEEK_HOLE), 6 * kMiB);
+  errno = 0;
+  EXPECT_EQ(lseek(fd, 16 * kMiB, SEEK_HOLE), -1) << "at the end";
+  EXPECT_EQ(errno, ENXIO);
+  close(fd);
+}
+
+TEST_F(SparseMount, CpKeepsTheHoles) {
+  make_sparse(path("f"));
+  RunResult r = run("cp " + sh_quote(path("f")) + " " + sh_quote(path("g")));
+  ASSERT_EQ(r.exit_code, 0) << r.both();
+  EXPECT_EQ(read_file(path("g")), read_file(path("f")));
+  struct stat st {};
+  ASSERT_EQ(stat(path("g").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 16 * kMiB);
+  // 128 KiB of data and the extent chain; a copy that filled the holes
+  // would take 16 MiB.
+  EXPECT_LT(st.st_blocks * 512, 1 * kMiB) << st.st_blocks << " blocks of 512 bytes";
+  int fd = open(path("g").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(lseek(fd, 100 << 10, SEEK_DATA), 5 * kMiB);
+  close(fd);
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
+}  // namespace
+}  // namespace poisonfs::test
