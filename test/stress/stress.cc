@@ -29,8 +29,9 @@
 // in test/mount/poison_known_bugs_test.cc: latent poison in a freed block
 // ate the next file's data, and a recovery write the kernel split into
 // pieces failed (recoveries here come from the shared model half the time,
-// which makes such splits). A file with latent poison is still never
-// dropped before its recovery.
+// which makes such splits). Files are unlinked and renamed over with their
+// poison, latent or known, as users do: freed blocks with latent poison go
+// back to the allocator, which clears new blocks before it hands them out.
 // STRESS_DEBUG=1 prints a failed recovery's extents and the device's poison.
 #include <fcntl.h>
 #include <pthread.h>
@@ -157,17 +158,6 @@ bool full_pwrite(int fd, const void* buf, size_t n, uint64_t off) {
 
 bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) { return a < b + blen && b < a + alen; }
 
-// Latent poison the daemon does not know is not quarantined when the file
-// goes: the blocks would be handed out again, still poisoned, and a new
-// file would lose data that the model cannot predict (a core bug:
-// DISABLED_LatentPoisonInAFreedBlockEatsTheNextFilesData). Such files stay
-// until they are recovered.
-bool has_latent(const FileModel& f) {
-  for (uint32_t i = 0; i < f.npoison; ++i)
-    if (f.poison[i].latent) return true;
-  return false;
-}
-
 bool poisoned(const FileModel& f, uint64_t off, uint64_t len) {
   for (uint32_t i = 0; i < f.npoison; ++i)
     if (overlaps(off, len, f.poison[i].off, f.poison[i].len)) return true;
@@ -269,7 +259,7 @@ struct Worker {
     int from = slot_where(true, false);
     if (from < 0) return;
     int to = static_cast<int>(pick(kFilesPerWorker));
-    if (to == from || (m.files[to].exists && has_latent(m.files[to]))) return;
+    if (to == from) return;
     uint32_t gen = ++m.names;
     std::string a = file_path(id, from), b = m.files[to].exists ? file_path(id, to) : file_path(id, to, gen);
     if (rename(a.c_str(), b.c_str()) != 0) return report(m, "rename %s %s: %s", a.c_str(), b.c_str(), std::strerror(errno));
@@ -289,7 +279,7 @@ struct Worker {
 
   void unlink_op() {
     int s = slot_where(true, false);
-    if (s < 0 || has_latent(m.files[s])) return;
+    if (s < 0) return;
     std::string p = file_path(id, s);
     if (unlink(p.c_str()) != 0) return report(m, "unlink %s: %s", p.c_str(), std::strerror(errno));
     m.files[s].exists = 0;
