@@ -76,7 +76,15 @@ struct Inode {
   bool is_lnk() const;
 };
 
+// Times are int64 nanoseconds since the epoch on media: 1677-09-21 to
+// 2262-04-11 (see InodeRec).
+inline constexpr int64_t kNsPerSec = 1'000'000'000;
 int64_t now_ns();
+// A time outside that range is clamped to its nearest end, as ext4 and XFS
+// clamp to theirs, instead of wrapping around.
+int64_t ns_of(const Timespec& t);
+// nsec always in [0, 1e9): a time before the epoch has a negative sec.
+Timespec timespec_of(int64_t ns);
 // The read-only xattr that shows a file's known poison.
 inline constexpr std::string_view kPoisonXattr = "user.poisonfs.poison";
 // File capabilities: privileges granted to one content (see KillPriv).

@@ -1012,6 +1012,42 @@ TEST_F(PosixMount, StatePersistsAcrossRemount) {
   EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
 }
 
+// Times before 1970 keep their fraction (tv_nsec in [0, 1e9)); times
+// outside what int64 nanoseconds hold (1677-09-21 .. 2262-04-11) are
+// clamped to the nearest end, as ext4 and XFS clamp to their range.
+TEST_F(PosixMount, TimesBeforeTheEpochAndOutOfRange) {
+  const timespec kMax{9'223'372'036, 854'775'807}, kMin{-9'223'372'037, 145'224'192};
+  ASSERT_EQ(write_file(path("old"), ""), 0);
+  ASSERT_EQ(write_file(path("far"), ""), 0);
+  const timespec old[2] = {{-1, 999'999'995}, {-2, 500'000'000}};  // -5 ns, -1.5 s
+  ASSERT_EQ(utimensat(AT_FDCWD, path("old").c_str(), old, 0), 0) << std::strerror(errno);
+  const timespec far[2] = {{-11'676'096'000, 0}, {10'413'792'000, 0}};  // 1600 and 2300
+  ASSERT_EQ(utimensat(AT_FDCWD, path("far").c_str(), far, 0), 0) << std::strerror(errno);
+  auto expect = [&](const char* when) {
+    auto same = [](const timespec& a, const timespec& b) {
+      return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+    };
+    struct stat st = stat_of(path("old"));
+    EXPECT_TRUE(same(st.st_atim, old[0]))
+        << when << ": " << st.st_atim.tv_sec << "." << st.st_atim.tv_nsec;
+    EXPECT_TRUE(same(st.st_mtim, old[1]))
+        << when << ": " << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec;
+    st = stat_of(path("far"));
+    EXPECT_TRUE(same(st.st_atim, kMin))
+        << when << ": " << st.st_atim.tv_sec << "." << st.st_atim.tv_nsec;
+    EXPECT_TRUE(same(st.st_mtim, kMax))
+        << when << ": " << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec;
+  };
+  expect("mounted");
+  remount();
+  expect("remounted");
+  // touch -d with a fraction before the epoch, as a user would.
+  RunResult touch = run("touch -d '1969-12-31 23:59:59.5 UTC' " + sh_quote(path("old")));
+  ASSERT_EQ(touch.exit_code, 0) << touch.both();
+  EXPECT_EQ(stat_of(path("old")).st_mtim.tv_sec, -1);
+  EXPECT_EQ(stat_of(path("old")).st_mtim.tv_nsec, 500'000'000);
+}
+
 TEST_F(PosixMount, KilledDaemonReplaysJournalOnRemount) {
   ASSERT_EQ(mkdir(path("c").c_str(), 0755), 0);
   // A child creates files as fast as it can and publishes how many

@@ -14,11 +14,13 @@
 #include <array>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "format/layout.h"  // kMaxFileSize
@@ -459,6 +461,57 @@ TEST(FsLinks, SetgidDirectoryPassesItsGroupOn) {
   EXPECT_EQ(fs->mknod(plain, "h", S_IFREG | 0644, 0, kUser)->gid, 1000u);
   fs.remount();
   EXPECT_EQ(fs->getattr(f->ino)->gid, 500u);
+}
+
+// ---------------------------------------------------------------- times
+
+// Compared and printed as a pair by gtest.
+std::pair<int64_t, int64_t> sec_nsec(const Timespec& t) { return {t.sec, t.nsec}; }
+
+// Times are int64 nanoseconds on media: before the epoch, nsec stays in
+// [0, 1e9) (the sec is floored), and a time outside 1677-09-21 .. 2262-04-11
+// comes back as the nearest end of that range, never wrapped.
+TEST(FsTimes, BeforeTheEpochRoundTripAndOutOfRangeClamps) {
+  Device fs;
+  const Timespec kMax{9'223'372'036, 854'775'807}, kMin{-9'223'372'037, 145'224'192};
+  struct Case {
+    Timespec set, want;
+  };
+  const std::vector<Case> cases = {
+      {{-1, 999'999'995}, {-1, 999'999'995}},  // -5 ns
+      {{-2, 500'000'000}, {-2, 500'000'000}},  // -1.5 s
+      {{-1, 500'000'000}, {-1, 500'000'000}},  // 1969-12-31 23:59:59.5
+      {{0, -5}, {-1, 999'999'995}},            // an unnormalized -5 ns
+      {{int64_t{1} << 34, 0}, kMax},           // 2514
+      {{10'413'792'000, 0}, kMax},             // 2300-01-01
+      {{-11'676'096'000, 0}, kMin},            // 1600-01-01
+      {kMax, kMax},
+      {kMin, kMin},
+      {{std::numeric_limits<int64_t>::max(), 999'999'999}, kMax},
+      {{std::numeric_limits<int64_t>::min(), 0}, kMin},
+  };
+  std::vector<Ino> files;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Ino f = create(*fs, kRootIno, "f" + std::to_string(i));
+    SetAttr set;
+    set.valid = SetAttr::kAtime | SetAttr::kMtime | SetAttr::kCtime;
+    set.atime = set.mtime = set.ctime = cases[i].set;
+    auto a = fs->setattr(f, set, kUser);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(cases[i].want)) << "case " << i;
+    files.push_back(f);
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      auto a = fs->getattr(files[i]);
+      ASSERT_TRUE(a);
+      EXPECT_EQ(sec_nsec(a->atime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+      EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+      EXPECT_EQ(sec_nsec(a->ctime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+    }
+    fs.remount();
+  }
+  EXPECT_TRUE(fs.check().clean());
 }
 
 // ---------------------------------------------------------------- open files
