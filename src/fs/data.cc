@@ -739,8 +739,9 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
     result = zero_partial_block(inode, inode.rec.size, tx, dropped);
     if (result) inode.rec.size = end;
   }
-  inode.rec.ctime_ns = now_ns();
-  if (mode & (kFallocPunchHole | kFallocZeroRange)) inode.rec.mtime_ns = inode.rec.ctime_ns;
+  // Every mode, even a preallocation that allocated nothing, as XFS
+  // (file_modified before any mode) and tmpfs do.
+  inode.rec.mtime_ns = inode.rec.ctime_ns = now_ns();
   stage_inode(tx, inode);
   // Whatever was staged (a partial preallocation) is kept, as on Linux.
   auto committed = commit(tx, std::move(dropped));

@@ -928,6 +928,34 @@ TEST_F(PosixMount, Fallocate) {
   close(fd);
 }
 
+// Every fallocate mode that succeeds changes mtime and ctime, as on tmpfs,
+// ext4 and XFS; a preallocation too.
+TEST_F(PosixMount, FallocateUpdatesMtimeAndCtime) {
+  int fd = open(path("f").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 8192), 0);
+  struct Case {
+    const char* what;
+    int mode;
+    off_t off, len;
+  };
+  for (const Case& c :
+       {Case{"extending", 0, 100000, 8192}, Case{"keep size", FALLOC_FL_KEEP_SIZE, 0, 8192},
+        Case{"zero range", FALLOC_FL_ZERO_RANGE, 0, 100},
+        Case{"punch hole", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096}}) {
+    const timespec old[2] = {{1000, 0}, {1000, 0}};
+    ASSERT_EQ(futimens(fd, old), 0);
+    struct stat before;
+    ASSERT_EQ(fstat(fd, &before), 0);
+    ASSERT_EQ(fallocate(fd, c.mode, c.off, c.len), 0) << c.what << ": " << std::strerror(errno);
+    struct stat after;
+    ASSERT_EQ(fstat(fd, &after), 0);
+    EXPECT_GT(after.st_mtim.tv_sec, 1000) << c.what;
+    EXPECT_TRUE(newer(after.st_ctim, before.st_ctim)) << c.what;
+  }
+  close(fd);
+}
+
 TEST_F(PosixMount, StatfsFollowsUsage) {
   struct statvfs before;
   ASSERT_EQ(statvfs(mnt().c_str(), &before), 0);

@@ -1006,6 +1006,40 @@ TEST(FsFallocate, ZeroRangeZeroesAndAllocates) {
   EXPECT_TRUE(fs.check().clean());
 }
 
+// Every mode that succeeds changes mtime and ctime, even a preallocation
+// that allocates nothing (XFS calls file_modified for every mode).
+TEST(FsFallocate, EveryModeUpdatesMtimeAndCtime) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  write_str(*fs, f, 0, pattern(4 * kBlockSize, 7));
+  struct Case {
+    const char* what;
+    int mode;
+    uint64_t off, len;
+  };
+  const std::vector<Case> cases = {
+      {"extending", 0, 100000, 8192},
+      {"keep size, allocated already", kFallocKeepSize, 0, 8192},
+      {"keep size, past the end", kFallocKeepSize, 200000, 8192},
+      {"zero range", kFallocZeroRange, 10, 100},
+      {"punch hole", kFallocPunchHole | kFallocKeepSize, kBlockSize, kBlockSize},
+  };
+  for (const Case& c : cases) {
+    SetAttr age;
+    age.valid = SetAttr::kMtime | SetAttr::kCtime;
+    age.mtime = age.ctime = {1, 0};
+    ASSERT_TRUE(fs->setattr(f, age, kUser));
+    ASSERT_TRUE(fs->fallocate(f, c.mode, c.off, c.len)) << c.what;
+    auto a = fs->getattr(f);
+    EXPECT_GT(a->mtime.sec, 1) << c.what;
+    EXPECT_GT(a->ctime.sec, 1) << c.what;
+    EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(a->ctime)) << c.what;
+  }
+  fs.remount();
+  EXPECT_GT(fs->getattr(f)->mtime.sec, 1);
+  EXPECT_TRUE(fs.check().clean());
+}
+
 TEST(FsFallocate, BadArgumentsAreRefused) {
   Device fs;
   Ino f = create(*fs, kRootIno, "f");
