@@ -243,6 +243,21 @@ TEST_F(PosixMount, MaximumFileSize) {
   EXPECT_EQ(err_of(truncate(path("f").c_str(), max + 1)), EFBIG);
   EXPECT_EQ(write_at(path("f"), "x", max), EFBIG);
   EXPECT_EQ(stat_of(path("f")).st_size, max);
+  // A write across the limit is short (up to it), buffered or O_DIRECT.
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 8192), 0);
+  std::memset(buf, 'w', 8192);
+  for (int flags : {0, O_DIRECT}) {
+    const std::string name = flags ? "direct" : "buffered";
+    int fd = open(path(name).c_str(), O_CREAT | O_WRONLY | flags, 0644);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(pwrite(fd, buf, 8192, max - 4096), 4096) << name << ": " << std::strerror(errno);
+    EXPECT_EQ(err_of(static_cast<int>(pwrite(fd, buf, 8192, max))), EFBIG) << name;
+    close(fd);
+    EXPECT_EQ(stat_of(path(name)).st_size, max) << name;
+    EXPECT_TRUE(read_at(path(name), max - 4096, 8192) == std::string(4096, 'w')) << name;
+  }
+  free(buf);
   ASSERT_EQ(truncate(path("f").c_str(), 0), 0);
   // The data goes, and so does the (now empty) extent record block.
   EXPECT_EQ(stat_of(path("f")).st_blocks, 0);

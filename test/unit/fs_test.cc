@@ -859,6 +859,43 @@ TEST(FsData, SparseFilesReadZerosInHolesAndAllocateOnlyWhatIsWritten) {
   EXPECT_TRUE(fs.check().clean());
 }
 
+// A write that crosses the maximum file size writes up to it and returns
+// the short count (generic_write_check_limits); only a write that starts at
+// or past it fails with EFBIG. So does a copy_file_range.
+TEST(FsData, WriteAcrossTheMaximumSizeIsShortened) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  const uint64_t free0 = free_blocks(*fs);
+  const std::string data = pattern(8192, 3);
+  auto n = fs->write(f, kMaxFileSize - 4096, bytes(data));
+  ASSERT_TRUE(n) << n.error().to_string();
+  EXPECT_EQ(*n, 4096u);
+  EXPECT_EQ(fs->getattr(f)->size, kMaxFileSize);
+  EXPECT_EQ(free_blocks(*fs), free0 - 2);  // one data block and the extent chain block
+  // Unaligned: up to the limit exactly.
+  n = fs->write(f, kMaxFileSize - 3, bytes("abcdefgh"));
+  ASSERT_TRUE(n);
+  EXPECT_EQ(*n, 3u);
+  EXPECT_EQ(err(fs->write(f, kMaxFileSize, bytes("z"))), std::errc::file_too_large);
+  EXPECT_EQ(err(fs->write(f, UINT64_MAX - 1, bytes("z"))), std::errc::file_too_large);
+  Ino src = create(*fs, kRootIno, "src");
+  write_str(*fs, src, 0, data);
+  Ino dst = create(*fs, kRootIno, "dst");
+  auto copied = fs->copy_range(src, 0, dst, kMaxFileSize - 4096, data.size());
+  ASSERT_TRUE(copied) << copied.error().to_string();
+  EXPECT_EQ(*copied, 4096u);
+  EXPECT_EQ(fs->getattr(dst)->size, kMaxFileSize);
+  EXPECT_EQ(err(fs->copy_range(src, 0, dst, kMaxFileSize, 1)), std::errc::file_too_large);
+  const std::string want = data.substr(0, 4093) + "abc";
+  for (bool clean : {false, true}) {  // a replay of the journal, then a clean mount
+    fs.remount(clean);
+    EXPECT_EQ(fs->getattr(f)->size, kMaxFileSize);
+    EXPECT_EQ(read_range(*fs, f, kMaxFileSize - 4096, 8192), want);
+    EXPECT_EQ(read_range(*fs, dst, kMaxFileSize - 4096, 8192), data.substr(0, 4096));
+    EXPECT_TRUE(fs.check().clean());
+  }
+}
+
 TEST(FsData, ZeroByteFilesAndWritesAndReadsPastTheEnd) {
   Device fs;
   Ino f = create(*fs, kRootIno, "empty");
