@@ -30,6 +30,12 @@ uint32_t zero_block_crc() {
 
 }  // namespace
 
+Result<uint64_t> writable_length(uint64_t off, uint64_t len) {
+  if (len == 0) return 0;  // an empty write succeeds anywhere, as on Linux
+  if (off >= kMaxFileSize) return fail(std::errc::file_too_large);
+  return std::min(len, kMaxFileSize - off);
+}
+
 uint32_t FsImpl::crc_after_store(uint64_t block, size_t lo, size_t hi, const std::byte* src) {
   const uint64_t base = block_offset(block);
   const std::byte* old = media_->at(base);
@@ -220,6 +226,7 @@ Result<size_t> FsImpl::_read_segments(Inode& inode, uint64_t off, size_t len, st
 Result<size_t> FsImpl::_write(Inode& inode, uint64_t off, std::span<const std::byte> data,
                               Transaction& tx, std::vector<BlockRange>& dropped) {
   if (data.empty()) return 0;
+  // Callers cut data at the maximum size (writable_length).
   if (off >= kMaxFileSize || data.size() > kMaxFileSize - off) return fail(std::errc::file_too_large);
   const uint64_t end = off + data.size();
   if (end > inode.rec.size)
@@ -417,6 +424,10 @@ void FsImpl::record_heal(const std::vector<uint64_t>& healed) {
 // is dropped with an event, and its file's next flush or settle fails with
 // EIO. A crash loses the tail: its units stay poisoned, as before the write.
 Result<size_t> FsImpl::write(Ino ino, uint64_t off, std::span<const std::byte> data, OpenFileId from) {
+  // Cut first: every step below (recovery, a waiting tail) sees what is written.
+  auto writable = writable_length(off, data.size());
+  if (!writable) return std::unexpected(writable.error());
+  data = data.first(*writable);
   LatentNotifier notify_latent(*this);  // a copy-on-write may meet latent poison
   std::unique_lock lock(mutex_);
   auto inode = get(ino);
@@ -739,8 +750,9 @@ Status FsImpl::fallocate(Ino ino, int mode, uint64_t off, uint64_t len) {
     result = zero_partial_block(inode, inode.rec.size, tx, dropped);
     if (result) inode.rec.size = end;
   }
-  inode.rec.ctime_ns = now_ns();
-  if (mode & (kFallocPunchHole | kFallocZeroRange)) inode.rec.mtime_ns = inode.rec.ctime_ns;
+  // Every mode, even a preallocation that allocated nothing, as XFS
+  // (file_modified before any mode) and tmpfs do.
+  inode.rec.mtime_ns = inode.rec.ctime_ns = now_ns();
   stage_inode(tx, inode);
   // Whatever was staged (a partial preallocation) is kept, as on Linux.
   auto committed = commit(tx, std::move(dropped));

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <unordered_set>
 #include "util/strfmt.h"
 
@@ -35,7 +36,25 @@ OwnerKind owner_kind_of(ChainKind kind) {
 int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+  return int64_t{ts.tv_sec} * kNsPerSec + ts.tv_nsec;
+}
+
+int64_t ns_of(const Timespec& t) {
+  // Exact in 128 bits for any sec and nsec, so the clamp sees the true time.
+  const __int128 ns = static_cast<__int128>(t.sec) * kNsPerSec + t.nsec;
+  return static_cast<int64_t>(std::clamp<__int128>(ns, std::numeric_limits<int64_t>::min(),
+                                                   std::numeric_limits<int64_t>::max()));
+}
+
+Timespec timespec_of(int64_t ns) {
+  // Floor division: C++ truncates toward zero, which gives -0.5 s as
+  // {0, -5e8} where POSIX wants {-1, 5e8}.
+  Timespec t{ns / kNsPerSec, ns % kNsPerSec};
+  if (t.nsec < 0) {
+    --t.sec;
+    t.nsec += kNsPerSec;
+  }
+  return t;
 }
 
 bool Inode::is_dir() const { return S_ISDIR(rec.mode); }
@@ -818,11 +837,10 @@ Attr FsImpl::attr_of(const Inode& inode) const {
   a.gid = r.gid;
   a.rdev = r.rdev;
   a.generation = r.generation;
-  auto ts = [](int64_t ns) { return Timespec{ns / 1'000'000'000, ns % 1'000'000'000}; };
-  a.atime = ts(r.atime_ns);
-  a.mtime = ts(r.mtime_ns);
-  a.ctime = ts(r.ctime_ns);
-  a.btime = ts(r.btime_ns);
+  a.atime = timespec_of(r.atime_ns);
+  a.mtime = timespec_of(r.mtime_ns);
+  a.ctime = timespec_of(r.ctime_ns);
+  a.btime = timespec_of(r.btime_ns);
   if (inode.is_dir()) {
     a.size = inode.chain.blocks.size() * kBlockSize;
     a.blocks = a.size / 512;

@@ -76,7 +76,19 @@ struct Inode {
   bool is_lnk() const;
 };
 
+// How many of len bytes at off a write may store: those below the maximum
+// file size, so that a write across it is short, as Linux's
+// generic_write_check_limits makes it; EFBIG when off is at or past it.
+Result<uint64_t> writable_length(uint64_t off, uint64_t len);
+// Times are int64 nanoseconds since the epoch on media: 1677-09-21 to
+// 2262-04-11 (see InodeRec).
+inline constexpr int64_t kNsPerSec = 1'000'000'000;
 int64_t now_ns();
+// A time outside that range is clamped to its nearest end, as ext4 and XFS
+// clamp to theirs, instead of wrapping around.
+int64_t ns_of(const Timespec& t);
+// nsec always in [0, 1e9): a time before the epoch has a negative sec.
+Timespec timespec_of(int64_t ns);
 // The read-only xattr that shows a file's known poison.
 inline constexpr std::string_view kPoisonXattr = "user.poisonfs.poison";
 // File capabilities: privileges granted to one content (see KillPriv).

@@ -321,12 +321,11 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
     const bool suid = (set.valid & SetAttr::kKillSuidSgid) != 0;
     (void)_drop_privileges(inode, suid ? KillPriv::kCapsAndSuid : KillPriv::kCaps, tx);
   }
-  auto ns = [](const Timespec& t) { return t.sec * 1'000'000'000 + t.nsec; };
-  if (set.valid & SetAttr::kAtime) inode.rec.atime_ns = ns(set.atime);
+  if (set.valid & SetAttr::kAtime) inode.rec.atime_ns = ns_of(set.atime);
   if (set.valid & SetAttr::kAtimeNow) inode.rec.atime_ns = now;
-  if (set.valid & SetAttr::kMtime) inode.rec.mtime_ns = ns(set.mtime);
+  if (set.valid & SetAttr::kMtime) inode.rec.mtime_ns = ns_of(set.mtime);
   if (set.valid & SetAttr::kMtimeNow) inode.rec.mtime_ns = now;
-  inode.rec.ctime_ns = (set.valid & SetAttr::kCtime) ? ns(set.ctime) : now;
+  inode.rec.ctime_ns = (set.valid & SetAttr::kCtime) ? ns_of(set.ctime) : now;
   stage_inode(tx, inode);
   if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
   return attr_of(inode);

@@ -177,8 +177,9 @@ Result<uint64_t> FsImpl::copy_range(Ino src_ino, uint64_t src_off, Ino dst_ino, 
   if (!files) return std::unexpected(files.error());
   Inode &s = *files->first, &d = *files->second;
   if (src_off >= s.rec.size || len == 0) return 0;
-  len = std::min(len, s.rec.size - src_off);
-  if (overflows(dst_off, len)) return fail(std::errc::file_too_large);
+  auto writable = writable_length(dst_off, std::min(len, s.rec.size - src_off));
+  if (!writable) return std::unexpected(writable.error());
+  len = *writable;
   if (&s == &d && src_off < dst_off + len && dst_off < src_off + len) return fail(std::errc::invalid_argument);
   abandon_recovery_tails_of(dst_ino, "a copy replaced its bytes", dst_off, dst_off + len);
 

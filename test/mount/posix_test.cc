@@ -243,6 +243,21 @@ TEST_F(PosixMount, MaximumFileSize) {
   EXPECT_EQ(err_of(truncate(path("f").c_str(), max + 1)), EFBIG);
   EXPECT_EQ(write_at(path("f"), "x", max), EFBIG);
   EXPECT_EQ(stat_of(path("f")).st_size, max);
+  // A write across the limit is short (up to it), buffered or O_DIRECT.
+  void* buf = nullptr;
+  ASSERT_EQ(posix_memalign(&buf, 4096, 8192), 0);
+  std::memset(buf, 'w', 8192);
+  for (int flags : {0, O_DIRECT}) {
+    const std::string name = flags ? "direct" : "buffered";
+    int fd = open(path(name).c_str(), O_CREAT | O_WRONLY | flags, 0644);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    EXPECT_EQ(pwrite(fd, buf, 8192, max - 4096), 4096) << name << ": " << std::strerror(errno);
+    EXPECT_EQ(err_of(static_cast<int>(pwrite(fd, buf, 8192, max))), EFBIG) << name;
+    close(fd);
+    EXPECT_EQ(stat_of(path(name)).st_size, max) << name;
+    EXPECT_TRUE(read_at(path(name), max - 4096, 8192) == std::string(4096, 'w')) << name;
+  }
+  free(buf);
   ASSERT_EQ(truncate(path("f").c_str(), 0), 0);
   // The data goes, and so does the (now empty) extent record block.
   EXPECT_EQ(stat_of(path("f")).st_blocks, 0);
@@ -928,6 +943,34 @@ TEST_F(PosixMount, Fallocate) {
   close(fd);
 }
 
+// Every fallocate mode that succeeds changes mtime and ctime, as on tmpfs,
+// ext4 and XFS; a preallocation too.
+TEST_F(PosixMount, FallocateUpdatesMtimeAndCtime) {
+  int fd = open(path("f").c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 8192), 0);
+  struct Case {
+    const char* what;
+    int mode;
+    off_t off, len;
+  };
+  for (const Case& c :
+       {Case{"extending", 0, 100000, 8192}, Case{"keep size", FALLOC_FL_KEEP_SIZE, 0, 8192},
+        Case{"zero range", FALLOC_FL_ZERO_RANGE, 0, 100},
+        Case{"punch hole", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096}}) {
+    const timespec old[2] = {{1000, 0}, {1000, 0}};
+    ASSERT_EQ(futimens(fd, old), 0);
+    struct stat before;
+    ASSERT_EQ(fstat(fd, &before), 0);
+    ASSERT_EQ(fallocate(fd, c.mode, c.off, c.len), 0) << c.what << ": " << std::strerror(errno);
+    struct stat after;
+    ASSERT_EQ(fstat(fd, &after), 0);
+    EXPECT_GT(after.st_mtim.tv_sec, 1000) << c.what;
+    EXPECT_TRUE(newer(after.st_ctim, before.st_ctim)) << c.what;
+  }
+  close(fd);
+}
+
 TEST_F(PosixMount, StatfsFollowsUsage) {
   struct statvfs before;
   ASSERT_EQ(statvfs(mnt().c_str(), &before), 0);
@@ -1010,6 +1053,42 @@ TEST_F(PosixMount, StatePersistsAcrossRemount) {
   unmount();
   RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
   EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
+// Times before 1970 keep their fraction (tv_nsec in [0, 1e9)); times
+// outside what int64 nanoseconds hold (1677-09-21 .. 2262-04-11) are
+// clamped to the nearest end, as ext4 and XFS clamp to their range.
+TEST_F(PosixMount, TimesBeforeTheEpochAndOutOfRange) {
+  const timespec kMax{9'223'372'036, 854'775'807}, kMin{-9'223'372'037, 145'224'192};
+  ASSERT_EQ(write_file(path("old"), ""), 0);
+  ASSERT_EQ(write_file(path("far"), ""), 0);
+  const timespec old[2] = {{-1, 999'999'995}, {-2, 500'000'000}};  // -5 ns, -1.5 s
+  ASSERT_EQ(utimensat(AT_FDCWD, path("old").c_str(), old, 0), 0) << std::strerror(errno);
+  const timespec far[2] = {{-11'676'096'000, 0}, {10'413'792'000, 0}};  // 1600 and 2300
+  ASSERT_EQ(utimensat(AT_FDCWD, path("far").c_str(), far, 0), 0) << std::strerror(errno);
+  auto expect = [&](const char* when) {
+    auto same = [](const timespec& a, const timespec& b) {
+      return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+    };
+    struct stat st = stat_of(path("old"));
+    EXPECT_TRUE(same(st.st_atim, old[0]))
+        << when << ": " << st.st_atim.tv_sec << "." << st.st_atim.tv_nsec;
+    EXPECT_TRUE(same(st.st_mtim, old[1]))
+        << when << ": " << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec;
+    st = stat_of(path("far"));
+    EXPECT_TRUE(same(st.st_atim, kMin))
+        << when << ": " << st.st_atim.tv_sec << "." << st.st_atim.tv_nsec;
+    EXPECT_TRUE(same(st.st_mtim, kMax))
+        << when << ": " << st.st_mtim.tv_sec << "." << st.st_mtim.tv_nsec;
+  };
+  expect("mounted");
+  remount();
+  expect("remounted");
+  // touch -d with a fraction before the epoch, as a user would.
+  RunResult touch = run("touch -d '1969-12-31 23:59:59.5 UTC' " + sh_quote(path("old")));
+  ASSERT_EQ(touch.exit_code, 0) << touch.both();
+  EXPECT_EQ(stat_of(path("old")).st_mtim.tv_sec, -1);
+  EXPECT_EQ(stat_of(path("old")).st_mtim.tv_nsec, 500'000'000);
 }
 
 TEST_F(PosixMount, KilledDaemonReplaysJournalOnRemount) {

@@ -14,11 +14,13 @@
 #include <array>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "format/layout.h"  // kMaxFileSize
@@ -461,6 +463,57 @@ TEST(FsLinks, SetgidDirectoryPassesItsGroupOn) {
   EXPECT_EQ(fs->getattr(f->ino)->gid, 500u);
 }
 
+// ---------------------------------------------------------------- times
+
+// Compared and printed as a pair by gtest.
+std::pair<int64_t, int64_t> sec_nsec(const Timespec& t) { return {t.sec, t.nsec}; }
+
+// Times are int64 nanoseconds on media: before the epoch, nsec stays in
+// [0, 1e9) (the sec is floored), and a time outside 1677-09-21 .. 2262-04-11
+// comes back as the nearest end of that range, never wrapped.
+TEST(FsTimes, BeforeTheEpochRoundTripAndOutOfRangeClamps) {
+  Device fs;
+  const Timespec kMax{9'223'372'036, 854'775'807}, kMin{-9'223'372'037, 145'224'192};
+  struct Case {
+    Timespec set, want;
+  };
+  const std::vector<Case> cases = {
+      {{-1, 999'999'995}, {-1, 999'999'995}},  // -5 ns
+      {{-2, 500'000'000}, {-2, 500'000'000}},  // -1.5 s
+      {{-1, 500'000'000}, {-1, 500'000'000}},  // 1969-12-31 23:59:59.5
+      {{0, -5}, {-1, 999'999'995}},            // an unnormalized -5 ns
+      {{int64_t{1} << 34, 0}, kMax},           // 2514
+      {{10'413'792'000, 0}, kMax},             // 2300-01-01
+      {{-11'676'096'000, 0}, kMin},            // 1600-01-01
+      {kMax, kMax},
+      {kMin, kMin},
+      {{std::numeric_limits<int64_t>::max(), 999'999'999}, kMax},
+      {{std::numeric_limits<int64_t>::min(), 0}, kMin},
+  };
+  std::vector<Ino> files;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Ino f = create(*fs, kRootIno, "f" + std::to_string(i));
+    SetAttr set;
+    set.valid = SetAttr::kAtime | SetAttr::kMtime | SetAttr::kCtime;
+    set.atime = set.mtime = set.ctime = cases[i].set;
+    auto a = fs->setattr(f, set, kUser);
+    ASSERT_TRUE(a);
+    EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(cases[i].want)) << "case " << i;
+    files.push_back(f);
+  }
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      auto a = fs->getattr(files[i]);
+      ASSERT_TRUE(a);
+      EXPECT_EQ(sec_nsec(a->atime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+      EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+      EXPECT_EQ(sec_nsec(a->ctime), sec_nsec(cases[i].want)) << "case " << i << " pass " << pass;
+    }
+    fs.remount();
+  }
+  EXPECT_TRUE(fs.check().clean());
+}
+
 // ---------------------------------------------------------------- open files
 
 TEST(FsOpenFiles, UnlinkedOpenFileStaysUsableUntilRelease) {
@@ -806,6 +859,43 @@ TEST(FsData, SparseFilesReadZerosInHolesAndAllocateOnlyWhatIsWritten) {
   EXPECT_TRUE(fs.check().clean());
 }
 
+// A write that crosses the maximum file size writes up to it and returns
+// the short count (generic_write_check_limits); only a write that starts at
+// or past it fails with EFBIG. So does a copy_file_range.
+TEST(FsData, WriteAcrossTheMaximumSizeIsShortened) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  const uint64_t free0 = free_blocks(*fs);
+  const std::string data = pattern(8192, 3);
+  auto n = fs->write(f, kMaxFileSize - 4096, bytes(data));
+  ASSERT_TRUE(n) << n.error().to_string();
+  EXPECT_EQ(*n, 4096u);
+  EXPECT_EQ(fs->getattr(f)->size, kMaxFileSize);
+  EXPECT_EQ(free_blocks(*fs), free0 - 2);  // one data block and the extent chain block
+  // Unaligned: up to the limit exactly.
+  n = fs->write(f, kMaxFileSize - 3, bytes("abcdefgh"));
+  ASSERT_TRUE(n);
+  EXPECT_EQ(*n, 3u);
+  EXPECT_EQ(err(fs->write(f, kMaxFileSize, bytes("z"))), std::errc::file_too_large);
+  EXPECT_EQ(err(fs->write(f, UINT64_MAX - 1, bytes("z"))), std::errc::file_too_large);
+  Ino src = create(*fs, kRootIno, "src");
+  write_str(*fs, src, 0, data);
+  Ino dst = create(*fs, kRootIno, "dst");
+  auto copied = fs->copy_range(src, 0, dst, kMaxFileSize - 4096, data.size());
+  ASSERT_TRUE(copied) << copied.error().to_string();
+  EXPECT_EQ(*copied, 4096u);
+  EXPECT_EQ(fs->getattr(dst)->size, kMaxFileSize);
+  EXPECT_EQ(err(fs->copy_range(src, 0, dst, kMaxFileSize, 1)), std::errc::file_too_large);
+  const std::string want = data.substr(0, 4093) + "abc";
+  for (bool clean : {false, true}) {  // a replay of the journal, then a clean mount
+    fs.remount(clean);
+    EXPECT_EQ(fs->getattr(f)->size, kMaxFileSize);
+    EXPECT_EQ(read_range(*fs, f, kMaxFileSize - 4096, 8192), want);
+    EXPECT_EQ(read_range(*fs, dst, kMaxFileSize - 4096, 8192), data.substr(0, 4096));
+    EXPECT_TRUE(fs.check().clean());
+  }
+}
+
 TEST(FsData, ZeroByteFilesAndWritesAndReadsPastTheEnd) {
   Device fs;
   Ino f = create(*fs, kRootIno, "empty");
@@ -950,6 +1040,40 @@ TEST(FsFallocate, ZeroRangeZeroesAndAllocates) {
   EXPECT_EQ(fs->getattr(f)->size, want.size());
   fs.remount();
   EXPECT_EQ(read_all(*fs, f), want);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+// Every mode that succeeds changes mtime and ctime, even a preallocation
+// that allocates nothing (XFS calls file_modified for every mode).
+TEST(FsFallocate, EveryModeUpdatesMtimeAndCtime) {
+  Device fs;
+  Ino f = create(*fs, kRootIno, "f");
+  write_str(*fs, f, 0, pattern(4 * kBlockSize, 7));
+  struct Case {
+    const char* what;
+    int mode;
+    uint64_t off, len;
+  };
+  const std::vector<Case> cases = {
+      {"extending", 0, 100000, 8192},
+      {"keep size, allocated already", kFallocKeepSize, 0, 8192},
+      {"keep size, past the end", kFallocKeepSize, 200000, 8192},
+      {"zero range", kFallocZeroRange, 10, 100},
+      {"punch hole", kFallocPunchHole | kFallocKeepSize, kBlockSize, kBlockSize},
+  };
+  for (const Case& c : cases) {
+    SetAttr age;
+    age.valid = SetAttr::kMtime | SetAttr::kCtime;
+    age.mtime = age.ctime = {1, 0};
+    ASSERT_TRUE(fs->setattr(f, age, kUser));
+    ASSERT_TRUE(fs->fallocate(f, c.mode, c.off, c.len)) << c.what;
+    auto a = fs->getattr(f);
+    EXPECT_GT(a->mtime.sec, 1) << c.what;
+    EXPECT_GT(a->ctime.sec, 1) << c.what;
+    EXPECT_EQ(sec_nsec(a->mtime), sec_nsec(a->ctime)) << c.what;
+  }
+  fs.remount();
+  EXPECT_GT(fs->getattr(f)->mtime.sec, 1);
   EXPECT_TRUE(fs.check().clean());
 }
 
