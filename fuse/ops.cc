@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,18 +81,41 @@ void reply_status(fuse_req_t req, const Status& st) {
   }
 }
 
+fuse_entry_param entry_of(const Attr& attr) {
+  fuse_entry_param e{};
+  e.ino = attr.ino;
+  e.generation = attr.generation;
+  e.attr = to_stat(attr);
+  e.attr_timeout = kAttrTimeout;
+  e.entry_timeout = kEntryTimeout;
+  return e;
+}
+
+// Drops kernel references: the kernel's forgets, which get no reply, and
+// the count of an entry the kernel never got (its request was interrupted,
+// or the create failed after the count). Nothing may escape; a failure to
+// free is the core's to report (a failed commit shuts it down), and an
+// orphan left behind is reclaimed at the next mount.
+void forget_quietly(Filesystem& fs, std::span<const Forget> forgets) noexcept {
+  try {
+    (void)fs.forget(forgets);
+  } catch (...) {
+  }
+}
+
+void forget_quietly(Filesystem& fs, Ino ino, uint64_t nlookup = 1) noexcept {
+  const Forget one{ino, nlookup};
+  forget_quietly(fs, std::span(&one, 1));
+}
+
+// Every entry the daemon answers was counted (EntryRef::kKernel).
 void reply_entry(fuse_req_t req, const Result<Attr>& attr) {
   if (!attr) {
     reply_error(req, attr.error());
     return;
   }
-  fuse_entry_param e{};
-  e.ino = attr->ino;
-  e.generation = attr->generation;
-  e.attr = to_stat(*attr);
-  e.attr_timeout = kAttrTimeout;
-  e.entry_timeout = kEntryTimeout;
-  fuse_reply_entry(req, &e);
+  fuse_entry_param e = entry_of(*attr);
+  if (fuse_reply_entry(req, &e) == -ENOENT) forget_quietly(filesystem(req), attr->ino);
 }
 
 void reply_attr(fuse_req_t req, const Result<Attr>& attr) {
@@ -195,7 +219,7 @@ void pfs_destroy(void* /*userdata*/) {
 
 void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   guarded(req, [&] {
-    Result<Attr> attr = filesystem(req).lookup(parent, name);
+    Result<Attr> attr = filesystem(req).lookup(parent, name, EntryRef::kKernel);
     if (!attr && attr.error().code == std::errc::no_such_file_or_directory) {
       // A negative entry: the kernel may remember the miss, since a later
       // create of the name comes through here and replaces it.
@@ -209,8 +233,27 @@ void pfs_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   });
 }
 
-void pfs_forget(fuse_req_t req, fuse_ino_t /*ino*/, uint64_t /*nlookup*/) {
-  // The core keeps every inode in memory; lookup counts are not needed.
+// The kernel's references keep an inode without a name alive (see
+// Filesystem::lookup): its forgets free it.
+void pfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  forget_quietly(filesystem(req), ino, nlookup);
+  fuse_reply_none(req);
+}
+
+// BATCH_FORGET: the core's lock once for the whole batch.
+void pfs_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  Filesystem& fs = filesystem(req);
+  std::vector<Forget> batch;
+  try {
+    batch.reserve(count);
+  } catch (const std::bad_alloc&) {
+  }
+  if (batch.capacity() < count) {  // no memory for the batch: one at a time
+    for (size_t i = 0; i < count; ++i) forget_quietly(fs, forgets[i].ino, forgets[i].nlookup);
+  } else {
+    for (size_t i = 0; i < count; ++i) batch.push_back(Forget{forgets[i].ino, forgets[i].nlookup});
+    forget_quietly(fs, batch);
+  }
   fuse_reply_none(req);
 }
 
@@ -274,13 +317,15 @@ void pfs_readlink(fuse_req_t req, fuse_ino_t ino) {
 
 void pfs_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   guarded(req, [&] {
-    reply_entry(req, filesystem(req).mknod(parent, name, mode, rdev, caller_of(req)));
+    reply_entry(req,
+                filesystem(req).mknod(parent, name, mode, rdev, caller_of(req), EntryRef::kKernel));
   });
 }
 
 void pfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
   guarded(req, [&] {
-    reply_entry(req, filesystem(req).mkdir(parent, name, mode | S_IFDIR, caller_of(req)));
+    reply_entry(req, filesystem(req).mkdir(parent, name, mode | S_IFDIR, caller_of(req),
+                                           EntryRef::kKernel));
   });
 }
 
@@ -294,7 +339,8 @@ void pfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void pfs_symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
   guarded(req, [&] {
-    reply_entry(req, filesystem(req).symlink(parent, name, link, caller_of(req)));
+    reply_entry(req,
+                filesystem(req).symlink(parent, name, link, caller_of(req), EntryRef::kKernel));
   });
 }
 
@@ -327,7 +373,9 @@ void pfs_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t 
 }
 
 void pfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
-  guarded(req, [&] { reply_entry(req, filesystem(req).link(ino, new_parent, new_name)); });
+  guarded(req, [&] {
+    reply_entry(req, filesystem(req).link(ino, new_parent, new_name, EntryRef::kKernel));
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -359,23 +407,25 @@ void pfs_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode
                 fuse_file_info* fi) {
   guarded(req, [&] {
     Filesystem& fs = filesystem(req);
-    Result<Attr> attr = fs.mknod(parent, name, (mode & ~S_IFMT) | S_IFREG, 0, caller_of(req));
+    // Counted with the create: a concurrent unlink cannot free the new file
+    // before the open below.
+    Result<Attr> attr =
+        fs.mknod(parent, name, (mode & ~S_IFMT) | S_IFREG, 0, caller_of(req), EntryRef::kKernel);
     if (!attr) {
       reply_error(req, attr.error());
       return;
     }
     if (Status st = fs.open(attr->ino); !st) {
+      forget_quietly(fs, attr->ino);
       reply_error(req, st.error());
       return;
     }
-    fuse_entry_param e{};
-    e.ino = attr->ino;
-    e.generation = attr->generation;
-    e.attr = to_stat(*attr);
-    e.attr_timeout = kAttrTimeout;
-    e.entry_timeout = kEntryTimeout;
+    fuse_entry_param e = entry_of(*attr);
     set_open_flags(req, fi);
-    if (fuse_reply_create(req, &e, fi) == -ENOENT) release_quietly(fs, attr->ino);
+    if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+      release_quietly(fs, attr->ino);
+      forget_quietly(fs, attr->ino);
+    }
   });
 }
 
@@ -745,6 +795,7 @@ fuse_lowlevel_ops make_poisonfs_ops() {
   ops.destroy = pfs_destroy;
   ops.lookup = pfs_lookup;
   ops.forget = pfs_forget;
+  ops.forget_multi = pfs_forget_multi;
   ops.getattr = pfs_getattr;
   ops.setattr = pfs_setattr;
   ops.readlink = pfs_readlink;

@@ -360,6 +360,20 @@ inline constexpr unsigned kRenameExchange = 1u << 1;
 inline constexpr int kXattrCreate = 1;
 inline constexpr int kXattrReplace = 2;
 
+// Whether a call that answers with an entry (lookup, mknod, mkdir, symlink,
+// link) hands the kernel a reference to the inode. The FUSE kernel keeps an
+// inode it was handed until it forgets it (its lookup count), with or
+// without a name or an open file: a removed directory that is a process's
+// working directory, an O_PATH descriptor. Only the daemon's replies count;
+// tools and tests forget nothing and look up uncounted.
+enum class EntryRef : uint8_t { kNone, kKernel };
+
+// The kernel drops nlookup references to ino (FORGET, BATCH_FORGET).
+struct Forget {
+  Ino ino = 0;
+  uint64_t nlookup = 0;
+};
+
 class Filesystem {
  public:
   virtual ~Filesystem() = default;
@@ -376,24 +390,54 @@ class Filesystem {
   // Writes back lazy state (times) and checkpoints the journal.
   virtual Status unmount() = 0;
 
-  virtual Result<Attr> lookup(Ino parent, std::string_view name) = 0;
+  // Lifetime of an inode: it lives while it has a name, an open file (open
+  // until release) or a kernel reference (an entry answered with
+  // EntryRef::kKernel until forget). Without a name it is an orphan (nlink
+  // 0, still served; no entry can be made in an orphan directory), freed by
+  // whichever of unlink, rmdir, rename, release or forget drops the last
+  // hold, or by the next mount after a crash.
+  virtual Result<Attr> lookup(Ino parent, std::string_view name, EntryRef ref) = 0;
+  Result<Attr> lookup(Ino parent, std::string_view name) {
+    return lookup(parent, name, EntryRef::kNone);
+  }
   virtual Result<Attr> getattr(Ino ino) = 0;
   virtual Result<Attr> setattr(Ino ino, const SetAttr& set, const Caller& caller) = 0;
 
   virtual Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
-                             const Caller& caller) = 0;
-  virtual Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode,
-                             const Caller& caller) = 0;
+                             const Caller& caller, EntryRef ref) = 0;
+  Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
+                     const Caller& caller) {
+    return mknod(parent, name, mode, rdev, caller, EntryRef::kNone);
+  }
+  virtual Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller,
+                             EntryRef ref) = 0;
+  Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller) {
+    return mkdir(parent, name, mode, caller, EntryRef::kNone);
+  }
   virtual Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
-                               const Caller& caller) = 0;
+                               const Caller& caller, EntryRef ref) = 0;
+  Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
+                       const Caller& caller) {
+    return symlink(parent, name, target, caller, EntryRef::kNone);
+  }
   virtual Result<std::string> readlink(Ino ino) = 0;
-  virtual Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name) = 0;
+  virtual Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name, EntryRef ref) = 0;
+  Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name) {
+    return link(ino, new_parent, new_name, EntryRef::kNone);
+  }
   virtual Status unlink(Ino parent, std::string_view name) = 0;
   virtual Status rmdir(Ino parent, std::string_view name) = 0;
   virtual Status rename(Ino parent, std::string_view name, Ino new_parent,
                         std::string_view new_name, unsigned flags) = 0;
+  // Drops kernel references: an orphan left with none (and not open) is
+  // freed. Forgetting an inode that is not in use, or more references than
+  // it holds, changes nothing beyond a count of zero.
+  virtual Status forget(std::span<const Forget> forgets) = 0;
+  Status forget(Ino ino, uint64_t nlookup) {
+    const Forget one{ino, nlookup};
+    return forget(std::span(&one, 1));
+  }
 
-  // Open files stay alive after their last unlink until their last release.
   virtual Status open(Ino ino) = 0;
   virtual Status release(Ino ino) = 0;
 

@@ -4,7 +4,8 @@
 // copy), replay the journal, scan the inode table and every chain into the
 // DRAM indexes, build the reverse map from them in one sorted pass, rebuild
 // free space as the complement of what the records own, then reclaim
-// orphans (inodes unlinked while open when the daemon died).
+// orphans (inodes without a name that were open or known to the kernel
+// when the daemon died).
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -867,20 +868,27 @@ Result<Attr> FsImpl::getattr(Ino ino) {
   return attr_of(**inode);
 }
 
-Result<Attr> FsImpl::lookup(Ino parent, std::string_view name) {
+Result<Attr> FsImpl::lookup(Ino parent, std::string_view name, EntryRef ref) {
   std::shared_lock lock(mutex_);
+  auto found = _lookup(parent, name);
+  if (!found) return std::unexpected(found.error());
+  (*found)->count_ref(ref);
+  return attr_of(**found);
+}
+
+Result<Inode*> FsImpl::_lookup(Ino parent, std::string_view name) {
   auto dir = get_dir(parent);
   if (!dir) return std::unexpected(dir.error());
   if (name.size() > kNameMax) return fail(std::errc::filename_too_long);
-  if (name == ".") return attr_of(**dir);
+  if (name == ".") return *dir;
   if (name == "..") {
-    auto p = get((*dir)->rec.parent);
-    if (!p) return std::unexpected(p.error());
-    return attr_of(**p);
+    // A removed directory's parent may be gone, or its number reused.
+    if ((*dir)->rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
+    return get((*dir)->rec.parent);
   }
   auto it = (*dir)->entries.find(name);
   if (it == (*dir)->entries.end()) return fail(std::errc::no_such_file_or_directory);
-  return attr_of(*inodes_[it->second.ino - 1]);
+  return inodes_[it->second.ino - 1].get();
 }
 
 StatFs FsImpl::statfs() {

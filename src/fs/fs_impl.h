@@ -4,7 +4,8 @@
 //
 // Lock order (one level): FsImpl::mutex_ (shared for pure reads: lookup,
 // getattr, read, readdir, readlink, getxattr, listxattr, statfs; exclusive
-// for everything that changes state). Nothing else is locked inside it, so
+// for everything that changes state; a lookup's kernel reference is an
+// atomic count, see Inode::nlookup). Nothing else is locked inside it, so
 // there is no order to get wrong. Public methods lock; functions with a
 // leading underscore or taking a Transaction& assume the lock is held.
 #pragma once
@@ -67,6 +68,10 @@ struct Inode {
   std::unordered_map<std::string, Dirent, StringHash, std::equal_to<>> entries;
   std::map<std::string, Xattr, std::less<>> xattrs;
   uint32_t open_count = 0;
+  // References the kernel holds (EntryRef::kKernel answers less forgets).
+  // Atomic: a lookup counts under the shared lock; every decision to free
+  // takes the exclusive one, so no count can come between.
+  std::atomic<uint64_t> nlookup{0};
   bool times_dirty = false;  // rec times newer than the media copy
   uint32_t subdirs = 0;
   std::vector<Link> links;  // every name of this inode (for paths)
@@ -74,6 +79,13 @@ struct Inode {
   bool is_dir() const;
   bool is_reg() const;
   bool is_lnk() const;
+  void count_ref(EntryRef ref) {
+    if (ref == EntryRef::kKernel) nlookup.fetch_add(1, std::memory_order_relaxed);
+  }
+  // No name, no open file, no kernel reference: nothing can reach it.
+  bool unreferenced() const {
+    return rec.nlink == 0 && open_count == 0 && nlookup.load(std::memory_order_relaxed) == 0;
+  }
 };
 
 // How many of len bytes at off a write may store: those below the maximum
@@ -121,20 +133,28 @@ class FsImpl final : public Filesystem {
   Status load();
 
   Status unmount() override;
-  Result<Attr> lookup(Ino parent, std::string_view name) override;
+  using Filesystem::link;
+  using Filesystem::lookup;
+  using Filesystem::mkdir;
+  using Filesystem::mknod;
+  using Filesystem::symlink;
+  Result<Attr> lookup(Ino parent, std::string_view name, EntryRef ref) override;
   Result<Attr> getattr(Ino ino) override;
   Result<Attr> setattr(Ino ino, const SetAttr& set, const Caller& caller) override;
   Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
-                     const Caller& caller) override;
-  Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller) override;
+                     const Caller& caller, EntryRef ref) override;
+  Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller,
+                     EntryRef ref) override;
   Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
-                       const Caller& caller) override;
+                       const Caller& caller, EntryRef ref) override;
   Result<std::string> readlink(Ino ino) override;
-  Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name) override;
+  Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name, EntryRef ref) override;
   Status unlink(Ino parent, std::string_view name) override;
   Status rmdir(Ino parent, std::string_view name) override;
   Status rename(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name,
                 unsigned flags) override;
+  using Filesystem::forget;
+  Status forget(std::span<const Forget> forgets) override;
   Status open(Ino ino) override;
   Status release(Ino ino) override;
   Result<size_t> read(Ino ino, uint64_t off, size_t len,
@@ -176,6 +196,7 @@ class FsImpl final : public Filesystem {
   // --- lookup helpers (lock held)
   Result<Inode*> get(Ino ino);
   Result<Inode*> get_dir(Ino ino);
+  Result<Inode*> _lookup(Ino parent, std::string_view name);
   Attr attr_of(const Inode& ino) const;
   static Status check_name(std::string_view name);
 
@@ -214,7 +235,7 @@ class FsImpl final : public Filesystem {
   void free_inode(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped);
   bool is_ancestor(Ino maybe_ancestor, Ino ino);
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
-                           const Caller& caller, std::string_view symlink_target);
+                           const Caller& caller, std::string_view symlink_target, EntryRef ref);
 
   // --- data (data.cc)
   // Every store of file data goes through these two: they keep the blocks'

@@ -1,5 +1,5 @@
 // Names and inodes: create, link, unlink, rename, setattr, readdir, and the
-// lifetime of an inode (open count, orphans).
+// lifetime of an inode (names, open count, kernel references, orphans).
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -82,12 +82,16 @@ void FsImpl::remove_entry(Inode& dir, std::string_view name, Transaction& tx) {
 }
 
 // Drops one name of inode; frees it when that was the last name and no one
-// has it open (otherwise it lives on as an orphan until release or mount).
+// has it open or a kernel reference to it (otherwise it lives on as an
+// orphan until release, forget or mount).
 void FsImpl::drop_link(Inode& inode, Transaction& tx, std::vector<BlockRange>& dropped) {
   inode.rec.nlink = inode.is_dir() ? 0 : inode.rec.nlink - 1;
   inode.rec.ctime_ns = now_ns();
-  if (inode.rec.nlink == 0 && inode.open_count == 0) free_inode(inode, tx, dropped);
-  else stage_inode(tx, inode);
+  if (inode.unreferenced()) {
+    free_inode(inode, tx, dropped);
+  } else {
+    stage_inode(tx, inode);
+  }
 }
 
 // Clearing the inode record releases everything it owns at once: its
@@ -118,7 +122,8 @@ bool FsImpl::is_ancestor(Ino maybe_ancestor, Ino ino) {
 }
 
 Result<Attr> FsImpl::create_node(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
-                                 const Caller& caller, std::string_view symlink_target) {
+                                 const Caller& caller, std::string_view symlink_target,
+                                 EntryRef ref) {
   if (auto st = check_name(name); !st) return std::unexpected(st.error());
   std::unique_lock lock(mutex_);
   auto dir = get_dir(parent);
@@ -147,25 +152,27 @@ Result<Attr> FsImpl::create_node(Ino parent, std::string_view name, uint32_t mod
   if (auto st = add_entry(**dir, name, **child, tx); !st) return std::unexpected(st.error());
   stage_inode(tx, **child);
   if (auto st = commit(tx, std::move(dropped)); !st) return std::unexpected(st.error());
+  (*child)->count_ref(ref);
   return attr_of(**child);
 }
 
 Result<Attr> FsImpl::mknod(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
-                           const Caller& caller) {
+                           const Caller& caller, EntryRef ref) {
   if (S_ISDIR(mode) || S_ISLNK(mode)) return fail(std::errc::invalid_argument);
   if ((mode & S_IFMT) == 0) mode |= S_IFREG;
-  return create_node(parent, name, mode & ~caller.umask, rdev, caller, {});
+  return create_node(parent, name, mode & ~caller.umask, rdev, caller, {}, ref);
 }
 
-Result<Attr> FsImpl::mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller) {
-  return create_node(parent, name, S_IFDIR | (mode & 07777 & ~caller.umask), 0, caller, {});
+Result<Attr> FsImpl::mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller,
+                           EntryRef ref) {
+  return create_node(parent, name, S_IFDIR | (mode & 07777 & ~caller.umask), 0, caller, {}, ref);
 }
 
 Result<Attr> FsImpl::symlink(Ino parent, std::string_view name, std::string_view target,
-                             const Caller& caller) {
+                             const Caller& caller, EntryRef ref) {
   if (target.empty()) return fail(std::errc::no_such_file_or_directory);
   if (target.size() >= 4096) return fail(std::errc::filename_too_long);
-  return create_node(parent, name, S_IFLNK | 0777, 0, caller, target);
+  return create_node(parent, name, S_IFLNK | 0777, 0, caller, target, ref);
 }
 
 Result<std::string> FsImpl::readlink(Ino ino) {
@@ -183,7 +190,7 @@ Result<std::string> FsImpl::readlink(Ino ino) {
   return target;
 }
 
-Result<Attr> FsImpl::link(Ino ino, Ino new_parent, std::string_view new_name) {
+Result<Attr> FsImpl::link(Ino ino, Ino new_parent, std::string_view new_name, EntryRef ref) {
   if (auto st = check_name(new_name); !st) return std::unexpected(st.error());
   std::unique_lock lock(mutex_);
   auto inode = get(ino);
@@ -191,7 +198,8 @@ Result<Attr> FsImpl::link(Ino ino, Ino new_parent, std::string_view new_name) {
   auto dir = get_dir(new_parent);
   if (!dir) return std::unexpected(dir.error());
   if ((*inode)->is_dir()) return fail(std::errc::operation_not_permitted);
-  if ((*inode)->rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
+  if ((*inode)->rec.nlink == 0 || (*dir)->rec.nlink == 0)
+    return fail(std::errc::no_such_file_or_directory);
   if ((*inode)->rec.nlink >= 65000) return fail(std::errc::too_many_links);
   if ((*dir)->entries.contains(new_name)) return fail(std::errc::file_exists);
   Transaction tx;
@@ -200,6 +208,7 @@ Result<Attr> FsImpl::link(Ino ino, Ino new_parent, std::string_view new_name) {
   (*inode)->rec.ctime_ns = now_ns();
   stage_inode(tx, **inode);
   if (auto st = commit(tx); !st) return std::unexpected(st.error());
+  (*inode)->count_ref(ref);
   return attr_of(**inode);
 }
 
@@ -247,6 +256,8 @@ Status FsImpl::rename(Ino parent, std::string_view name, Ino new_parent, std::st
   auto to_dir = get_dir(new_parent);
   if (!to_dir) return std::unexpected(to_dir.error());
   Inode &src_dir = **from_dir, &dst_dir = **to_dir;
+  // A removed directory takes no names (and its parent field leads nowhere).
+  if (dst_dir.rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
   auto src_it = src_dir.entries.find(name);
   if (src_it == src_dir.entries.end()) return fail(std::errc::no_such_file_or_directory);
   Inode& src = *inodes_[src_it->second.ino - 1];
@@ -394,9 +405,31 @@ Status FsImpl::release(Ino ino) {
   if (inode.open_count > 0) return {};
   Transaction tx;
   std::vector<BlockRange> dropped;
-  if (inode.rec.nlink == 0) free_inode(inode, tx, dropped);
-  else if (inode.times_dirty) stage_inode(tx, inode);
+  if (inode.unreferenced()) {
+    free_inode(inode, tx, dropped);
+  } else if (inode.times_dirty) {
+    stage_inode(tx, inode);
+  }
   return commit(tx, std::move(dropped));
+}
+
+Status FsImpl::forget(std::span<const Forget> forgets) {
+  std::unique_lock lock(mutex_);
+  // Shut down: nothing more is written; the next mount reclaims orphans.
+  if (shutdown_) return {};
+  for (const Forget& f : forgets) {
+    Inode* inode = f.ino == 0 || f.ino > inodes_.size() ? nullptr : inodes_[f.ino - 1].get();
+    if (!inode) continue;  // never handed out (or a kernel out of step): nothing to drop
+    const uint64_t held = inode->nlookup.load(std::memory_order_relaxed);
+    inode->nlookup.store(held - std::min(held, f.nlookup), std::memory_order_relaxed);
+    if (!inode->unreferenced()) continue;
+    // One commit per freed inode, as at mount: a batch may free hundreds.
+    Transaction tx;
+    std::vector<BlockRange> dropped;
+    free_inode(*inode, tx, dropped);
+    if (auto st = commit(tx, std::move(dropped)); !st) return st;
+  }
+  return {};
 }
 
 Status FsImpl::fsync(Ino ino, bool) {

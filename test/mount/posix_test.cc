@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <set>
 #include <string>
@@ -694,6 +695,193 @@ TEST_F(PosixMount, UnlinkedOpenFileStaysUsable) {
   close(fd);
   close(fd2);
   EXPECT_EQ(read_file(path("f")), "new");
+}
+
+// ---------------------------------------------------------------------------
+// Inodes the kernel still holds without a name or an open file: the kernel's
+// lookup count keeps them until it forgets them (tmpfs behaves the same).
+
+// Takes the process back to its working directory when it goes, whatever
+// the test asserted after a chdir.
+class WorkingDirectory {
+ public:
+  WorkingDirectory() : old_(open(".", O_RDONLY | O_DIRECTORY)) {}
+  ~WorkingDirectory() {
+    if (old_ >= 0 && fchdir(old_) != 0) ADD_FAILURE() << "fchdir back: " << std::strerror(errno);
+    if (old_ >= 0) close(old_);
+  }
+  WorkingDirectory(const WorkingDirectory&) = delete;
+  WorkingDirectory& operator=(const WorkingDirectory&) = delete;
+  void leave() { ASSERT_EQ(fchdir(old_), 0) << std::strerror(errno); }
+
+ private:
+  int old_;
+};
+
+// Entries of a directory other than "." and "..", or -errno when
+// readdir fails (glibc reports a removed directory's ENOENT as the end).
+int count_entries(const char* dir) {
+  DIR* d = opendir(dir);
+  if (!d) return -errno;
+  int n = 0;
+  errno = 0;
+  while (dirent* e = readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != "..") ++n;
+  }
+  int err = errno;
+  closedir(d);
+  return err ? -err : n;
+}
+
+struct statvfs statfs_now(const std::string& mnt) {
+  struct statvfs v {};
+  EXPECT_EQ(statvfs(mnt.c_str(), &v), 0) << std::strerror(errno);
+  return v;
+}
+
+// statvfs once want(it) holds (for at most 2 s). The kernel queues the
+// FORGET of an inode it drops at once, but a request may still be served
+// first: after every 16 forgets served ahead of waiting requests it serves
+// 8 requests ahead of queued forgets (fuse_dev_do_read's forget_batch), and
+// the multithreaded loop serves both at once.
+struct statvfs statfs_when(const std::string& mnt,
+                           const std::function<bool(const struct statvfs&)>& want) {
+  struct statvfs v = statfs_now(mnt);
+  for (int i = 0; i < 200 && !want(v); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    v = statfs_now(mnt);
+  }
+  return v;
+}
+
+// os.mkdir(D+"/victim"); os.chdir(D+"/victim"); os.rmdir(D+"/victim"); then
+// stat(".") and listdir(".") work (nlink 0, empty) and the next mkdir gets
+// another inode number.
+void removed_working_directory(const std::string& mnt) {
+  ASSERT_EQ(write_file(mnt + "/keep", "k"), 0);  // the root's directory block
+  struct statvfs before = statfs_now(mnt);
+  const std::string victim = mnt + "/victim";
+  ASSERT_EQ(mkdir(victim.c_str(), 0755), 0);
+  ASSERT_EQ(write_file(victim + "/child", "x"), 0);  // gives it a directory block
+  ASSERT_EQ(unlink((victim + "/child").c_str()), 0);
+  struct stat was = stat_of(victim);
+  {
+    WorkingDirectory cwd;
+    ASSERT_EQ(chdir(victim.c_str()), 0) << std::strerror(errno);
+    ASSERT_EQ(rmdir(victim.c_str()), 0) << std::strerror(errno);
+    struct stat st {};
+    ASSERT_EQ(stat(".", &st), 0) << std::strerror(errno);
+    EXPECT_EQ(st.st_ino, was.st_ino);
+    EXPECT_EQ(st.st_nlink, 0u);
+    EXPECT_TRUE(S_ISDIR(st.st_mode));
+    EXPECT_EQ(count_entries("."), 0);
+    ASSERT_EQ(mkdir((mnt + "/new0").c_str(), 0755), 0);
+    EXPECT_NE(stat_of(mnt + "/new0").st_ino, was.st_ino);
+    ASSERT_EQ(stat(".", &st), 0) << std::strerror(errno);
+    EXPECT_EQ(st.st_ino, was.st_ino);
+    EXPECT_EQ(st.st_nlink, 0u);
+    // A removed directory takes no new names.
+    EXPECT_EQ(err_of(open("x", O_CREAT | O_WRONLY, 0644)), ENOENT);
+    EXPECT_EQ(err_of(mkdir("x", 0755)), ENOENT);
+    ASSERT_NO_FATAL_FAILURE(cwd.leave());
+  }
+  ASSERT_EQ(rmdir((mnt + "/new0").c_str()), 0);
+  // Left, the directory is forgotten and freed with its block.
+  struct statvfs after = statfs_when(mnt, [&](const struct statvfs& v) {
+    return v.f_ffree == before.f_ffree && v.f_bfree == before.f_bfree;
+  });
+  EXPECT_EQ(after.f_ffree, before.f_ffree);
+  EXPECT_EQ(after.f_bfree, before.f_bfree);
+}
+
+// fd = os.open(D+"/f", os.O_PATH); os.unlink(D+"/f"): fstat(fd) works
+// (nlink 0), /proc/self/fd/N opens the old bytes, and the space comes back
+// once fd is closed. An unlink of a file nothing holds frees it (once the
+// kernel's FORGET came).
+void o_path_keeps_unlinked_file(const std::string& mnt) {
+  ASSERT_EQ(write_file(mnt + "/keep", "k"), 0);  // the root's directory block
+  struct statvfs before = statfs_now(mnt);
+  const std::string contents = "old contents" + random_bytes(4 * MiB, 11);
+  ASSERT_EQ(write_file(mnt + "/plain", contents), 0);
+  ASSERT_EQ(unlink((mnt + "/plain").c_str()), 0);
+  struct statvfs v =
+      statfs_when(mnt, [&](const struct statvfs& s) { return s.f_bfree == before.f_bfree; });
+  EXPECT_EQ(v.f_bfree, before.f_bfree) << "unlink of a file nobody holds";
+  EXPECT_EQ(v.f_ffree, before.f_ffree);
+
+  const std::string f = mnt + "/f";
+  ASSERT_EQ(write_file(f, contents), 0);
+  const ino_t ino = stat_of(f).st_ino;
+  int fd = open(f.c_str(), O_PATH);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  ASSERT_EQ(unlink(f.c_str()), 0);
+  struct stat st {};
+  EXPECT_EQ(fstat(fd, &st), 0) << std::strerror(errno);
+  EXPECT_EQ(st.st_ino, ino);
+  EXPECT_EQ(st.st_nlink, 0u);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(contents.size()));
+  ASSERT_EQ(write_file(mnt + "/g", "another file"), 0);
+  EXPECT_NE(stat_of(mnt + "/g").st_ino, ino);
+  const std::string back = read_file("/proc/self/fd/" + std::to_string(fd));
+  EXPECT_TRUE(back == contents) << back.size() << " bytes: " << back.substr(0, 40);
+  EXPECT_EQ(fstat(fd, &st), 0) << std::strerror(errno);
+  EXPECT_EQ(st.st_nlink, 0u);
+  ASSERT_EQ(unlink((mnt + "/g").c_str()), 0);
+  v = statfs_when(mnt, [&](const struct statvfs& s) { return s.f_ffree + 1 == before.f_ffree; });
+  EXPECT_LE(v.f_bfree + contents.size() / 4096, before.f_bfree)
+      << "the held file's space is in use";
+  EXPECT_EQ(v.f_ffree + 1, before.f_ffree);
+  close(fd);
+  v = statfs_when(mnt, [&](const struct statvfs& s) {
+    return s.f_bfree == before.f_bfree && s.f_ffree == before.f_ffree;
+  });
+  EXPECT_EQ(v.f_bfree, before.f_bfree);
+  EXPECT_EQ(v.f_ffree, before.f_ffree);
+}
+
+TEST_F(PosixMount, RemovedWorkingDirectoryStaysUsable) {
+  ASSERT_NO_FATAL_FAILURE(removed_working_directory(mnt()));
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
+TEST_F(PosixMount, OPathDescriptorKeepsAnUnlinkedFile) {
+  ASSERT_NO_FATAL_FAILURE(o_path_keeps_unlinked_file(mnt()));
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
+// The daemon died while the kernel held a removed directory and an
+// unlinked file: fsck accepts them and the next mount reclaims them.
+TEST_F(PosixMount, HeldOrphansSurviveAKilledDaemon) {
+  ASSERT_EQ(write_file(path("keep"), "k"), 0);
+  struct statvfs before {};
+  ASSERT_EQ(statvfs(mnt().c_str(), &before), 0);
+  ASSERT_EQ(mkdir(path("d").c_str(), 0755), 0);
+  ASSERT_EQ(write_file(path("f"), random_bytes(MiB, 12)), 0);
+  int dfd = open(path("d").c_str(), O_RDONLY | O_DIRECTORY);
+  int ffd = open(path("f").c_str(), O_PATH);
+  ASSERT_GE(dfd, 0);
+  ASSERT_GE(ffd, 0);
+  ASSERT_EQ(rmdir(path("d").c_str()), 0);
+  ASSERT_EQ(unlink(path("f").c_str()), 0);
+  struct stat st {};
+  EXPECT_EQ(fstat(dfd, &st), 0) << std::strerror(errno);
+  EXPECT_EQ(fstat(ffd, &st), 0) << std::strerror(errno);
+  ASSERT_NO_FATAL_FAILURE(kill_daemon(SIGKILL));
+  close(dfd);
+  close(ffd);
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+  ASSERT_NO_FATAL_FAILURE(mount());
+  struct statvfs after {};
+  ASSERT_EQ(statvfs(mnt().c_str(), &after), 0);
+  EXPECT_EQ(after.f_bfree, before.f_bfree);
+  EXPECT_EQ(after.f_ffree, before.f_ffree);
+  EXPECT_EQ(list_dir(mnt()), std::set<std::string>{"keep"});
 }
 
 TEST_F(PosixMount, ExtendedAttributes) {
@@ -1400,6 +1588,21 @@ TEST_F(PosixMount, StatIoctlReportsGeometry) {
                       return e;
                     }),
             EPERM);
+}
+
+// The same with libfuse's worker threads: the counts live under the core's
+// lock, whichever thread serves a lookup or a forget.
+class MultithreadMount : public MountTest {
+ protected:
+  std::string mount_options() const override { return "allow_other,multithread,max_threads=4"; }
+};
+
+TEST_F(MultithreadMount, HeldInodesOutliveTheirNames) {
+  ASSERT_NO_FATAL_FAILURE(removed_working_directory(mnt()));
+  ASSERT_NO_FATAL_FAILURE(o_path_keeps_unlinked_file(mnt()));
+  unmount();
+  RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
 }
 
 }  // namespace

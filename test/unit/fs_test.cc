@@ -567,6 +567,231 @@ TEST(FsOpenFiles, OrphanSurvivesACleanUnmountUntilMount) {
   EXPECT_TRUE(fs.check().clean());
 }
 
+// ---------------------------------------------------------------- kernel references
+
+// An entry handed to the FUSE kernel (EntryRef::kKernel) keeps its inode
+// until the kernel forgets it, as a name or an open file does: a removed
+// directory that is a working directory, an O_PATH descriptor.
+
+// Free blocks and inodes, to compare once what was made is gone. Made
+// after a first entry of the root, whose directory block stays.
+struct Usage {
+  uint64_t blocks = 0, files = 0;
+  bool operator==(const Usage&) const = default;
+  friend std::ostream& operator<<(std::ostream& os, const Usage& u) {
+    return os << u.blocks << " free blocks, " << u.files << " free inodes";
+  }
+};
+
+Usage usage_after_root_block(Filesystem& fs) {
+  create(fs, kRootIno, "keep");
+  return {free_blocks(fs), fs.statfs().files_free};
+}
+
+Usage usage(Filesystem& fs) { return {free_blocks(fs), fs.statfs().files_free}; }
+
+TEST(FsKernelRefs, CountedEntriesKeepAnUnlinkedFileUntilTheLastForget) {
+  Device fs;
+  const Usage before = usage_after_root_block(*fs);
+  auto made = fs->mknod(kRootIno, "f", S_IFREG | 0644, 0, kUser, EntryRef::kKernel);
+  ASSERT_TRUE(made);
+  const Ino f = made->ino;
+  write_str(*fs, f, 0, pattern(30000, 3));
+  ASSERT_TRUE(fs->lookup(kRootIno, "f", EntryRef::kKernel));
+  // The tools' look-ups are not the kernel's: they hold nothing.
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(fs->lookup(kRootIno, "f"));
+  ASSERT_TRUE(fs->unlink(kRootIno, "f"));
+  auto a = fs->getattr(f);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->nlink, 0u);
+  EXPECT_EQ(read_all(*fs, f), pattern(30000, 3));
+  ASSERT_TRUE(fs->open(f));  // open("/proc/self/fd/N") of an O_PATH descriptor
+  ASSERT_TRUE(fs->release(f));
+  ASSERT_TRUE(fs->forget(f, 1));
+  EXPECT_TRUE(fs->getattr(f)) << "one reference is left";
+  // A new file never gets the number of one the kernel still knows.
+  Ino g = create(*fs, kRootIno, "g");
+  EXPECT_NE(g, f);
+  ASSERT_TRUE(fs->unlink(kRootIno, "g"));
+  EXPECT_TRUE(fs.check().clean());
+  ASSERT_TRUE(fs->forget(f, 1));
+  EXPECT_EQ(err(fs->getattr(f)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(usage(*fs), before);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+TEST(FsKernelRefs, EveryKindOfEntryIsCounted) {
+  Device fs;
+  const uint64_t files0 = fs->statfs().files_free;
+  Ino f = fs->mknod(kRootIno, "f", S_IFREG | 0644, 0, kUser, EntryRef::kKernel)->ino;
+  Ino d = fs->mkdir(kRootIno, "d", 0755, kUser, EntryRef::kKernel)->ino;
+  Ino s = fs->symlink(kRootIno, "s", "target", kUser, EntryRef::kKernel)->ino;
+  ASSERT_TRUE(fs->link(f, kRootIno, "f2", EntryRef::kKernel));
+  Ino e = fs->mkdir(d, "e", 0755, kUser)->ino;
+  EXPECT_EQ(fs->lookup(e, "..", EntryRef::kKernel)->ino, d);
+  EXPECT_EQ(fs->lookup(e, ".", EntryRef::kKernel)->ino, e);
+  // A failed call counts nothing.
+  EXPECT_EQ(err(fs->lookup(kRootIno, "nope", EntryRef::kKernel)),
+            std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->mknod(kRootIno, "f", S_IFREG | 0644, 0, kUser, EntryRef::kKernel)),
+            std::errc::file_exists);
+  ASSERT_TRUE(fs->unlink(kRootIno, "f"));
+  ASSERT_TRUE(fs->unlink(kRootIno, "f2"));
+  ASSERT_TRUE(fs->unlink(kRootIno, "s"));
+  ASSERT_TRUE(fs->rmdir(d, "e"));
+  ASSERT_TRUE(fs->rmdir(kRootIno, "d"));
+  for (Ino ino : {f, d, s, e}) EXPECT_TRUE(fs->getattr(ino)) << ino;
+  EXPECT_EQ(fs->statfs().files_free, files0 - 4);
+  // f had two entries handed out (mknod, link), d two (mkdir, ".."), e one.
+  ASSERT_TRUE(fs->forget(std::vector<Forget>{{f, 1}, {d, 1}, {s, 1}, {e, 1}}));
+  EXPECT_FALSE(fs->getattr(s));
+  EXPECT_FALSE(fs->getattr(e));
+  EXPECT_TRUE(fs->getattr(f));
+  EXPECT_TRUE(fs->getattr(d));
+  ASSERT_TRUE(fs->forget(std::vector<Forget>{{f, 1}, {d, 1}}));
+  EXPECT_FALSE(fs->getattr(f));
+  EXPECT_FALSE(fs->getattr(d));
+  EXPECT_EQ(fs->statfs().files_free, files0);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+// The inode goes with the last of its name, its open file and the kernel's
+// reference, whichever that is.
+TEST(FsKernelRefs, FreedByTheLastOfUnlinkReleaseAndForgetInEveryOrder) {
+  for (bool dir : {false, true}) {
+    std::array<int, 3> order{0, 1, 2};  // unlink/rmdir, release, forget
+    do {
+      SCOPED_TRACE((dir ? "directory, order " : "file, order ") + std::to_string(order[0]) +
+                   std::to_string(order[1]) + std::to_string(order[2]));
+      Device fs;
+      const Usage before = usage_after_root_block(*fs);
+      auto made = dir ? fs->mkdir(kRootIno, "x", 0755, kUser, EntryRef::kKernel)
+                      : fs->mknod(kRootIno, "x", S_IFREG | 0644, 0, kUser, EntryRef::kKernel);
+      ASSERT_TRUE(made);
+      const Ino x = made->ino;
+      if (dir) {
+        create(*fs, x, "child");  // gives x a directory block
+        ASSERT_TRUE(fs->unlink(x, "child"));
+      } else {
+        write_str(*fs, x, 0, pattern(20000, 4));
+      }
+      ASSERT_TRUE(fs->open(x));
+      for (int step = 0; step < 3; ++step) {
+        switch (order[step]) {
+          case 0:
+            ASSERT_TRUE(dir ? fs->rmdir(kRootIno, "x") : fs->unlink(kRootIno, "x"));
+            break;
+          case 1:
+            ASSERT_TRUE(fs->release(x));
+            break;
+          case 2:
+            ASSERT_TRUE(fs->forget(x, 1));
+            break;
+        }
+        EXPECT_EQ(fs->getattr(x).has_value(), step < 2) << "after step " << step;
+      }
+      EXPECT_EQ(usage(*fs), before);
+      EXPECT_TRUE(fs.check().clean());
+    } while (std::next_permutation(order.begin(), order.end()));
+  }
+}
+
+TEST(FsKernelRefs, RemovedDirectoryStillReferencedAnswersButTakesNoEntries) {
+  Device fs;
+  Ino v = fs->mkdir(kRootIno, "victim", 0755, kUser, EntryRef::kKernel)->ino;
+  Ino other = make_dir(*fs, kRootIno, "other");
+  Ino f = create(*fs, kRootIno, "f");
+  ASSERT_TRUE(fs->rmdir(kRootIno, "victim"));
+  auto a = fs->getattr(v);
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(S_ISDIR(a->mode));
+  EXPECT_EQ(a->nlink, 0u);
+  auto listing = list_dir(*fs, v);
+  EXPECT_EQ(listing.size(), 2u);
+  EXPECT_TRUE(listing.contains(".") && listing.contains(".."));
+  EXPECT_EQ(err(fs->mknod(v, "x", S_IFREG | 0644, 0, kUser)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->mkdir(v, "x", 0755, kUser)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->symlink(v, "x", "t", kUser)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->link(f, v, "x")), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->rename(kRootIno, "f", v, "x", 0)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->rename(kRootIno, "other", v, "x", 0)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->lookup(v, "..")),
+            std::errc::no_such_file_or_directory);  // its parent may be gone
+  EXPECT_EQ(fs->lookup(v, ".")->ino, v);
+  EXPECT_EQ(fs->getattr(kRootIno)->nlink, 3u);  // the root and "other"
+  // The number stays taken: the next directory gets another.
+  Ino next = make_dir(*fs, kRootIno, "new0");
+  EXPECT_NE(next, v);
+  EXPECT_NE(next, other);
+  EXPECT_TRUE(fs.check().clean());
+  ASSERT_TRUE(fs->forget(v, 1));
+  EXPECT_EQ(err(fs->getattr(v)), std::errc::no_such_file_or_directory);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+TEST(FsKernelRefs, ForgetOfWhatIsNotHeldIsHarmless) {
+  Device fs;
+  const uint64_t files0 = fs->statfs().files_free;
+  Ino f = create(*fs, kRootIno, "f");
+  EXPECT_TRUE(fs->forget(0, 1));
+  EXPECT_TRUE(fs->forget(1ull << 40, 1));
+  EXPECT_TRUE(fs->forget(f + 1, 3));  // a free slot
+  EXPECT_TRUE(fs->forget(kRootIno, UINT64_MAX));
+  EXPECT_TRUE(fs->forget(f, UINT64_MAX));  // never counted: stays at zero
+  EXPECT_TRUE(fs->getattr(f));
+  EXPECT_TRUE(fs->getattr(kRootIno));
+  ASSERT_TRUE(fs->lookup(kRootIno, "f", EntryRef::kKernel));
+  ASSERT_TRUE(fs->unlink(kRootIno, "f"));
+  EXPECT_TRUE(fs->getattr(f)) << "the kernel holds it";
+  // More forgotten than held ends at zero, never wraps around.
+  ASSERT_TRUE(fs->forget(std::vector<Forget>{{f, 5}, {f, 1}}));
+  EXPECT_EQ(err(fs->getattr(f)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(fs->statfs().files_free, files0);
+  EXPECT_TRUE(fs->forget(f, 1));  // already gone
+  EXPECT_TRUE(fs.check().clean());
+}
+
+// The daemon died while the kernel still held a removed directory and an
+// unlinked file: fsck finds nothing wrong, and the next mount reclaims both.
+TEST(FsKernelRefs, ReferencedOrphansAreReclaimedAfterACrash) {
+  Device fs;
+  const Usage before = usage_after_root_block(*fs);
+  Ino d = fs->mkdir(kRootIno, "d", 0755, kUser, EntryRef::kKernel)->ino;
+  for (int i = 0; i < 20; ++i) create(*fs, d, "n" + std::to_string(i));  // two directory blocks
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(fs->unlink(d, "n" + std::to_string(i)));
+  Ino f = fs->mknod(kRootIno, "f", S_IFREG | 0644, 0, kUser, EntryRef::kKernel)->ino;
+  write_str(*fs, f, 0, pattern(100000, 5));
+  ASSERT_TRUE(fs->rmdir(kRootIno, "d"));
+  ASSERT_TRUE(fs->unlink(kRootIno, "f"));
+  EXPECT_LT(free_blocks(*fs), before.blocks);
+  EXPECT_TRUE(fs.check().clean());
+  fs.remount(/*clean=*/false);
+  EXPECT_EQ(err(fs->getattr(d)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->getattr(f)), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(usage(*fs), before);
+  EXPECT_TRUE(fs.check().clean());
+}
+
+TEST(FsKernelRefs, FsckRepairReclaimsReferencedOrphansSilently) {
+  Device fs;
+  ASSERT_TRUE(fs->mkdir(kRootIno, "d", 0755, kUser, EntryRef::kKernel));
+  ASSERT_TRUE(fs->rmdir(kRootIno, "d"));
+  ASSERT_TRUE(fs->unmount());
+  auto copy = fs.copy();
+  auto checked = check_filesystem(*copy, false);
+  ASSERT_TRUE(checked);
+  EXPECT_TRUE(checked->clean()) << ::testing::PrintToString(checked->problems);
+  EXPECT_EQ(checked->directories, 2u) << "the removed directory is still there";
+  auto report = check_filesystem(*copy, true);
+  ASSERT_TRUE(report);
+  EXPECT_TRUE(report->clean()) << ::testing::PrintToString(report->problems);
+  EXPECT_TRUE(report->repairs.empty()) << ::testing::PrintToString(report->repairs);
+  auto again = check_filesystem(*copy, false);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->clean());
+  EXPECT_EQ(again->directories, 1u);  // the root alone
+}
+
 // ---------------------------------------------------------------- readdir
 
 TEST(FsReaddir, ListsEveryOneOfAThousandEntriesOnce) {
