@@ -246,7 +246,13 @@ TEST(Concurrency, KernelReferencesHoldInodesAgainstConcurrentUnlinks) {
     return fs.forget(made->ino, 1) ? "" : "forget";
   };
   std::string failure;
-  for (int i = 0; i < 3000 && failure.empty(); ++i) failure = churn();
+  // At least 3000 rounds, and on until the looker held the file 100 times
+  // (a loaded machine may not run it for a while), for 20 s at most.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (int i = 0; failure.empty() && (i < 3000 || held.load() < 100); ++i) {
+    failure = churn();
+    if (std::chrono::steady_clock::now() > deadline) break;
+  }
   stop = true;
   looker.join();
   EXPECT_EQ(failure, "");
