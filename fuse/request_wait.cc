@@ -4,13 +4,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
-#include <cstring>
+#include <cstdio>
 #include <utility>
 
 namespace poisonfs::fuse {
@@ -55,24 +55,19 @@ void adapt_window(RequestWait& wait, bool slept) {
   }
 }
 
-// Whether the CPUs are contended, looking at the pressure at most every
-// kPressureIntervalNs (kContendedPauseNs after a contended look).
+// Whether the CPUs are contended, looking at the run queue at most every
+// kRunQueueLookNs (request_wait.h).
 bool cpus_contended(RequestWait& wait, int64_t now) {
-  if (!wait.pressure.available() || now < wait.next_pressure_look) return wait.cpus_contended;
-  std::optional<uint64_t> stall_us = wait.pressure.stall_us();
-  if (!stall_us) {
-    wait.pressure = CpuPressure();  // unreadable: never suspend the window
+  if (!wait.run_queue.available() || now < wait.next_look) return wait.cpus_contended;
+  std::optional<uint64_t> runnable = wait.run_queue.runnable();
+  if (!runnable) {
+    wait.run_queue = RunQueue();  // unreadable: never suspend the window
     return wait.cpus_contended = false;
   }
-  if (wait.pressure_seen_at != 0 && now > wait.pressure_seen_at) {
-    const uint64_t stalled_ns =
-        (std::max(*stall_us, wait.stall_seen_us) - wait.stall_seen_us) * 1000;
-    const uint64_t elapsed_ns = uint64_t(now - wait.pressure_seen_at);
-    wait.cpus_contended = stalled_ns * 1000 > elapsed_ns * kContendedPermille;
-  }
-  wait.pressure_seen_at = now;
-  wait.stall_seen_us = *stall_us;
-  wait.next_pressure_look = now + (wait.cpus_contended ? kContendedPauseNs : kPressureIntervalNs);
+  const int look = *runnable > wait.cpus ? 1000 : 0;
+  wait.oversubscribed_permille = (3 * wait.oversubscribed_permille + look) / 4;
+  wait.cpus_contended = wait.oversubscribed_permille > 500;
+  wait.next_look = now + kRunQueueLookNs;
   return wait.cpus_contended;
 }
 
@@ -84,18 +79,18 @@ int64_t monotonic_ns() {
   return int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
 }
 
-CpuPressure::CpuPressure(const char* path) {
+RunQueue::RunQueue(const char* path) {
   if (path == nullptr || *path == '\0') return;
   fd_ = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd_ >= 0 && !stall_us()) {
+  if (fd_ >= 0 && !runnable()) {
     close(fd_);
     fd_ = -1;
   }
 }
 
-CpuPressure::CpuPressure(CpuPressure&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+RunQueue::RunQueue(RunQueue&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
 
-CpuPressure& CpuPressure::operator=(CpuPressure&& other) noexcept {
+RunQueue& RunQueue::operator=(RunQueue&& other) noexcept {
   if (this != &other) {
     if (fd_ >= 0) close(fd_);
     fd_ = std::exchange(other.fd_, -1);
@@ -103,29 +98,29 @@ CpuPressure& CpuPressure::operator=(CpuPressure&& other) noexcept {
   return *this;
 }
 
-CpuPressure::~CpuPressure() {
+RunQueue::~RunQueue() {
   if (fd_ >= 0) close(fd_);
 }
 
-std::optional<uint64_t> CpuPressure::stall_us() const {
-  char text[256];
+std::optional<uint64_t> RunQueue::runnable() const {
+  char text[128];
   const ssize_t n = pread(fd_, text, sizeof text - 1, 0);
   if (n <= 0) return std::nullopt;
   text[n] = '\0';
-  // "some avg10=0.00 avg60=0.00 avg300=0.00 total=12345\nfull ..."
-  const char* total = std::strstr(text, "total=");
-  if (std::strncmp(text, "some ", 5) != 0 || total == nullptr) return std::nullopt;
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long value = std::strtoull(total + 6, &end, 10);
-  if (errno != 0 || end == total + 6) return std::nullopt;
-  return value;
+  // "0.52 0.58 0.59 3/467 12345": the fourth field's numerator.
+  unsigned long long running = 0, tasks = 0;
+  double load[3];
+  if (std::sscanf(text, "%lf %lf %lf %llu/%llu", &load[0], &load[1], &load[2], &running, &tasks) !=
+      5)
+    return std::nullopt;
+  return running;
 }
 
-RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop, const char* pressure_path) {
+RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop, const char* run_queue_path) {
   RequestWait wait;
   wait.spin_ns = spin_ns;
-  if (spin_ns > 0) wait.pressure = CpuPressure(pressure_path);
+  if (spin_ns > 0) wait.run_queue = RunQueue(run_queue_path);
+  wait.cpus = static_cast<uint64_t>(std::max(1, get_nprocs()));
   wait.stop_signals = stop;
   pthread_sigmask(SIG_BLOCK, nullptr, &wait.sleep_mask);
   for (int sig = 1; sig < NSIG; ++sig) {

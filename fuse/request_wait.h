@@ -19,12 +19,16 @@
 // A busy machine: a spinning thread keeps its CPU from the other runnable
 // tasks (the client among them), and is time-sliced with them instead of
 // preempting them when its request comes, as a sleeping one does. So the
-// window is suspended while the CPUs are contended: while, over the last
-// kPressureIntervalNs, some runnable task waited for a CPU more than
-// kContendedPermille of the time (the kernel's pressure stall information,
-// /proc/pressure/cpu, "some"); a contended interval suspends it for
-// kContendedPauseNs before the next look. Without PSI it is never
-// suspended.
+// window is suspended while the CPUs are oversubscribed: at each look (every
+// kRunQueueLookNs at most) the loop counts the runnable tasks of the
+// machine (/proc/loadavg's fourth field; itself among them) and compares
+// them with its CPUs; an average of the recent looks (each new one weighs
+// a quarter) above one half suspends the window: three oversubscribed
+// looks in a row suspend it on a calm machine, and a few calm ones bring it
+// back. (Not the kernel's pressure stall information: a sleeping daemon
+// woken on a halted vCPU counts there as a task that waited for a CPU, so
+// the spin's very absence looks like contention.) Without /proc/loadavg it
+// is never suspended.
 //
 // Signals: libfuse's handlers of the stop signals (SIGINT, SIGTERM, SIGHUP)
 // only set the session's exit flag, which the loop reads between requests;
@@ -49,28 +53,26 @@ namespace poisonfs::fuse {
 inline constexpr int kLateRequestsBeforeRest = 8;
 inline constexpr int kFirstRest = 8;  // requests served without spinning
 inline constexpr int kLongestRest = 1024;
-inline constexpr int64_t kPressureIntervalNs = 10'000'000;
-inline constexpr int64_t kContendedPauseNs = 100'000'000;
-inline constexpr int kContendedPermille = 100;
-inline constexpr const char* kCpuPressurePath = "/proc/pressure/cpu";
+inline constexpr int64_t kRunQueueLookNs = 10'000'000;
+inline constexpr const char* kRunQueuePath = "/proc/loadavg";
 
 int64_t monotonic_ns();
 
-// The "some" stall total of a PSI file such as /proc/pressure/cpu: the
-// microseconds in which at least one runnable task waited for a CPU.
-// Move-only: it owns the descriptor.
-class CpuPressure {
+// The number of runnable tasks of the machine, from a file such as
+// /proc/loadavg ("0.52 0.58 0.59 3/467 12345": the 3). Move-only: it owns
+// the descriptor.
+class RunQueue {
  public:
-  CpuPressure() = default;
-  // Unavailable when path is empty, missing or unreadable (PSI off).
-  explicit CpuPressure(const char* path);
-  CpuPressure(CpuPressure&& other) noexcept;
-  CpuPressure& operator=(CpuPressure&& other) noexcept;
-  ~CpuPressure();
+  RunQueue() = default;
+  // Unavailable when path is empty, missing or unreadable.
+  explicit RunQueue(const char* path);
+  RunQueue(RunQueue&& other) noexcept;
+  RunQueue& operator=(RunQueue&& other) noexcept;
+  ~RunQueue();
 
   bool available() const { return fd_ >= 0; }
-  // The current total, or nothing when it cannot be read or parsed.
-  std::optional<uint64_t> stall_us() const;
+  // The current count, or nothing when it cannot be read or parsed.
+  std::optional<uint64_t> runnable() const;
 
  private:
   int fd_ = -1;
@@ -94,12 +96,13 @@ struct RequestWait {
   int rest_left = 0;
   int next_rest = kFirstRest;
 
-  // The contention gate: the pressure source, the last look at it (time
-  // and total), when to look next, and what the last look found.
-  CpuPressure pressure;
-  int64_t pressure_seen_at = 0;
-  uint64_t stall_seen_us = 0;
-  int64_t next_pressure_look = 0;
+  // The contention gate: the run queue, the machine's CPUs, when to look
+  // next, the average of the looks (permille of them oversubscribed, each
+  // new one weighing a quarter), and whether the window is suspended.
+  RunQueue run_queue;
+  uint64_t cpus = 1;
+  int64_t next_look = 0;
+  int oversubscribed_permille = 0;
   bool cpus_contended = false;
 
   // CLOCK_MONOTONIC in ns; tests make time stand still.
@@ -109,11 +112,11 @@ struct RequestWait {
 };
 
 // A wait that spins for spin_ns (0: never) unless the CPUs are contended
-// (pressure_path: a PSI file; empty: never suspended) and lets the signals
-// of stop in only while it sleeps: its sleep mask is the calling thread's
-// mask without them.
+// (run_queue_path: a file like /proc/loadavg; empty: never suspended) and
+// lets the signals of stop in only while it sleeps: its sleep mask is the
+// calling thread's mask without them.
 RequestWait make_request_wait(int64_t spin_ns, const sigset_t& stop,
-                              const char* pressure_path = kCpuPressurePath);
+                              const char* run_queue_path = kRunQueuePath);
 
 // Reads one request from fd into buf, as read(2) would: the request's
 // length, or -1 with errno (EINTR: a stop signal came and its handler ran;

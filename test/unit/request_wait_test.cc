@@ -64,11 +64,11 @@ struct Pipe {
 };
 
 // A wait that spins for spin, never suspended by the machine's load (the
-// tests of the contention gate give it their own pressure file).
-RequestWait spinning_for(std::chrono::microseconds spin, const char* pressure_path = "") {
+// tests of the contention gate give it their own run queue file).
+RequestWait spinning_for(std::chrono::microseconds spin, const char* run_queue_path = "") {
   sigset_t none;
   sigemptyset(&none);
-  return make_request_wait(std::chrono::nanoseconds(spin).count(), none, pressure_path);
+  return make_request_wait(std::chrono::nanoseconds(spin).count(), none, run_queue_path);
 }
 
 bool nonblocking(int fd) { return (fcntl(fd, F_GETFL) & O_NONBLOCK) != 0; }
@@ -278,55 +278,53 @@ TEST(RequestWait, AStopSignalGetsInWhileRequestsKeepComing) {
 
 // ---- the contention gate ------------------------------------------------------
 
-// A PSI file the test writes (as /proc/pressure/cpu reads), removed at the end.
-struct PressureFile {
+// A loadavg-like file the test writes, removed at the end.
+struct RunQueueFile {
   std::string path;
-  PressureFile() {
-    char name[] = "/tmp/poisonfs-psi.XXXXXX";
+  RunQueueFile() {
+    char name[] = "/tmp/poisonfs-loadavg.XXXXXX";
     int fd = mkstemp(name);
     EXPECT_GE(fd, 0);
     close(fd);
     path = name;
   }
-  ~PressureFile() { unlink(path.c_str()); }
+  ~RunQueueFile() { unlink(path.c_str()); }
   void write_text(const std::string& text) const {
     int fd = open(path.c_str(), O_WRONLY | O_TRUNC);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(write(fd, text.data(), text.size()), ssize_t(text.size()));
     close(fd);
   }
-  void set_stall_us(uint64_t total) const {
-    write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=" + std::to_string(total) +
-               "\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n");
+  void set_runnable(uint64_t n) const {
+    write_text("0.52 0.58 0.59 " + std::to_string(n) + "/467 12345\n");
   }
 };
 
-TEST(CpuPressure, ReadsTheSomeTotalOfAPsiFile) {
-  PressureFile f;
-  f.set_stall_us(123456);
-  CpuPressure pressure(f.path.c_str());
-  ASSERT_TRUE(pressure.available());
-  EXPECT_EQ(pressure.stall_us(), 123456u);
-  f.set_stall_us(123999);
-  EXPECT_EQ(pressure.stall_us(), 123999u) << "each look reads the file again";
+TEST(RunQueue, ReadsTheRunnableTasksOfALoadavgFile) {
+  RunQueueFile f;
+  f.set_runnable(3);
+  RunQueue queue(f.path.c_str());
+  ASSERT_TRUE(queue.available());
+  EXPECT_EQ(queue.runnable(), 3u);
+  f.set_runnable(17);
+  EXPECT_EQ(queue.runnable(), 17u) << "each look reads the file again";
 }
 
-TEST(CpuPressure, IsUnavailableWithoutAReadablePsiFile) {
-  EXPECT_FALSE(CpuPressure("").available());
-  EXPECT_FALSE(CpuPressure(nullptr).available());
-  EXPECT_FALSE(CpuPressure("/nonexistent/pressure/cpu").available());
-  PressureFile f;
+TEST(RunQueue, IsUnavailableWithoutAReadableLoadavgFile) {
+  EXPECT_FALSE(RunQueue("").available());
+  EXPECT_FALSE(RunQueue(nullptr).available());
+  EXPECT_FALSE(RunQueue("/nonexistent/loadavg").available());
+  RunQueueFile f;
   f.write_text("garbage\n");
-  EXPECT_FALSE(CpuPressure(f.path.c_str()).available());
-  f.write_text("some avg10=0.00 total=\n");
-  EXPECT_FALSE(CpuPressure(f.path.c_str()).available());
+  EXPECT_FALSE(RunQueue(f.path.c_str()).available());
+  f.write_text("0.1 0.2 0.3 x/9 1\n");
+  EXPECT_FALSE(RunQueue(f.path.c_str()).available());
 }
 
-TEST(CpuPressure, ReadsThisMachinesPressureWhereTheKernelKeepsIt) {
-  if (access(kCpuPressurePath, R_OK) != 0) GTEST_SKIP() << "no PSI on this kernel";
-  CpuPressure pressure(kCpuPressurePath);
-  if (!pressure.available()) GTEST_SKIP() << kCpuPressurePath << " is there but PSI is off";
-  EXPECT_TRUE(pressure.stall_us().has_value());
+TEST(RunQueue, ReadsThisMachinesRunQueue) {
+  RunQueue queue(kRunQueuePath);
+  ASSERT_TRUE(queue.available());
+  EXPECT_GE(queue.runnable().value_or(0), 1u) << "this test itself runs";
 }
 
 // Time stands still for the gate's tests: the window never passes by itself,
@@ -357,55 +355,63 @@ bool went_to_sleep_before_its_request(Pipe& p, RequestWait& wait,
   return asleep;
 }
 
-// A wait on p's read end under a pressure file, its clock frozen at 1 s, and
-// the file's first look taken (a queued request) with stall_us.
-RequestWait gated_wait(Pipe& p, const PressureFile& f, uint64_t stall_us) {
-  f.set_stall_us(stall_us);
+// Serves queued requests one look apart (kRunQueueLookNs) with the run
+// queue at `runnable`.
+void look(Pipe& p, RequestWait& wait, const RunQueueFile& f, uint64_t runnable, int looks) {
+  f.set_runnable(runnable);
+  for (int i = 0; i < looks; ++i) {
+    g_now += kRunQueueLookNs;
+    p.send("q");
+    char buf[8];
+    ASSERT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
+  }
+}
+
+// A wait on p's read end for a 2-CPU machine, its clock frozen, whose run
+// queue is read from f.
+RequestWait gated_wait(Pipe& p, const RunQueueFile& f) {
+  f.set_runnable(1);
   RequestWait wait = spinning_for(10000us, f.path.c_str());
-  EXPECT_TRUE(wait.pressure.available());
+  EXPECT_TRUE(wait.run_queue.available());
+  wait.cpus = 2;
   wait.clock = frozen_clock;
   g_now = 1000 * kMs;
   EXPECT_EQ(prepare_request_fd(p.read_end, wait), 0);
-  p.send("q");
-  char buf[8];
-  EXPECT_EQ(read_request(p.read_end, buf, sizeof buf, wait), 1);
   return wait;
 }
 
-TEST(RequestWait, AContendedMachineSleepsAtOnce) {
+TEST(RequestWait, AnOversubscribedMachineSleepsAtOnce) {
   Pipe p;
-  PressureFile f;
-  RequestWait wait = gated_wait(p, f, 5000);
-  g_now += 20 * kMs;
-  f.set_stall_us(5000 + 10000);  // some task waited 10 of the last 20 ms
-  EXPECT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
-  EXPECT_TRUE(wait.cpus_contended);
+  RunQueueFile f;
+  RequestWait wait = gated_wait(p, f);
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 3, 2));
+  EXPECT_FALSE(wait.cpus_contended) << "two looks do not suspend the window";
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 3, 1));
+  EXPECT_TRUE(wait.cpus_contended) << "three in a row do";
   EXPECT_EQ(wait.late_requests, 0) << "a contended machine does not count against the window";
-  g_now += 50 * kMs;  // no stall since, but the pause (100 ms) is not over
   EXPECT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
 }
 
-TEST(RequestWait, AQuietMachineSpins) {
+TEST(RequestWait, AMachineWithACpuForEachRunnableTaskSpins) {
   Pipe p;
-  PressureFile f;
-  RequestWait wait = gated_wait(p, f, 5000);
-  g_now += 20 * kMs;
-  f.set_stall_us(5000 + 1000);  // 1 of 20 ms: below the threshold (10%)
-  EXPECT_FALSE(went_to_sleep_before_its_request(p, wait, 200ms));
+  RunQueueFile f;
+  RequestWait wait = gated_wait(p, f);
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 2, 5));  // the daemon and its client
   EXPECT_FALSE(wait.cpus_contended);
+  EXPECT_FALSE(went_to_sleep_before_its_request(p, wait, 200ms));
 }
 
 TEST(RequestWait, TheWindowComesBackWhenTheContentionEnds) {
   Pipe p;
-  PressureFile f;
-  RequestWait wait = gated_wait(p, f, 0);
-  g_now += 20 * kMs;
-  f.set_stall_us(20000);  // all of the last 20 ms
-  ASSERT_TRUE(went_to_sleep_before_its_request(p, wait, 2000ms));
-  g_now += 150 * kMs;
-  f.set_stall_us(20000 + 2000);  // 2 of the 150 ms since: quiet again
+  RunQueueFile f;
+  RequestWait wait = gated_wait(p, f);
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 5, 6));
+  ASSERT_TRUE(wait.cpus_contended);
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 1, 1));
+  EXPECT_TRUE(wait.cpus_contended) << "one calm look is not enough";
+  ASSERT_NO_FATAL_FAILURE(look(p, wait, f, 1, 1));
+  EXPECT_FALSE(wait.cpus_contended) << "the average is below one half again";
   EXPECT_FALSE(went_to_sleep_before_its_request(p, wait, 200ms));
-  EXPECT_FALSE(wait.cpus_contended);
 }
 
 }  // namespace
