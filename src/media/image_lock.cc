@@ -67,11 +67,13 @@ bool image_is_mounted(const std::string& image) {
 int lock_image(int fd, const std::string& path, int op, std::chrono::milliseconds patience) {
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + patience;
-  const std::string image = absolute_path(path);
+  std::string image;  // its fsname, found once another holds the lock
   for (;;) {
     if (flock(fd, op | LOCK_NB) == 0) return 0;
     const int err = errno;
-    if (err != EWOULDBLOCK || image_is_mounted(image) || Clock::now() >= deadline) return err;
+    if (err != EWOULDBLOCK || Clock::now() >= deadline) return err;
+    if (image.empty()) image = absolute_path(path);
+    if (image_is_mounted(image)) return err;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

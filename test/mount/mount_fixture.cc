@@ -26,6 +26,8 @@
 #include <thread>
 #include <vector>
 
+#include "media/image_lock.h"  // unescape_mountinfo
+
 namespace poisonfs::test {
 namespace {
 
@@ -87,19 +89,6 @@ void track_dir(const std::string& dir) {
 }
 
 // ---------------------------------------------------------------------------
-
-std::string unescape_mountinfo(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
 
 struct MountEntry {
   std::string mountpoint, fstype, source;

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "media/image_lock.h"  // unescape_mountinfo
 #include "tools/poisonctl/poisonctl.h"
 
 namespace poisonfs::ctl {
@@ -30,21 +31,6 @@ struct MountEntry {
   std::string fstype;
   std::string source;
 };
-
-// Undoes the octal escapes (\040 for a space) of /proc/self/mountinfo.
-std::string unescape(const std::string& s) {
-  auto octal = [&](size_t i) { return i < s.size() && s[i] >= '0' && s[i] <= '7'; };
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
-      out += static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
-      i += 3;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
 
 // The whole of a small (procfs) file, or empty.
 std::string read_small_file(const char* path) {
@@ -86,9 +72,9 @@ std::vector<MountEntry> poisonfs_mounts() {
     next_field(head);  // parent
     e.devno = next_field(head);
     next_field(head);  // root
-    e.mountpoint = unescape(std::string(next_field(head)));
+    e.mountpoint = unescape_mountinfo(next_field(head));
     e.fstype = "fuse.poisonfs";
-    e.source = unescape(std::string(next_field(tail)));
+    e.source = unescape_mountinfo(next_field(tail));
     mounts.push_back(std::move(e));
   }
   return mounts;
