@@ -11,7 +11,8 @@
 #   --only LIST  comma-separated sections (default: all, in this order):
 #                fio      ../shared/bench/compare.sh on the mount: fio against
 #                         tmpfs, libfuse passthrough_ll and null (issue 2), then
-#                         buffered reads vs the FUSE ceiling (read_ceiling.cc)
+#                         O_DIRECT reads with no page cache to drop vs null,
+#                         then buffered reads vs the FUSE ceiling (read_ceiling.cc)
 #                loop     the session loop's spin (-o spin_us, default 50) against
 #                         a mount with spin_us=0, interleaved: requests one at a
 #                         time (random 4 KiB, O_DIRECT, create/unlink, stat)
@@ -45,7 +46,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 command_line="$(printf '%q ' "$0" "$@")"
 command_line=${command_line% }
 
-usage() { sed -n '6,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '6,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 log() { printf 'bench: %s\n' "$*" >&2; }
 die() {
   log "$*"
@@ -347,6 +348,48 @@ read_ceiling_section() {
   done
 }
 
+# O_DIRECT reads with nothing to drop: compare.sh's O_DIRECT row follows its
+# buffered rows, so fio's invalidate=1 first drops the 1 GiB of page cache
+# they left on poisonfs and passthrough_ll (never on null), inside the job's
+# time. Here the files are written with O_DIRECT (no page cache) and the
+# three targets read in turn, $rounds rounds: the read itself against null.
+direct_read_section() {
+  local r t dir a p n
+  section "O_DIRECT 1 MiB reads with no page cache to drop: poisonfs vs passthrough_ll and null, interleaved, $rounds rounds (MB/s)"
+  mount_passthrough
+  # shellcheck disable=SC2046 # pkg-config's flags are meant to be split
+  gcc -O2 -o "$W/null" "$EX/null.c" $(pkg-config --cflags --libs fuse3)
+  touch "$W/null-mnt"
+  FUSE_MOUNTS+=("$W/null-mnt")
+  "$W/null" "$W/null-mnt"
+  mkdir -p "$PMNT/direct"
+  for dir in "$PMNT/direct" "$W/pt"; do
+    fio --name=w --directory="$dir" --filename=d --size=1G --rw=write --bs=1m --direct=1 \
+      --ioengine=psync --output-format=terse >/dev/null
+  done
+  declare -A dres
+  for r in $(seq "$rounds"); do
+    for t in pfs pt null; do
+      case $t in
+        pfs) set -- --directory="$PMNT/direct" --filename=d ;;
+        pt) set -- --directory="$W/pt" --filename=d ;;
+        null) set -- --filename="$W/null-mnt" ;;
+      esac
+      dres[$t]+="$(fio --name=d "$@" --size=1G --rw=read --bs=1m --direct=1 --ioengine=psync \
+        --output-format=terse --terse-version=3 2>/dev/null | awk -F';' '{ printf "%.0f", $7 / 1024 }') "
+    done
+  done
+  fusermount3 -u "$W/null-mnt"
+  rm -rf "$PMNT/direct" "$W/pt/d"
+  a=$(echo ${dres[pfs]} | tr ' ' '\n' | median)
+  p=$(echo ${dres[pt]} | tr ' ' '\n' | median)
+  n=$(echo ${dres[null]} | tr ' ' '\n' | median)
+  printf '%-22s %10s %10s %10s %8s %8s\n' job poisonfs pt null "x pt" "x null"
+  printf '%-22s %10s %10s %10s %8s %8s\n' "read 1m O_DIRECT" "$a" "$p" "$n" "$(ratio "$a" "$p")" "$(ratio "$a" "$n")"
+  summary "fio read 1m O_DIRECT, nothing cached" "$a" "pt $p" "$(ratio "$a" "$p")" ">= 2x pt" "$(verdict "$(ratio "$a" "$p")" '>=' 2)"
+  summary "fio read 1m O_DIRECT, nothing cached, null" "$a" "null $n" "$(ratio "$a" "$n")" ">= 0.7x null" "$(verdict "$(ratio "$a" "$n")" '>=' 0.7)"
+}
+
 if want fio; then
   section "fio through the mount vs tmpfs, passthrough_ll and null (../shared/bench/compare.sh, $rounds rounds)"
   if [[ -f $COMPARE ]]; then
@@ -368,6 +411,7 @@ if want fio; then
   else
     printf 'skipped: %s is absent\n' "$COMPARE"
   fi
+  direct_read_section
   read_ceiling_section
 fi
 
