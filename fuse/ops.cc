@@ -515,8 +515,12 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
                fuse_file_info* fi) {
   guarded(req, [&] {
     // The kernel says whether the writer lacks CAP_FSETID (killpriv.h); a
-    // write-back of mmapped pages drops nothing, as in the VFS.
-    if (!request_is_page_writeback()) {
+    // write-back of mmapped pages drops nothing, as in the VFS. Nor does a
+    // write the core refuses (EFBIG) or an empty one: the VFS checks the
+    // limits first (generic_write_checks); the kernel's FUSE knows no limit
+    // below 2^63, so it is checked here.
+    const bool writes_nothing = size == 0 || static_cast<uint64_t>(off) >= kMaxFileSize;
+    if (!request_is_page_writeback() && !writes_nothing) {
       KillPriv kill = request_kills_suid_sgid() ? KillPriv::kCapsAndSuid : KillPriv::kCaps;
       if (Status st = drop_privileges(req, ino, kill); !st) {
         reply_error(req, st.error());

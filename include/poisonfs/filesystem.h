@@ -29,6 +29,9 @@ using Ino = uint64_t;
 inline constexpr Ino kRootIno = 1;
 inline constexpr uint32_t kBlockSize = 4096;
 inline constexpr size_t kNameMax = 255;
+// Largest file size (and offset) we support: 2^52 bytes, so block arithmetic
+// never overflows. Stored on media as a limit: do not change.
+inline constexpr uint64_t kMaxFileSize = 1ull << 52;
 
 // The paths of many inodes, flat (Filesystem::paths of a batch): every path
 // back to back in one buffer, so that naming a thousand sharers of a block

@@ -54,8 +54,7 @@ inline constexpr size_t kXattrSlotSize = kBlockSize - kChainHeaderSize;
 inline constexpr size_t kXattrNameMax = 255;
 inline constexpr size_t kXattrValueMax = kXattrSlotSize - 272;
 inline constexpr uint64_t kMinDeviceBytes = 1 << 20;
-// Largest file offset we support: 2^52 bytes, so block arithmetic never overflows.
-inline constexpr uint64_t kMaxFileSize = 1ull << 52;
+// kMaxFileSize (poisonfs/filesystem.h) bounds every file offset.
 
 // Chain kinds (header magic).
 enum class ChainKind : uint32_t {

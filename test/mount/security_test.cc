@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "mount/mount_fixture.h"
+#include "poisonfs/filesystem.h"
 #include "poisonfs/ioctl.h"
 
 namespace poisonfs::test {
@@ -84,9 +85,9 @@ int clone_ioctl(int dst_fd, int64_t src_fd, uint64_t src_off = 0, uint64_t len =
   return ioctl(dst_fd, POISONFS_IOC_CLONE_RANGE, &args) == 0 ? 0 : errno;
 }
 
-// One block written with O_DIRECT at offset 0 through a second descriptor
-// of the same file (fd's own flags stay).
-int direct_write(int fd) {
+// One block written with O_DIRECT at off through a second descriptor of
+// the same file (fd's own flags stay).
+int direct_write(int fd, off_t off = 0) {
   int dfd = open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   if (dfd < 0) return errno;
   void* buf = nullptr;
@@ -95,7 +96,7 @@ int direct_write(int fd) {
     return ENOMEM;
   }
   std::memset(buf, 'd', kBlock);
-  int e = err_of(pwrite(dfd, buf, kBlock, 0));
+  int e = err_of(pwrite(dfd, buf, kBlock, off));
   std::free(buf);
   close(dfd);
   return e;
@@ -572,6 +573,26 @@ TEST_F(SecurityTest, SetgidWithoutGroupExecuteStaysOnWrite) {
   EXPECT_EQ(failures, "");
   EXPECT_EQ(cached_mode(victim), 02767u) << std::oct << cached_mode(victim);
   EXPECT_EQ(mode_of(victim), 02767u) << std::oct << mode_of(victim);
+}
+
+// A write refused for its offset (at or past the largest file size) changes
+// nothing, so it drops nothing either: the VFS checks the limits first.
+TEST_F(SecurityTest, WriteRefusedPastTheSizeLimitKeepsTheBits) {
+  const std::string victim = shared_dir() + "/suid-far";
+  const off_t max = static_cast<off_t>(kMaxFileSize);
+  ASSERT_TRUE(write_file(victim, std::string(kBlock, 'v'), 0777));
+  ASSERT_EQ(chmod(victim.c_str(), 06777), 0);
+  std::string failures = as_nobody([&](Probe& p) {
+    int fd = open(victim.c_str(), O_WRONLY | O_CLOEXEC);
+    p.expect(fd >= 0, "open");
+    p.expect_errno(err_of(pwrite(fd, "x", 1, max)), EFBIG, "write at the limit");
+    p.expect_errno(direct_write(fd, max), EFBIG, "O_DIRECT write at the limit");
+    close(fd);
+  });
+  EXPECT_EQ(failures, "");
+  EXPECT_EQ(cached_mode(victim), 06777u) << std::oct << cached_mode(victim);
+  EXPECT_EQ(mode_of(victim), 06777u) << std::oct << mode_of(victim);
+  EXPECT_EQ(read_file(victim), std::string(kBlock, 'v'));
 }
 
 // Truncation by name and by O_TRUNC (a SETATTR of its own, since the
