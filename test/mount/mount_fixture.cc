@@ -385,14 +385,17 @@ void MountTest::unmount() {
   if (mounted()) {
     RunResult r;
     // A file still open in the mount (a test's stray descriptor, a dying
-    // child) makes it busy for a moment; then fall back to a lazy unmount.
-    for (int attempt = 0; attempt < 50; ++attempt) {
+    // child) makes it busy for a moment, longer on a loaded machine (seen
+    // once past 1 s while other builds ran); then fall back to a lazy
+    // unmount.
+    for (int attempt = 0; attempt < 250; ++attempt) {
       r = run("fusermount3 -u " + sh_quote(mnt_));
       if (r.exit_code == 0 || !mounted()) break;
       std::this_thread::sleep_for(milliseconds(20));
     }
     if (mounted()) {
-      ADD_FAILURE() << "fusermount3 -u failed: " << r.both();
+      // Who holds it, for the next one who reads this failure.
+      ADD_FAILURE() << "fusermount3 -u failed: " << r.both() << run("fuser -vm " + sh_quote(mnt_)).both();
       run("fusermount3 -u -z " + sh_quote(mnt_));
     }
   }
