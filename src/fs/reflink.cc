@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "fs/fs_impl.h"
@@ -110,6 +111,11 @@ Status FsImpl::clone_range(Ino src_ino, uint64_t src_off, Ino dst_ino, uint64_t 
   Inode &s = *files->first, &d = *files->second;
   if (src_off > s.rec.size) return fail(std::errc::invalid_argument, "source offset past EOF");
   if (len == 0) len = s.rec.size - src_off;
+  // As the VFS (generic_write_check_limits): a destination starting at or
+  // past the largest size is too large, one crossing it is invalid (a clone
+  // is never shortened); offsets that are negative as loff_t are invalid.
+  if (dst_off >= kMaxFileSize && dst_off <= static_cast<uint64_t>(INT64_MAX))
+    return fail(std::errc::file_too_large, "destination past the largest file size");
   if (overflows(src_off, len) || overflows(dst_off, len)) return fail(std::errc::invalid_argument, "range overflows");
   if (src_off + len > s.rec.size) return fail(std::errc::invalid_argument, "source range past EOF");
   if (src_off % kBlockSize || dst_off % kBlockSize) return fail(std::errc::invalid_argument, "offsets not block aligned");

@@ -978,6 +978,8 @@ TEST(ReflinkBadInput, RejectedClonesChangeNothing) {
       {"a directory as source", dir, 0, dst, 0, B, std::errc::is_a_directory},
       {"a directory as destination", src, 0, dir, 0, B, std::errc::is_a_directory},
       {"destination offset overflows", src, 0, dst, big, 2 * B, std::errc::invalid_argument},
+      {"destination at the largest size", src, 0, dst, kMaxFileSize, B, std::errc::file_too_large},
+      {"destination crossing the largest size", src, 0, dst, kMaxFileSize - B, 2 * B, std::errc::invalid_argument},
       {"length overflows", src, B, dst, 0, big, std::errc::invalid_argument},
       {"both overflow", src, big, dst, big, big, std::errc::invalid_argument},
   };
