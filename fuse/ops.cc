@@ -114,8 +114,10 @@ void reply_entry(fuse_req_t req, const Result<Attr>& attr) {
     reply_error(req, attr.error());
     return;
   }
+  // Taken first: the reply frees req, refused or not.
+  Filesystem& fs = filesystem(req);
   fuse_entry_param e = entry_of(*attr);
-  if (fuse_reply_entry(req, &e) == -ENOENT) forget_quietly(filesystem(req), attr->ino);
+  if (fuse_reply_entry(req, &e) == -ENOENT) forget_quietly(fs, attr->ino);
 }
 
 void reply_attr(fuse_req_t req, const Result<Attr>& attr) {
