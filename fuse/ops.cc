@@ -582,8 +582,14 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
 // SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
 void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
   guarded(req, [&] {
-    if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
       fuse_reply_err(req, EINVAL);
+      return;
+    }
+    // The kernel passes a negative offset on; Linux's file systems answer
+    // it as one past the end.
+    if (off < 0) {
+      fuse_reply_err(req, ENXIO);
       return;
     }
     const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;

@@ -47,6 +47,23 @@ TEST_F(SparseMount, SeekDataAndSeekHoleFindTheExtents) {
   close(fd);
 }
 
+// A negative offset is past no end, but Linux answers ENXIO for it (ext4,
+// XFS, tmpfs and the generic lseek alike), not EINVAL.
+TEST_F(SparseMount, SeekFromANegativeOffsetIsENXIO) {
+  make_sparse(path("f"));
+  int fd = open(path("f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  for (int whence : {SEEK_DATA, SEEK_HOLE}) {
+    for (off_t off : {off_t{-1}, off_t{-kMiB}}) {
+      errno = 0;
+      EXPECT_EQ(lseek(fd, off, whence), -1) << whence << " " << off;
+      EXPECT_EQ(errno, ENXIO) << whence << " " << off;
+    }
+  }
+  EXPECT_EQ(lseek(fd, 0, SEEK_CUR), 0) << "the position stays";
+  close(fd);
+}
+
 TEST_F(SparseMount, CpKeepsTheHoles) {
   make_sparse(path("f"));
   RunResult r = run("cp " + sh_quote(path("f")) + " " + sh_quote(path("g")));
