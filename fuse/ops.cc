@@ -570,6 +570,12 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
       fuse_reply_err(req, EINVAL);
       return;
     }
+    // Refused before anything is dropped, as vfs_fallocate checks the
+    // size limit first (the kernel's FUSE knows none below 2^63).
+    if (static_cast<uint64_t>(off) + static_cast<uint64_t>(length) > kMaxFileSize) {
+      fuse_reply_err(req, EFBIG);
+      return;
+    }
     if (Status st = drop_privileges(req, ino, unflagged_kill(req)); !st) {
       reply_error(req, st.error());
       return;
@@ -766,6 +772,12 @@ void pfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_f
   guarded(req, [&] {
     if (flags != 0) {
       fuse_reply_err(req, EINVAL);
+      return;
+    }
+    // As generic_copy_file_checks: refused at the size limit before
+    // anything is dropped.
+    if (static_cast<uint64_t>(off_out) >= kMaxFileSize) {
+      fuse_reply_err(req, EFBIG);
       return;
     }
     if (Status st = drop_privileges(req, ino_out, unflagged_kill(req)); !st) {
