@@ -585,7 +585,24 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
   });
 }
 
+// Answers an lseek from the extent map.
+void reply_seek(fuse_req_t req, Filesystem& fs, Ino ino, uint64_t off, SeekFor what) noexcept {
+  guarded(req, [&] {
+    Result<uint64_t> to = fs.seek(ino, off, what);
+    if (!to) {
+      reply_error(req, to.error());
+      return;
+    }
+    fuse_reply_lseek(req, static_cast<off_t>(*to));
+  });
+}
+
 // SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
+// Bytes stored through a shared mapping are data before they reach the
+// image, and the kernel sends LSEEK without writing them back: the file's
+// cached pages from off on are dropped first, which writes the dirty ones
+// back (WRITE requests, served meanwhile), and the answer comes from the
+// invalidation thread after that.
 void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
   guarded(req, [&] {
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
@@ -599,12 +616,11 @@ void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_
       return;
     }
     const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
-    Result<uint64_t> to = filesystem(req).seek(ino, static_cast<uint64_t>(off), what);
-    if (!to) {
-      reply_error(req, to.error());
-      return;
-    }
-    fuse_reply_lseek(req, static_cast<off_t>(*to));
+    const uint64_t from = static_cast<uint64_t>(off);
+    Filesystem& fs = filesystem(req);
+    if (CacheInvalidator* invalidator = context(req)->invalidator) invalidator->push(ino, from, 0);
+    reply_after_invalidations(
+        req, [req, &fs, ino, from, what] { reply_seek(req, fs, ino, from, what); });
   });
 }
 

@@ -2,10 +2,14 @@
 // daemon (FUSE_LSEEK), so `cp` and `tar -S` find the holes and keep them.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "mount/mount_fixture.h"
@@ -61,6 +65,42 @@ TEST_F(SparseMount, SeekFromANegativeOffsetIsENXIO) {
     }
   }
   EXPECT_EQ(lseek(fd, 0, SEEK_CUR), 0) << "the position stays";
+  close(fd);
+}
+
+// Runs cp without fork(): a forked copy of this process would close its
+// copy of a mapping at exec, and FUSE writes the file's dirty pages back
+// then (fuse_vma_close). Returns cp's wait status.
+int spawn_cp(const std::string& from, const std::string& to) {
+  const char* argv[] = {"cp", from.c_str(), to.c_str(), nullptr};
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, "cp", nullptr, nullptr, const_cast<char* const*>(argv), environ) != 0)
+    return -1;
+  int status = -1;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+// Bytes stored through a shared mapping are data before they reach the
+// image (the kernel writes them back later, and sends FUSE_LSEEK without
+// writing them back first): a copy made meanwhile must not lose them.
+TEST_F(SparseMount, DirtyMappedPagesAreData) {
+  const std::string f = path("mapped");
+  int fd = open(f.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4 * kMiB), 0);
+  void* map = mmap(nullptr, 4 * kMiB, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  char* bytes = static_cast<char*>(map);
+  std::memcpy(bytes + 2 * kMiB, "mapped", 6);  // no msync
+  EXPECT_EQ(spawn_cp(f, path("copy")), 0);
+  const std::string copy = read_file(path("copy"));
+  EXPECT_EQ(copy.substr(2 * kMiB, 6), "mapped") << "the copy lost the mapped bytes";
+  EXPECT_TRUE(copy == read_file(f));
+  std::memcpy(bytes + 3 * kMiB, "again", 5);
+  EXPECT_EQ(lseek(fd, 2 * kMiB + 4096, SEEK_DATA), 3 * kMiB);
+  EXPECT_EQ(lseek(fd, 3 * kMiB, SEEK_HOLE), 3 * kMiB + 4096);
+  munmap(map, 4 * kMiB);
   close(fd);
 }
 
