@@ -114,8 +114,10 @@ void reply_entry(fuse_req_t req, const Result<Attr>& attr) {
     reply_error(req, attr.error());
     return;
   }
+  // Taken first: the reply frees req, refused or not.
+  Filesystem& fs = filesystem(req);
   fuse_entry_param e = entry_of(*attr);
-  if (fuse_reply_entry(req, &e) == -ENOENT) forget_quietly(filesystem(req), attr->ino);
+  if (fuse_reply_entry(req, &e) == -ENOENT) forget_quietly(fs, attr->ino);
 }
 
 void reply_attr(fuse_req_t req, const Result<Attr>& attr) {
@@ -568,6 +570,12 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
       fuse_reply_err(req, EINVAL);
       return;
     }
+    // Refused before anything is dropped, as vfs_fallocate checks the
+    // size limit first (the kernel's FUSE knows none below 2^63).
+    if (static_cast<uint64_t>(off) + static_cast<uint64_t>(length) > kMaxFileSize) {
+      fuse_reply_err(req, EFBIG);
+      return;
+    }
     if (Status st = drop_privileges(req, ino, unflagged_kill(req)); !st) {
       reply_error(req, st.error());
       return;
@@ -577,20 +585,42 @@ void pfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t le
   });
 }
 
-// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
-void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
+// Answers an lseek from the extent map.
+void reply_seek(fuse_req_t req, Filesystem& fs, Ino ino, uint64_t off, SeekFor what) noexcept {
   guarded(req, [&] {
-    if (off < 0 || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
-      fuse_reply_err(req, EINVAL);
-      return;
-    }
-    const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
-    Result<uint64_t> to = filesystem(req).seek(ino, static_cast<uint64_t>(off), what);
+    Result<uint64_t> to = fs.seek(ino, off, what);
     if (!to) {
       reply_error(req, to.error());
       return;
     }
     fuse_reply_lseek(req, static_cast<off_t>(*to));
+  });
+}
+
+// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
+// Bytes stored through a shared mapping are data before they reach the
+// image, and the kernel sends LSEEK without writing them back: the file's
+// cached pages from off on are dropped first, which writes the dirty ones
+// back (WRITE requests, served meanwhile), and the answer comes from the
+// invalidation thread after that.
+void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
+  guarded(req, [&] {
+    if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    // The kernel passes a negative offset on; Linux's file systems answer
+    // it as one past the end.
+    if (off < 0) {
+      fuse_reply_err(req, ENXIO);
+      return;
+    }
+    const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
+    const uint64_t from = static_cast<uint64_t>(off);
+    Filesystem& fs = filesystem(req);
+    if (CacheInvalidator* invalidator = context(req)->invalidator) invalidator->push(ino, from, 0);
+    reply_after_invalidations(
+        req, [req, &fs, ino, from, what] { reply_seek(req, fs, ino, from, what); });
   });
 }
 
@@ -758,6 +788,12 @@ void pfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_f
   guarded(req, [&] {
     if (flags != 0) {
       fuse_reply_err(req, EINVAL);
+      return;
+    }
+    // As generic_copy_file_checks: refused at the size limit before
+    // anything is dropped.
+    if (static_cast<uint64_t>(off_out) >= kMaxFileSize) {
+      fuse_reply_err(req, EFBIG);
       return;
     }
     if (Status st = drop_privileges(req, ino_out, unflagged_kill(req)); !st) {

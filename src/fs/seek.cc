@@ -1,8 +1,9 @@
 // SEEK_DATA and SEEK_HOLE from the extent map: what `cp`, `tar -S` and
 // `rsync -S` ask to skip holes (and `cp` to decide whether a file is sparse
 // at all). Holes and unwritten extents read as zeros, so both are holes,
-// as XFS and ext4 report them when no dirty page cache covers them (writes
-// reach the image before they are answered here: none ever does).
+// as XFS and ext4 report them when no dirty page cache covers them (the
+// daemon has the kernel write back pages dirtied through a mapping first;
+// every other write reaches the image before it is answered).
 #include "fs/fs_impl.h"
 
 namespace poisonfs {

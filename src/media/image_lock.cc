@@ -3,6 +3,7 @@
 
 #include <limits.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -46,7 +47,22 @@ std::string unescape_mountinfo(std::string_view field) {
   return out;
 }
 
-bool image_is_mounted(const std::string& image) {
+namespace {
+
+// Whether a mount's source is the image: the same file, since the lock
+// belongs to the file, whatever name opened it; else (a source gone or out
+// of reach) the same absolute path.
+bool source_is_image(const std::string& source, const struct stat& image, const std::string& path) {
+  struct stat st {};
+  if (stat(source.c_str(), &st) == 0) return st.st_dev == image.st_dev && st.st_ino == image.st_ino;
+  return source == absolute_path(path);
+}
+
+}  // namespace
+
+bool image_is_mounted(int fd, const std::string& path) {
+  struct stat image {};
+  if (fstat(fd, &image) != 0) return false;
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
   while (std::getline(in, line)) {
@@ -59,7 +75,8 @@ bool image_is_mounted(const std::string& image) {
     std::string_view fstype = rest.substr(0, a);
     std::string_view tail = rest.substr(a + 1);
     std::string_view source = tail.substr(0, tail.find(' '));
-    if (fstype == "fuse.poisonfs" && unescape_mountinfo(source) == image) return true;
+    if (fstype == "fuse.poisonfs" && source_is_image(unescape_mountinfo(source), image, path))
+      return true;
   }
   return false;
 }
@@ -67,13 +84,11 @@ bool image_is_mounted(const std::string& image) {
 int lock_image(int fd, const std::string& path, int op, std::chrono::milliseconds patience) {
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + patience;
-  std::string image;  // its fsname, found once another holds the lock
   for (;;) {
     if (flock(fd, op | LOCK_NB) == 0) return 0;
     const int err = errno;
     if (err != EWOULDBLOCK || Clock::now() >= deadline) return err;
-    if (image.empty()) image = absolute_path(path);
-    if (image_is_mounted(image)) return err;
+    if (image_is_mounted(fd, path)) return err;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

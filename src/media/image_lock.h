@@ -22,9 +22,12 @@ std::string absolute_path(const std::string& path);
 // Decodes the octal escapes (\040 for a space) of a /proc/self/mountinfo field.
 std::string unescape_mountinfo(std::string_view field);
 
-// True when a poisonfs mount of the image at absolute path `image` (its
-// fsname) is listed in /proc/self/mountinfo.
-bool image_is_mounted(const std::string& image);
+// True when a poisonfs mount of the image open as fd (by path) is listed in
+// /proc/self/mountinfo: one whose source (its fsname: the image's absolute
+// path when it was mounted) is the same file, whatever path leads to it (a
+// bind mount, a hard link), or the same path when the source cannot be
+// looked at.
+bool image_is_mounted(int fd, const std::string& path);
 
 // flock(fd, op | LOCK_NB) on the image at path; while another holds it and
 // the image is not mounted (a daemon finishing its unmount), tries again

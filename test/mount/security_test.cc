@@ -595,6 +595,32 @@ TEST_F(SecurityTest, WriteRefusedPastTheSizeLimitKeepsTheBits) {
   EXPECT_EQ(read_file(victim), std::string(kBlock, 'v'));
 }
 
+// So do a fallocate and a copy_file_range refused for their range: the VFS
+// checks the limits first (vfs_fallocate, generic_copy_file_checks).
+TEST_F(SecurityTest, FallocateAndCopyRefusedPastTheSizeLimitKeepTheBits) {
+  const std::string victim = shared_dir() + "/suid-far2", src = shared_dir() + "/far-payload";
+  const off_t max = static_cast<off_t>(kMaxFileSize);
+  ASSERT_TRUE(write_file(src, std::string(kBlock, 'x'), 0644));
+  ASSERT_TRUE(write_file(victim, std::string(kBlock, 'v'), 0777));
+  ASSERT_EQ(chmod(victim.c_str(), 06777), 0);
+  std::string failures = as_nobody([&](Probe& p) {
+    int fd = open(victim.c_str(), O_WRONLY | O_CLOEXEC),
+        s = open(src.c_str(), O_RDONLY | O_CLOEXEC);
+    p.expect(fd >= 0 && s >= 0, "open the files");
+    p.expect_errno(err_of(fallocate(fd, 0, max - kBlock, 2 * kBlock)), EFBIG,
+                   "fallocate across the limit");
+    loff_t in = 0, out = max;
+    p.expect_errno(err_of(copy_file_range(s, &in, fd, &out, kBlock, 0)), EFBIG,
+                   "copy_file_range at the limit");
+    close(fd);
+    close(s);
+  });
+  EXPECT_EQ(failures, "");
+  EXPECT_EQ(cached_mode(victim), 06777u) << std::oct << cached_mode(victim);
+  EXPECT_EQ(mode_of(victim), 06777u) << std::oct << mode_of(victim);
+  EXPECT_EQ(read_file(victim), std::string(kBlock, 'v'));
+}
+
 // Truncation by name and by O_TRUNC (a SETATTR of its own, since the
 // daemon does not take O_TRUNC atomically) drop the bits like ftruncate.
 TEST_F(SecurityTest, TruncatingByNameOrOTruncDropsTheBits) {

@@ -2,10 +2,14 @@
 // daemon (FUSE_LSEEK), so `cp` and `tar -S` find the holes and keep them.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 
 #include "mount/mount_fixture.h"
@@ -44,6 +48,59 @@ TEST_F(SparseMount, SeekDataAndSeekHoleFindTheExtents) {
   errno = 0;
   EXPECT_EQ(lseek(fd, 16 * kMiB, SEEK_HOLE), -1) << "at the end";
   EXPECT_EQ(errno, ENXIO);
+  close(fd);
+}
+
+// A negative offset is past no end, but Linux answers ENXIO for it (ext4,
+// XFS, tmpfs and the generic lseek alike), not EINVAL.
+TEST_F(SparseMount, SeekFromANegativeOffsetIsENXIO) {
+  make_sparse(path("f"));
+  int fd = open(path("f").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  for (int whence : {SEEK_DATA, SEEK_HOLE}) {
+    for (off_t off : {off_t{-1}, off_t{-kMiB}}) {
+      errno = 0;
+      EXPECT_EQ(lseek(fd, off, whence), -1) << whence << " " << off;
+      EXPECT_EQ(errno, ENXIO) << whence << " " << off;
+    }
+  }
+  EXPECT_EQ(lseek(fd, 0, SEEK_CUR), 0) << "the position stays";
+  close(fd);
+}
+
+// Runs cp without fork(): a forked copy of this process would close its
+// copy of a mapping at exec, and FUSE writes the file's dirty pages back
+// then (fuse_vma_close). Returns cp's wait status.
+int spawn_cp(const std::string& from, const std::string& to) {
+  const char* argv[] = {"cp", from.c_str(), to.c_str(), nullptr};
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, "cp", nullptr, nullptr, const_cast<char* const*>(argv), environ) != 0)
+    return -1;
+  int status = -1;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+// Bytes stored through a shared mapping are data before they reach the
+// image (the kernel writes them back later, and sends FUSE_LSEEK without
+// writing them back first): a copy made meanwhile must not lose them.
+TEST_F(SparseMount, DirtyMappedPagesAreData) {
+  const std::string f = path("mapped");
+  int fd = open(f.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 4 * kMiB), 0);
+  void* map = mmap(nullptr, 4 * kMiB, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(map, MAP_FAILED);
+  char* bytes = static_cast<char*>(map);
+  std::memcpy(bytes + 2 * kMiB, "mapped", 6);  // no msync
+  EXPECT_EQ(spawn_cp(f, path("copy")), 0);
+  const std::string copy = read_file(path("copy"));
+  EXPECT_EQ(copy.substr(2 * kMiB, 6), "mapped") << "the copy lost the mapped bytes";
+  EXPECT_TRUE(copy == read_file(f));
+  std::memcpy(bytes + 3 * kMiB, "again", 5);
+  EXPECT_EQ(lseek(fd, 2 * kMiB + 4096, SEEK_DATA), 3 * kMiB);
+  EXPECT_EQ(lseek(fd, 3 * kMiB, SEEK_HOLE), 3 * kMiB + 4096);
+  munmap(map, 4 * kMiB);
   close(fd);
 }
 

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -478,6 +479,27 @@ TEST_F(ToolsOnMount, MkfsAndFsckRefuseAMountedImage) {
   RunResult clean = tool("fsck.poisonfs", {"-n", image()});
   EXPECT_EQ(clean.exit_code, 0) << clean.out << clean.err;
   mount();
+  EXPECT_EQ(slurp(path("still-here")), "yes\n");
+}
+
+// Another path to the mounted image (a hard link here; a bind mount of its
+// directory is alike) is refused at once, as the image's own path is: the
+// image lock waits for an exiting daemon only while no mount of that very
+// file is listed, whatever path its mount was made by.
+TEST_F(ToolsOnMount, AnotherPathToAMountedImageIsRefusedAtOnce) {
+  const std::string alias = dir() + "/image-link";
+  ASSERT_EQ(link(image().c_str(), alias.c_str()), 0);
+  const std::vector<std::vector<std::string>> calls = {{"fsck.poisonfs", "-n", alias},
+                                                       {"mkfs.poisonfs", "-f", alias, "256M"}};
+  for (const std::vector<std::string>& call : calls) {
+    const auto start = std::chrono::steady_clock::now();
+    RunResult r = tool(call[0], {call.begin() + 1, call.end()});
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_NE(r.exit_code, 0) << call[0];
+    EXPECT_NE(r.err.find("in use"), std::string::npos) << call[0] << ": " << r.err;
+    EXPECT_LT(took, std::chrono::seconds(2)) << call[0] << " waited for a mounted image";
+  }
+  write_file(path("still-here"), "yes\n");
   EXPECT_EQ(slurp(path("still-here")), "yes\n");
 }
 
