@@ -22,6 +22,19 @@
 // function adds FUSE_HANDLE_KILLPRIV_V2 to the INIT reply, and only when
 // the kernel offered it in the INIT request.
 //
+// The same shim carries FUSE_SETXATTR_ACL_KILL_SGID, which libfuse 3.14
+// cannot receive either: the kernel sets it in a SETXATTR of
+// system.posix_acl_access when the caller is neither in the file's group
+// nor has CAP_FSETID (fs/fuse/acl.c, fuse_set_acl; posix_acl_update_mode
+// drops the setgid bit then), but only in the extended fuse_setxattr_in,
+// which it sends only to a daemon whose INIT reply says FUSE_SETXATTR_EXT
+// (fs/fuse/xattr.c). libfuse 3.14 has no FUSE_CAP_SETXATTR_EXT and reads
+// the 8-byte compat form (later versions know the flag but still drop
+// setxattr_flags). So the write function adds FUSE_SETXATTR_EXT to an INIT
+// reply that enables POSIX ACLs, when the kernel offered it, and the read
+// function notes setxattr_flags of every SETXATTR and moves the name and
+// value back over them: libfuse gets the compat form it knows.
+//
 // FUSE_OPEN_KILL_SUIDGID is not needed: without FUSE_CAP_ATOMIC_O_TRUNC
 // the kernel strips O_TRUNC from OPEN and truncates with a SETATTR, which
 // carries FATTR_KILL_SUIDGID. What the kernel does not flag (fallocate and
@@ -44,6 +57,11 @@ int install_killpriv_shim(fuse_session* se);
 // setuid/setgid bits (the caller lacks CAP_FSETID). False unless the kernel
 // accepted FUSE_HANDLE_KILLPRIV_V2.
 bool request_kills_suid_sgid();
+
+// Whether the kernel asked the SETXATTR this thread handles (an access
+// ACL) to drop the setgid bit. False unless the kernel accepted
+// FUSE_SETXATTR_EXT.
+bool request_kills_acl_sgid();
 
 // Whether the request this thread handles writes back cached pages (a
 // shared mmap): nothing is dropped for those, as in the VFS.

@@ -192,9 +192,19 @@ void pfs_init(void* userdata, fuse_conn_info* conn) {
   // it cannot see, poison found by notify_failure, is invalidated
   // explicitly with fuse_lowlevel_notify_inval_inode.
   conn->want &= ~(FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_EXPORT_SUPPORT | FUSE_CAP_WRITEBACK_CACHE |
-                  FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_POSIX_ACL | FUSE_CAP_AUTO_INVAL_DATA |
-                  FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+                  FUSE_CAP_HANDLE_KILLPRIV | FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK |
+                  FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE |
+                  FUSE_CAP_SPLICE_MOVE);
   if (conn->capable & FUSE_CAP_IOCTL_DIR) conn->want |= FUSE_CAP_IOCTL_DIR;
+  // POSIX ACLs: the kernel enforces them (POSIX_ACL implies
+  // default_permissions), fetches and caches them with GETXATTR, and hands
+  // their changes to us as xattrs; the core keeps the mode in step. The
+  // umask must reach the core unapplied (DONT_MASK): a directory's default
+  // ACL replaces it (FsImpl::new_inode_acls), which only the core knows.
+  // Without DONT_MASK the kernel would apply the umask first, so both or
+  // neither.
+  const unsigned acl_caps = FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+  if ((conn->capable & acl_caps) == acl_caps) conn->want |= acl_caps;
   mc->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
   // Splice only on request (-o read_reply=splice): measured with fio on a
   // 2 GiB /dev/shm image, 2 CPUs, a 1 GiB file, psync, it never won. The
@@ -705,10 +715,6 @@ void pfs_access(fuse_req_t req, fuse_ino_t /*ino*/, int /*mask*/) {
 // ---------------------------------------------------------------------------
 // Extended attributes
 
-bool is_posix_acl(std::string_view name) {
-  return name == "system.posix_acl_access" || name == "system.posix_acl_default";
-}
-
 // Answers the size protocol of getxattr/listxattr: size 0 asks for the
 // length, a too small buffer is ERANGE.
 void reply_sized(fuse_req_t req, size_t size, std::string_view value) {
@@ -724,12 +730,14 @@ void reply_sized(fuse_req_t req, size_t size, std::string_view value) {
 void pfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                   int flags) {
   guarded(req, [&] {
-    // POSIX ACLs are not negotiated with the kernel (no FUSE_CAP_POSIX_ACL),
-    // so storing one would promise access control nobody enforces.
-    if (is_posix_acl(name)) {
-      fuse_reply_err(req, EOPNOTSUPP);
-      return;
-    }
+    // POSIX ACLs arrive here checked and normalized by the kernel
+    // (vfs_set_acl: owner or CAP_FOWNER, posix_acl_valid), which also drops
+    // its cached ACLs and attributes once we answer (fuse_set_acl), and
+    // after every chmod (fuse_setattr): a stat or getfacl after either asks
+    // us again, so the mode and ACL the core changed together are never
+    // seen stale. The setgid bit goes as posix_acl_update_mode would drop
+    // it, when the kernel says so (killpriv.h).
+    if (request_kills_acl_sgid()) flags |= kXattrKillSgid;
     reply_status(req, filesystem(req).setxattr(ino, name, std::string_view(value, size), flags));
   });
 }

@@ -65,6 +65,9 @@ struct MountContext {
   // ioctls) saves a round trip.
   std::atomic<bool> no_opendir{false};
   std::atomic<bool> direct_io_mmap{false};
+  // The INIT reply says FUSE_SETXATTR_EXT (killpriv.h): SETXATTR requests
+  // carry setxattr_flags, which the shim takes out before libfuse sees them.
+  std::atomic<bool> setxattr_ext{false};
   bool serves_direct_io() const { return direct_io && direct_io_mmap.load(std::memory_order_relaxed); }
   // GETXATTR requests served (POISONFS_IOC_STAT): shows that writes stopped
   // asking.

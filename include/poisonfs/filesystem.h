@@ -362,6 +362,10 @@ inline constexpr unsigned kRenameExchange = 1u << 1;
 // Xattr flags (values of XATTR_*).
 inline constexpr int kXattrCreate = 1;
 inline constexpr int kXattrReplace = 2;
+// Not an XATTR_* value: setting system.posix_acl_access also clears the
+// setgid bit, because the caller is neither in the file's group nor has
+// CAP_FSETID (the kernel's FUSE_SETXATTR_ACL_KILL_SGID; as chmod would).
+inline constexpr int kXattrKillSgid = 1 << 16;
 
 // Whether a call that answers with an entry (lookup, mknod, mkdir, symlink,
 // link) hands the kernel a reference to the inode. The FUSE kernel keeps an
@@ -488,6 +492,10 @@ class Filesystem {
   virtual Status readdir(Ino ino, uint64_t cookie,
                          const std::function<bool(const DirEntry&)>& fn) = 0;
 
+  // Names: user., trusted., security., and the POSIX ACLs
+  // system.posix_acl_access and system.posix_acl_default (src/fs/acl.h:
+  // setting an access ACL sets the mode too; a default ACL is inherited by
+  // what is created in its directory; chmod rewrites the access ACL).
   virtual Result<std::string> getxattr(Ino ino, std::string_view name) = 0;
   virtual Status setxattr(Ino ino, std::string_view name, std::string_view value, int flags) = 0;
   virtual Result<std::vector<std::string>> listxattr(Ino ino) = 0;

@@ -481,7 +481,13 @@ Status FsImpl::load_chain(Inode& inode, Chain& chain, uint64_t head) {
         if (!r) {
           if (auto st = bad(r.error()); !st) return st;
         } else if ((filled = r->has_value())) {
-          inode.xattrs[(*r)->name] = Xattr{(*r)->value, slot};
+          // An ACL the kernel could not read would fail every access check.
+          if (auto problem = stored_acl_problem(inode.rec, (*r)->name, (*r)->value)) {
+            if (auto st = bad(Error{std::errc::io_error, *problem}); !st) return st;
+            filled = false;
+          } else {
+            inode.xattrs[(*r)->name] = Xattr{(*r)->value, slot};
+          }
         }
       }
       if (!filled) chain.free_slots.push_back(slot);

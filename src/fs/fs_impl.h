@@ -16,8 +16,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -108,6 +110,20 @@ inline constexpr std::string_view kCapabilityXattr = "security.capability";
 std::string file_poison_json(const std::vector<FilePoison>& ranges);
 OwnerKind owner_kind_of(ChainKind kind);
 const char* chain_what(ChainKind kind);  // "extents", "directory", "xattr" (event owners)
+
+// The mode and ACLs a new inode starts with (FsImpl::new_inode_acls): its
+// access ACL and, for a directory, its default ACL, in their xattr form
+// ("" for none).
+struct NewInodeAcls {
+  uint32_t mode = 0;
+  std::string access;
+  std::string default_acl;
+};
+// Why a stored xattr that is an ACL is bad (fsck, mount): it does not parse,
+// is empty, or sits where no ACL may (a default ACL on a non-directory, any
+// ACL on a symlink). nullopt when it is fine or no ACL.
+std::optional<std::string> stored_acl_problem(const InodeRec& rec, std::string_view name,
+                                              std::string_view value);
 
 // fsck state: when a FsImpl loads with one, bad records are reported and
 // skipped instead of failing the mount (see check.cc).
@@ -236,6 +252,23 @@ class FsImpl final : public Filesystem {
   bool is_ancestor(Ino maybe_ancestor, Ino ino);
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint64_t rdev,
                            const Caller& caller, std::string_view symlink_target, EntryRef ref);
+
+  // --- xattrs and ACLs (xattr.cc)
+  // Stores value as inode's xattr name (in its slot, or a new one).
+  Status _put_xattr(Inode& inode, std::string_view name, std::string value, Transaction& tx);
+  // Removes inode's xattr name; false when it has none.
+  bool _drop_xattr(Inode& inode, std::string_view name, Transaction& tx);
+  Status set_acl(Ino ino, std::string_view name, std::string_view value, bool kill_sgid);
+  // chmod: the access ACL, if any, takes the new mode's permission bits
+  // (posix_acl_chmod). REQUIRES: inode.rec.mode is the new mode.
+  void chmod_access_acl(Inode& inode, Transaction& tx);
+  // What a new inode of mode (as asked for, umask not applied) in dir
+  // starts with (posix_acl_create): without a default ACL on dir the umask
+  // applies; with one, the umask does not, the access ACL is the default
+  // limited by the mode (none when equivalent to it), and a directory
+  // inherits the default too. Symlinks get neither.
+  Result<NewInodeAcls> new_inode_acls(const Inode& dir, uint32_t mode, uint32_t umask);
+  Status _put_new_inode_acls(Inode& child, const NewInodeAcls& acls, Transaction& tx);
 
   // --- data (data.cc)
   // Every store of file data goes through these two: they keep the blocks'

@@ -131,18 +131,23 @@ Result<Attr> FsImpl::create_node(Ino parent, std::string_view name, uint32_t mod
   if ((*dir)->rec.nlink == 0) return fail(std::errc::no_such_file_or_directory);
   if ((*dir)->entries.contains(name)) return fail(std::errc::file_exists);
   if (free_inos_.empty()) return fail(std::errc::no_space_on_device, "no free inodes");
+  auto acls = new_inode_acls(**dir, mode, caller.umask);
+  if (!acls) return std::unexpected(acls.error());
   Transaction tx;
-  auto child = new_inode(mode, rdev, caller, **dir);
+  auto child = new_inode(acls->mode, rdev, caller, **dir);
   if (!child) return std::unexpected(child.error());
   std::vector<BlockRange> dropped;
   // The child's blocks first, the directory's slot last: on failure tx is
   // dropped, so it may hold nothing but the child's own records (a new
-  // directory block linked in it would stay linked in memory only).
+  // directory block linked in it would stay linked in memory only). Its
+  // ACLs are in the same transaction: after a crash the file exists with
+  // them or not at all.
   Status st;
   if (!symlink_target.empty()) {
     auto n = _write(**child, 0, std::as_bytes(std::span(symlink_target)), tx, dropped);
     if (!n || *n != symlink_target.size()) st = fail(std::errc::no_space_on_device);
   }
+  if (st) st = _put_new_inode_acls(**child, *acls, tx);
   if (st) st = reserve_slots(**dir, (*dir)->chain, 1, tx);
   if (!st) {
     free_inode(**child, tx, dropped);
@@ -160,12 +165,12 @@ Result<Attr> FsImpl::mknod(Ino parent, std::string_view name, uint32_t mode, uin
                            const Caller& caller, EntryRef ref) {
   if (S_ISDIR(mode) || S_ISLNK(mode)) return fail(std::errc::invalid_argument);
   if ((mode & S_IFMT) == 0) mode |= S_IFREG;
-  return create_node(parent, name, mode & ~caller.umask, rdev, caller, {}, ref);
+  return create_node(parent, name, mode, rdev, caller, {}, ref);  // umask: see new_inode_acls
 }
 
 Result<Attr> FsImpl::mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller,
                            EntryRef ref) {
-  return create_node(parent, name, S_IFDIR | (mode & 07777 & ~caller.umask), 0, caller, {}, ref);
+  return create_node(parent, name, S_IFDIR | (mode & 07777), 0, caller, {}, ref);
 }
 
 Result<Attr> FsImpl::symlink(Ino parent, std::string_view name, std::string_view target,
@@ -322,7 +327,10 @@ Result<Attr> FsImpl::setattr(Ino ino, const SetAttr& set, const Caller&) {
     }
     inode.rec.mtime_ns = now;
   }
-  if (set.valid & SetAttr::kMode) inode.rec.mode = (inode.rec.mode & S_IFMT) | (set.mode & 07777);
+  if (set.valid & SetAttr::kMode) {
+    inode.rec.mode = (inode.rec.mode & S_IFMT) | (set.mode & 07777);
+    chmod_access_acl(inode, tx);
+  }
   if (set.valid & SetAttr::kUid) inode.rec.uid = set.uid;
   if (set.valid & SetAttr::kGid) inode.rec.gid = set.gid;
   // New contents or a new owner lose what was granted to the old (as
@@ -360,10 +368,7 @@ bool has_privileges(const Inode& inode, KillPriv kill) {
 
 bool FsImpl::_drop_privileges(Inode& inode, KillPriv kill, Transaction& tx) {
   if (!has_privileges(inode, kill)) return false;
-  if (auto it = inode.xattrs.find(kCapabilityXattr); it != inode.xattrs.end()) {
-    free_slot(inode.xattr_chain, it->second.slot, tx);
-    inode.xattrs.erase(it);
-  }
+  _drop_xattr(inode, kCapabilityXattr, tx);
   inode.rec.mode &= ~suid_bits(inode.rec.mode, kill);
   inode.rec.ctime_ns = now_ns();
   stage_inode(tx, inode);

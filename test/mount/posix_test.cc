@@ -932,8 +932,8 @@ TEST_F(PosixMount, ExtendedAttributes) {
   EXPECT_EQ(err_of(setxattr(path("d").c_str(), "user.dir", "1", 1, 0)), 0);
   EXPECT_EQ(getxattr(path("d").c_str(), "user.dir", buf, sizeof buf), 1);
 
-  // POSIX ACLs are not supported: a valid ACL (owner rw, user 65534 r,
-  // group r, mask r, other r) is refused.
+  // POSIX ACLs are system. xattrs (acl_test.cc): a valid ACL (owner rw,
+  // user 65534 r, group r, mask r, other r) is taken and listed.
   struct Entry {
     uint16_t tag, perm;
     uint32_t id;
@@ -947,7 +947,10 @@ TEST_F(PosixMount, ExtendedAttributes) {
                   {0x20, 4, 0xffffffffu}};
   } acl;
   static_assert(sizeof(Acl) == 4 + 5 * 8);
-  EXPECT_EQ(err_of(setxattr(f, "system.posix_acl_access", &acl, sizeof acl, 0)), EOPNOTSUPP);
+  EXPECT_EQ(err_of(setxattr(f, "system.posix_acl_access", &acl, sizeof acl, 0)), 0);
+  EXPECT_EQ(getxattr(f, "system.posix_acl_access", buf, sizeof buf),
+            static_cast<ssize_t>(sizeof acl));
+  EXPECT_EQ(std::memcmp(buf, &acl, sizeof acl), 0);
 }
 
 TEST_F(PosixMount, NameLengthLimits) {

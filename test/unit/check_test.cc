@@ -1,7 +1,8 @@
 // Tests of check_filesystem (fsck, src/fs/check.cc): a fresh filesystem is
 // clean; damaged inode records, names of freed inodes, wrong link counts,
 // doubly owned blocks and a destroyed primary superblock are each reported,
-// a check without repair never changes a byte, and a repair leaves an image
+// an ACL xattr the kernel could not read, a check without repair never
+// changes a byte, and a repair leaves an image
 // that checks clean and mounts; bytes that are not poisonfs are an error.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -164,6 +165,49 @@ TEST(Check, CorruptDirectoryInodeIsRepairedInOnePass) {
   EXPECT_FALSE((*fs)->lookup(kRootIno, "dir"));
   EXPECT_EQ((*fs)->getattr(kRootIno)->nlink, 2u);
   EXPECT_EQ(read_all(**fs, img.keep), std::string(10000, 'k'));
+}
+
+// A sealed xattr record whose value is no valid POSIX ACL (the kernel would
+// fail every permission check of the file with it) or a default ACL on a
+// file: the mount refuses it, fsck reports and clears it.
+TEST(Check, AclThatDoesNotParseIsReportedAndCleared) {
+  const std::string unsorted_users(
+      "\x02\x00\x00\x00"
+      "\x01\x00\x06\x00\xff\xff\xff\xff"
+      "\x02\x00\x04\x00\x09\x00\x00\x00"
+      "\x02\x00\x04\x00\x05\x00\x00\x00"
+      "\x04\x00\x04\x00\xff\xff\xff\xff"
+      "\x10\x00\x04\x00\xff\xff\xff\xff"
+      "\x20\x00\x04\x00\xff\xff\xff\xff",
+      4 + 6 * 8);
+  // owner, group, other: valid, but a default ACL belongs to directories.
+  const std::string base_entries = unsorted_users.substr(0, 4 + 8) +
+                                   unsorted_users.substr(4 + 3 * 8, 8) +
+                                   unsorted_users.substr(4 + 5 * 8, 8);
+  for (const auto& [name, value] :
+       {std::pair{"system.posix_acl_access", unsorted_users},
+        std::pair{"system.posix_acl_access", std::string("\x02\x00\x00")},
+        std::pair{"system.posix_acl_default", base_entries}}) {
+    Image img;
+    // Over inner's user.a, sealed as any record is.
+    const uint64_t block = img.inode(img.inner).xattr_head;
+    std::byte slot[kXattrSlotSize];
+    encode_xattr(XattrRec{name, value}, slot);
+    img.media->write(slot_offset(block, 0, kXattrSlotSize), slot, kXattrSlotSize);
+    auto mounted = img.mount();
+    ASSERT_FALSE(mounted) << name;
+    EXPECT_NE(mounted.error().message.find("fsck"), std::string::npos);
+    auto report = check_readonly(img);
+    ASSERT_EQ(report.problems.size(), 1u) << ::testing::PrintToString(report.problems);
+    EXPECT_NE(report.problems[0].find(name), std::string::npos) << report.problems[0];
+    auto repaired = check_repair(img);
+    EXPECT_EQ(repaired.repairs.size(), 1u);
+    auto second = check_readonly(img);
+    EXPECT_TRUE(second.clean()) << ::testing::PrintToString(second.problems);
+    auto fs = img.mount();
+    ASSERT_TRUE(fs) << fs.error().to_string();
+    EXPECT_EQ((*fs)->getxattr(img.inner, name).error().code, std::errc::no_message_available);
+  }
 }
 
 TEST(Check, NameOfAFreedInodeIsReportedAndRemoved) {

@@ -24,9 +24,10 @@
 #include <vector>
 
 #include "format/layout.h"  // kMaxFileSize
+#include "fs/acl.h"
 #include "poisonfs/filesystem.h"
-#include "unit/test_device.h"
 #include "unit/recording_media.h"
+#include "unit/test_device.h"
 
 namespace poisonfs {
 namespace {
@@ -905,12 +906,12 @@ TEST(FsXattr, SetGetListRemoveWithFlags) {
   EXPECT_TRUE(fs.check().clean());
 }
 
-TEST(FsXattr, AclsAreNotSupportedAndSizesAreBounded) {
+TEST(FsXattr, NamespacesAndSizesAreBounded) {
   Device fs;
   Ino f = create(*fs, kRootIno, "f");
-  EXPECT_EQ(err(fs->setxattr(f, "system.posix_acl_access", "x", 0)), std::errc::operation_not_supported);
-  EXPECT_EQ(err(fs->getxattr(f, "system.posix_acl_access")), std::errc::operation_not_supported);
-  EXPECT_EQ(err(fs->getxattr(f, "system.posix_acl_default")), std::errc::operation_not_supported);
+  // POSIX ACLs are the only system. names (acl_test.cc).
+  EXPECT_EQ(err(fs->getxattr(f, "system.posix_acl_access")), std::errc::no_message_available);
+  EXPECT_EQ(err(fs->setxattr(f, "system.other", "x", 0)), std::errc::operation_not_supported);
   EXPECT_EQ(err(fs->setxattr(f, "nonamespace", "x", 0)), std::errc::operation_not_supported);
   // The largest value fits; one byte more does not.
   auto big = fs->setxattr(f, "user.big", std::string(3760, 'v'), 0);
@@ -1404,6 +1405,36 @@ TEST(FsSpace, SymlinkFailingForSpaceLosesNoLaterName) {
   EXPECT_TRUE(report.clean()) << ::testing::PrintToString(report.problems);
 }
 
+// A create that inherits ACLs needs xattr blocks: failing for want of them
+// must leave neither the file nor a block behind.
+TEST(FsSpace, CreateThatInheritsAclsFailingForSpaceLeavesNothing) {
+  Device fs(1 << 20);
+  Ino d = make_dir(*fs, kRootIno, "d");
+  const Acl nobody_rwx = {{AclTag::kUserObj, 7},
+                          {AclTag::kUser, 7, 65534},
+                          {AclTag::kGroupObj, 5},
+                          {AclTag::kMask, 7},
+                          {AclTag::kOther, 0}};
+  ASSERT_TRUE(fs->setxattr(d, kAclDefaultXattr, encode_acl(nobody_rwx), 0));
+  create(*fs, d, "first");  // d's directory block exists now
+  Ino big = create(*fs, kRootIno, "big");
+  fill_with(*fs, big);
+  truncate_by(*fs, big, 1);
+  ASSERT_EQ(free_blocks(*fs), 1u);
+  // A directory needs two (access and default ACL); a file with no space one.
+  EXPECT_EQ(err(fs->mkdir(d, "sub", 0777, kUser)), std::errc::no_space_on_device);
+  EXPECT_EQ(free_blocks(*fs), 1u);
+  ASSERT_TRUE(fs->mknod(d, "fits", S_IFREG | 0644, 0, kUser));
+  EXPECT_EQ(free_blocks(*fs), 0u);
+  EXPECT_EQ(err(fs->mknod(d, "nospace", S_IFREG | 0644, 0, kUser)), std::errc::no_space_on_device);
+  EXPECT_EQ(err(fs->lookup(d, "sub")), std::errc::no_such_file_or_directory);
+  EXPECT_EQ(err(fs->lookup(d, "nospace")), std::errc::no_such_file_or_directory);
+  fs.remount();
+  EXPECT_TRUE(fs->getxattr(fs->lookup(d, "fits")->ino, kAclAccessXattr));
+  auto report = fs.check();
+  EXPECT_TRUE(report.clean()) << ::testing::PrintToString(report.problems);
+}
+
 // The same for a write that fails for want of space after linking a new
 // extent record block: later extents put there must survive a remount.
 TEST(FsSpace, WriteFailingForSpaceLosesNoLaterExtent) {
@@ -1574,6 +1605,52 @@ TEST(FsCrash, CreateThatGrowsTheDirectoryIsAtomic) {
         create(fs, fs.lookup(kRootIno, "d")->ino, "n13");  // d's first block is full now
       },
       [](Filesystem& fs) { create(fs, fs.lookup(kRootIno, "d")->ino, "n14"); });
+}
+
+// owner rwx, nobody rwx, group r-x, mask rwx, other none.
+const Acl kNobodyRwx = {{AclTag::kUserObj, 7},
+                        {AclTag::kUser, 7, 65534},
+                        {AclTag::kGroupObj, 5},
+                        {AclTag::kMask, 7},
+                        {AclTag::kOther, 0}};
+
+void populate_with_default_acl(Filesystem& fs) {
+  populate(fs);
+  ASSERT_TRUE(
+      fs.setxattr(fs.lookup(kRootIno, "d")->ino, kAclDefaultXattr, encode_acl(kNobodyRwx), 0));
+}
+
+// The new file, its mode and its ACLs are one transaction: every crash
+// leaves the file with its inherited ACLs or no file at all.
+TEST(FsCrash, CreateAndMkdirThatInheritAclsAreAtomic) {
+  expect_atomic(populate_with_default_acl, [](Filesystem& fs) {
+    Ino f = create(fs, fs.lookup(kRootIno, "d")->ino, "inherits", S_IFREG | 0666);
+    ASSERT_TRUE(fs.getxattr(f, kAclAccessXattr));
+  });
+  expect_atomic(populate_with_default_acl, [](Filesystem& fs) {
+    Ino sub = make_dir(fs, fs.lookup(kRootIno, "d")->ino, "inherits");
+    ASSERT_TRUE(fs.getxattr(sub, kAclDefaultXattr));
+  });
+}
+
+TEST(FsCrash, SettingAnAccessAclAndChmodAreAtomic) {
+  // The mode and the ACL change together.
+  expect_atomic(populate, [](Filesystem& fs) {
+    ASSERT_TRUE(
+        fs.setxattr(fs.lookup(kRootIno, "f")->ino, kAclAccessXattr, encode_acl(kNobodyRwx), 0));
+  });
+  expect_atomic(
+      [](Filesystem& fs) {
+        populate(fs);
+        ASSERT_TRUE(
+            fs.setxattr(fs.lookup(kRootIno, "f")->ino, kAclAccessXattr, encode_acl(kNobodyRwx), 0));
+      },
+      [](Filesystem& fs) {
+        SetAttr chmod;
+        chmod.valid = SetAttr::kMode;
+        chmod.mode = 0604;
+        ASSERT_TRUE(fs.setattr(fs.lookup(kRootIno, "f")->ino, chmod, kUser));
+      });
 }
 
 TEST(FsCrash, MkdirAndRmdirAreAtomic) {
