@@ -31,21 +31,19 @@ int rank_of(AclTag tag) {
   return -1;
 }
 
-// posix_acl_valid's rules, with named entries in ascending order of id and
-// no id twice (as POSIX.1e and libacl's acl_valid want them).
+// posix_acl_valid's rules as the kernel applies them: each tag in its place,
+// named entries in any order of id, even twice (setfacl sends them sorted,
+// but ext4 and tmpfs take a raw setxattr that is not; the first match
+// decides access, as in posix_acl_permission).
 bool is_valid(const Acl& acl) {
   int last_rank = -1;
   unsigned seen = 0;  // bit r: an entry of rank r
-  for (size_t i = 0; i < acl.size(); ++i) {
-    const AclEntry& e = acl[i];
+  for (const AclEntry& e : acl) {
     if (e.perm & ~kRwx) return false;
     const int rank = rank_of(e.tag);
     if (rank < 0 || rank < last_rank) return false;
     if (rank == last_rank && !is_named(e.tag)) return false;  // twice
-    if (is_named(e.tag)) {
-      if (e.id == kAclUndefinedId) return false;
-      if (rank == last_rank && e.id <= acl[i - 1].id) return false;  // unsorted or twice
-    }
+    if (is_named(e.tag) && e.id == kAclUndefinedId) return false;
     seen |= 1u << rank;
     last_rank = rank;
   }

@@ -171,21 +171,18 @@ TEST(Check, CorruptDirectoryInodeIsRepairedInOnePass) {
 // fail every permission check of the file with it) or a default ACL on a
 // file: the mount refuses it, fsck reports and clears it.
 TEST(Check, AclThatDoesNotParseIsReportedAndCleared) {
-  const std::string unsorted_users(
+  // A named user and no mask (posix_acl_valid refuses it).
+  const std::string named_without_mask(
       "\x02\x00\x00\x00"
       "\x01\x00\x06\x00\xff\xff\xff\xff"
-      "\x02\x00\x04\x00\x09\x00\x00\x00"
       "\x02\x00\x04\x00\x05\x00\x00\x00"
       "\x04\x00\x04\x00\xff\xff\xff\xff"
-      "\x10\x00\x04\x00\xff\xff\xff\xff"
       "\x20\x00\x04\x00\xff\xff\xff\xff",
-      4 + 6 * 8);
+      4 + 4 * 8);
   // owner, group, other: valid, but a default ACL belongs to directories.
-  const std::string base_entries = unsorted_users.substr(0, 4 + 8) +
-                                   unsorted_users.substr(4 + 3 * 8, 8) +
-                                   unsorted_users.substr(4 + 5 * 8, 8);
+  const std::string base_entries = named_without_mask.substr(0, 4 + 8) + named_without_mask.substr(4 + 2 * 8);
   for (const auto& [name, value] :
-       {std::pair{"system.posix_acl_access", unsorted_users},
+       {std::pair{"system.posix_acl_access", named_without_mask},
         std::pair{"system.posix_acl_access", std::string("\x02\x00\x00")},
         std::pair{"system.posix_acl_default", base_entries}}) {
     Image img;
