@@ -92,10 +92,11 @@ fuse_entry_param entry_of(const Attr& attr) {
 }
 
 // Drops kernel references: the kernel's forgets, which get no reply, and
-// the count of an entry the kernel never got (its request was interrupted,
-// or the create failed after the count). Nothing may escape; a failure to
-// free is the core's to report (a failed commit shuts it down), and an
-// orphan left behind is reclaimed at the next mount.
+// the count of an entry the kernel never took (its reply was refused: the
+// kernel waits for every request it has sent, so only after an abort,
+// umount -f; or the create failed after the count). Nothing may escape; a
+// failure to free is the core's to report (a failed commit shuts it down),
+// and an orphan left behind is reclaimed at the next mount.
 void forget_quietly(Filesystem& fs, std::span<const Forget> forgets) noexcept {
   try {
     (void)fs.forget(forgets);
@@ -393,8 +394,8 @@ void pfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char*
 // ---------------------------------------------------------------------------
 // Files
 
-// Undoes an open whose reply the kernel refused (the opener was
-// interrupted). The request is answered already: nothing may escape.
+// Undoes an open whose reply the kernel refused (the connection was
+// aborted). The request is answered already: nothing may escape.
 void release_quietly(Filesystem& fs, Ino ino) noexcept {
   try {
     (void)fs.release(ino);
@@ -410,7 +411,7 @@ void pfs_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       return;
     }
     set_open_flags(req, fi);
-    // An interrupted open gets no release from the kernel: undo it here.
+    // A refused open gets no release from the kernel: undo it here.
     if (fuse_reply_open(req, fi) == -ENOENT) release_quietly(fs, ino);
   });
 }
