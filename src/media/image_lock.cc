@@ -81,7 +81,8 @@ bool image_is_mounted(int fd, const std::string& path) {
   return false;
 }
 
-int lock_image(int fd, const std::string& path, int op, std::chrono::milliseconds patience) {
+int lock_image(int fd, const std::string& path, int op, const std::function<bool()>& stop_waiting,
+               std::chrono::milliseconds patience) {
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + patience;
   for (;;) {
@@ -89,6 +90,7 @@ int lock_image(int fd, const std::string& path, int op, std::chrono::millisecond
     const int err = errno;
     if (err != EWOULDBLOCK || Clock::now() >= deadline) return err;
     if (image_is_mounted(fd, path)) return err;
+    if (stop_waiting && stop_waiting()) return EINTR;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }

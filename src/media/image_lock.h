@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -31,8 +32,10 @@ bool image_is_mounted(int fd, const std::string& path);
 
 // flock(fd, op | LOCK_NB) on the image at path; while another holds it and
 // the image is not mounted (a daemon finishing its unmount), tries again
-// for up to `patience`. Returns 0 or the errno (EWOULDBLOCK: still held).
+// for up to `patience`, asking `stop_waiting` (if given) before each pause.
+// Returns 0 or the errno (EWOULDBLOCK: still held; EINTR: stop_waiting).
 int lock_image(int fd, const std::string& path, int op,
+               const std::function<bool()>& stop_waiting = {},
                std::chrono::milliseconds patience = kUnmountedDaemonPatience);
 
 }  // namespace poisonfs
