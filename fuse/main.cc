@@ -339,6 +339,17 @@ sigset_t stop_signals() {
   return set;
 }
 
+// Whether a stop signal came while they are blocked (before the loop): it
+// stays pending, and the wait for the image lock gives up on it.
+bool stop_signal_pending() {
+  sigset_t pending;
+  if (sigpending(&pending) != 0) return false;
+  for (int sig : kStopSignals) {
+    if (sigismember(&pending, sig) == 1) return true;
+  }
+  return false;
+}
+
 // How the loop waits for requests (-o spin_us), or nullopt after printing
 // why the option is wrong.
 std::optional<RequestWait> request_wait_of(const CmdLine& cmd, const char* prog) {
@@ -496,7 +507,8 @@ int daemon_main(int argc, char** argv) {
   // Only the loop's thread takes the signals that end the loop: threads the
   // core and the daemon start inherit this mask. A spinning loop takes them
   // only while it sleeps (request_wait.h); otherwise it unblocks them just
-  // before the loop.
+  // before the loop. One that comes before stays pending: mount_image looks
+  // for it while it waits for the image lock (stop_signal_pending).
   const sigset_t stop = stop_signals();
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
@@ -504,6 +516,7 @@ int daemon_main(int argc, char** argv) {
 
   OpenOptions open_options;
   open_options.verify_checksums = cmd.verify_checksums != 0;
+  open_options.stop_waiting = stop_signal_pending;
   // Waits for the daemon of a mount of the image that was just unmounted
   // (media/image_lock.h), so `umount IMAGE; poisonfs IMAGE ...` works.
   auto mounted = Filesystem::mount_image(image, open_options);

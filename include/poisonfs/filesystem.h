@@ -333,6 +333,10 @@ struct OpenOptions {
   // Every read checks the crc32c of the blocks it returns; a mismatch is
   // EIO and a "corruption" event (scrub always checks).
   bool verify_checksums = false;
+  // mount_image: asked while it waits for the lock of an image no longer
+  // mounted (up to 5 s for an exiting daemon); true gives up (EINTR). The
+  // daemon asks whether a stop signal is pending (fuse/main.cc).
+  std::function<bool()> stop_waiting = nullptr;
 };
 
 struct MkfsOptions {

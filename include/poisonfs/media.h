@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -65,8 +66,11 @@ enum class MapMode {
 };
 
 // Maps an image file (or a pmem device) with libpmem2. Takes an exclusive
-// flock on the image for kShared so that a second mount is refused.
-Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode);
+// flock on the image for kShared so that a second mount is refused. While
+// it waits for the lock of an image no longer mounted (media/image_lock.h),
+// a true stop_waiting() ends the wait: EINTR.
+Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode,
+                                               const std::function<bool()>& stop_waiting = {});
 
 // A Media that forwards to `media`, which the caller keeps alive and owns
 // (for APIs that take ownership of a Media, like Filesystem::mount).

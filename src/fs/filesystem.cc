@@ -135,7 +135,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::mount(std::unique_ptr<Media> med
 
 Result<std::unique_ptr<Filesystem>> Filesystem::mount_image(const std::string& path,
                                                             const OpenOptions& options) {
-  auto media = open_pmem_media(path, options.map_mode);
+  auto media = open_pmem_media(path, options.map_mode, options.stop_waiting);
   if (!media) return std::unexpected(media.error());
   auto fs = mount(std::move(*media), options);
   if (!fs) return fail(fs.error().code, strfmt("{}: {}", path, fs.error().to_string()));

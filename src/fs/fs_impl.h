@@ -346,6 +346,13 @@ class FsImpl final : public Filesystem {
   // the clean bytes before the first poisoned one.
   Result<size_t> _read(Ino ino, uint64_t off, size_t len, const std::function<void(std::span<const ReadSegment>)>& sink,
                        bool short_at_poison);
+  // _read of an inode under the lock the caller holds (shared or exclusive).
+  // Latent poison it meets is left in `consumed` for notify_read_latent,
+  // which the caller runs once it has dropped the lock (notify_failure takes it).
+  Result<size_t> _read_inode(Inode& inode, uint64_t off, size_t len,
+                             const std::function<void(std::span<const ReadSegment>)>& sink,
+                             bool short_at_poison, std::optional<PoisonRange>& consumed);
+  void notify_read_latent(const std::optional<PoisonRange>& consumed);
   // The first poisoned device byte under segs (and the file position of it).
   std::optional<std::pair<PoisonRange, size_t>> first_poisoned(std::span<const ReadSegment> segs);
   Status replay_poison_list();

@@ -181,17 +181,28 @@ Result<Attr> FsImpl::symlink(Ino parent, std::string_view name, std::string_view
 }
 
 Result<std::string> FsImpl::readlink(Ino ino) {
-  Result<Inode*> inode;
+  std::string target;
+  auto append = [&target](std::span<const ReadSegment> segs) {
+    for (const ReadSegment& s : segs) {
+      if (s.data)
+        target.append(reinterpret_cast<const char*>(s.data), s.length);
+      else
+        target.append(s.length, '\0');
+    }
+  };
+  std::optional<PoisonRange> consumed;  // latent poison under the target
+  Result<size_t> n;
   {
+    // Type, size and blocks in one look: once the lock is dropped, an unlink
+    // may free the inode and a new file take its number.
     std::shared_lock lock(mutex_);
-    inode = get(ino);
+    auto inode = get(ino);
     if (!inode) return std::unexpected(inode.error());
     if (!(*inode)->is_lnk()) return fail(std::errc::invalid_argument);
+    n = _read_inode(**inode, 0, (*inode)->rec.size, append, false, consumed);
   }
-  std::string target((*inode)->rec.size, '\0');
-  auto n = read_copy(ino, 0, std::as_writable_bytes(std::span(target)));
+  notify_read_latent(consumed);
   if (!n) return std::unexpected(n.error());
-  target.resize(*n);
   return target;
 }
 

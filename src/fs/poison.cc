@@ -414,46 +414,50 @@ Result<size_t> FsImpl::_read(Ino ino, uint64_t off, size_t len,
     auto inode = get(ino);
     if (!inode) return std::unexpected(inode.error());
     if ((*inode)->is_dir()) return fail(std::errc::is_a_directory);
-    std::vector<ReadSegment> segs;
-    result = _read_segments(**inode, off, len, segs);
-    if (!result) return result;
-#ifndef POISONFS_BENCH_NO_POISON_CHECK  // defined only by bench.sh's baseline build of core_bench (issue 4)
-    auto poisoned = poison().empty() ? std::nullopt : first_poisoned(segs);
-#else
-    std::optional<std::pair<PoisonRange, size_t>> poisoned;
-#endif
-    if (!poisoned) {
-      if (verify_checksums_)
-        if (auto st = verify_segments(segs); !st) return std::unexpected(st.error());
-      sink(segs);
-      return result;
-    }
-    if (poisoned->first.latent) consumed = poisoned->first;
-    if (short_at_poison && poisoned->second > 0) {
-      // Every clean byte up to the poison.
-      size_t keep = poisoned->second;
-      std::vector<ReadSegment> clean;
-      for (const ReadSegment& s : segs) {
-        if (keep == 0) break;
-        clean.push_back({s.data, std::min(s.length, keep)});
-        keep -= clean.back().length;
-      }
-      if (auto st = verify_checksums_ ? verify_segments(clean) : Status{}; !st) {
-        result = std::unexpected(st.error());
-      } else {
-        sink(clean);
-        result = poisoned->second;
-      }
-    } else {
-      result = fail(std::errc::io_error);
-    }
+    result = _read_inode(**inode, off, len, sink, short_at_poison, consumed);
   }
-  if (consumed) {
-    // Like MF_ACTION_REQUIRED: the read found the DIMM's record.
-    for (const PoisonRange& r : poison().make_known(consumed->offset, consumed->length))
-      (void)notify_failure(r.offset, r.length, kMfActionRequired);
-  }
+  notify_read_latent(consumed);
   return result;
+}
+
+Result<size_t> FsImpl::_read_inode(Inode& inode, uint64_t off, size_t len,
+                                   const std::function<void(std::span<const ReadSegment>)>& sink,
+                                   bool short_at_poison, std::optional<PoisonRange>& consumed) {
+  std::vector<ReadSegment> segs;
+  auto result = _read_segments(inode, off, len, segs);
+  if (!result) return result;
+#ifndef POISONFS_BENCH_NO_POISON_CHECK  // defined only by bench.sh's baseline build of core_bench (issue 4)
+  auto poisoned = poison().empty() ? std::nullopt : first_poisoned(segs);
+#else
+  std::optional<std::pair<PoisonRange, size_t>> poisoned;
+#endif
+  if (!poisoned) {
+    if (verify_checksums_)
+      if (auto st = verify_segments(segs); !st) return std::unexpected(st.error());
+    sink(segs);
+    return result;
+  }
+  if (poisoned->first.latent) consumed = poisoned->first;
+  if (!short_at_poison || poisoned->second == 0) return fail(std::errc::io_error);
+  // Every clean byte up to the poison.
+  size_t keep = poisoned->second;
+  std::vector<ReadSegment> clean;
+  for (const ReadSegment& s : segs) {
+    if (keep == 0) break;
+    clean.push_back({s.data, std::min(s.length, keep)});
+    keep -= clean.back().length;
+  }
+  if (verify_checksums_)
+    if (auto st = verify_segments(clean); !st) return std::unexpected(st.error());
+  sink(clean);
+  return poisoned->second;
+}
+
+void FsImpl::notify_read_latent(const std::optional<PoisonRange>& consumed) {
+  if (!consumed) return;
+  // Like MF_ACTION_REQUIRED: the read found the DIMM's record.
+  for (const PoisonRange& r : poison().make_known(consumed->offset, consumed->length))
+    (void)notify_failure(r.offset, r.length, kMfActionRequired);
 }
 
 void FsImpl::consume_latent(uint64_t dev_off, uint64_t len) {

@@ -6,9 +6,14 @@
 // remount) waits for a daemon whose mount is gone, instead of failing.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace poisonfs {
 
@@ -22,17 +27,32 @@ std::string absolute_path(const std::string& path);
 // Decodes the octal escapes (\040 for a space) of a /proc/self/mountinfo field.
 std::string unescape_mountinfo(std::string_view field);
 
-// True when a poisonfs mount of the image open as fd (by path) is listed in
-// /proc/self/mountinfo: one whose source (its fsname: the image's absolute
-// path when it was mounted) is the same file, whatever path leads to it (a
-// bind mount, a hard link), or the same path when the source cannot be
-// looked at.
+// A poisonfs mount as /proc/self/mountinfo lists it.
+struct PoisonfsMount {
+  std::string devno;  // "MAJ:MIN" of the mount
+  std::string mountpoint;
+  std::string source;  // its fsname: the image's absolute path when it was mounted
+};
+
+// Every fuse.poisonfs mount this process sees, in mountinfo order.
+std::vector<PoisonfsMount> poisonfs_mounts();
+
+// The poisonfs mount of the image `image` (its stat; `path` names it): one
+// whose source is the same file, whatever path leads to it (a hard link, a
+// bind mount, a symlinked directory), or the same absolute path when the
+// source cannot be looked at. Nothing when none is listed.
+std::optional<PoisonfsMount> mount_of_image(const struct stat& image, const std::string& path);
+
+// True when a poisonfs mount of the image open as fd (by path) is listed
+// (mount_of_image).
 bool image_is_mounted(int fd, const std::string& path);
 
 // flock(fd, op | LOCK_NB) on the image at path; while another holds it and
 // the image is not mounted (a daemon finishing its unmount), tries again
-// for up to `patience`. Returns 0 or the errno (EWOULDBLOCK: still held).
+// for up to `patience`, asking `stop_waiting` (if given) before each pause.
+// Returns 0 or the errno (EWOULDBLOCK: still held; EINTR: stop_waiting).
 int lock_image(int fd, const std::string& path, int op,
+               const std::function<bool()>& stop_waiting = {},
                std::chrono::milliseconds patience = kUnmountedDaemonPatience);
 
 }  // namespace poisonfs

@@ -72,6 +72,9 @@ const Pmem2& load_pmem2() {
 const Pmem2& lib() { return load_pmem2(); }
 
 constexpr const char* kNotAnImage = ": not a regular file or a device";
+constexpr const char* kLockWaitInterrupted =
+    ": interrupted while waiting for the image lock (held by the exiting daemon of its last "
+    "mount, or by a poisonfs tool)";
 
 std::string errno_text(int err) { return std::generic_category().message(err); }
 
@@ -117,7 +120,7 @@ class PmemMedia final : public Media {
   }
 
   // The two steps of open_pmem_media; map() requires open_and_lock().
-  Status open_and_lock(const std::string& path);
+  Status open_and_lock(const std::string& path, const std::function<bool()>& stop_waiting);
   Status map(const std::string& path);
   void prefault();
   Status load_poison(const std::string& path);
@@ -267,7 +270,8 @@ void PmemMedia::save_poison(const PoisonChange& change) {
   poison_.set_persist_error(std::move(message));
 }
 
-Status PmemMedia::open_and_lock(const std::string& path) {
+Status PmemMedia::open_and_lock(const std::string& path,
+                                const std::function<bool()>& stop_waiting) {
   const bool shared = mode_ == MapMode::kShared;
   // O_CLOEXEC: a child the daemon or a tool spawns must not inherit the lock.
   // O_NONBLOCK: opening a FIFO by mistake must fail below, not hang; it
@@ -291,11 +295,12 @@ Status PmemMedia::open_and_lock(const std::string& path) {
   // coexist, but nobody reads an image that a mount is changing under them.
   // The lock belongs to the open file description, so it lives exactly as
   // long as this object holds fd_.
-  if (int err = lock_image(fd_, path, shared ? LOCK_EX : LOCK_SH); err != 0) {
+  if (int err = lock_image(fd_, path, shared ? LOCK_EX : LOCK_SH, stop_waiting); err != 0) {
     if (err == EWOULDBLOCK) {
       return fail(std::errc::device_or_resource_busy,
                   path + ": image is in use (mounted, or open in another poisonfs tool)");
     }
+    if (err == EINTR) return fail(std::errc::interrupted, path + kLockWaitInterrupted);
     return fail(static_cast<std::errc>(err), path + ": cannot lock: " + errno_text(err));
   }
   return {};
@@ -303,11 +308,13 @@ Status PmemMedia::open_and_lock(const std::string& path) {
 
 }  // namespace
 
-Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode) {
+Result<std::unique_ptr<Media>> open_pmem_media(const std::string& path, MapMode mode,
+                                               const std::function<bool()>& stop_waiting) {
   if (const Pmem2& api = load_pmem2(); !api.error.empty()) return fail(std::errc::not_supported, api.error);
   // A failed step just returns: the destructor releases what was acquired.
   auto media = std::make_unique<PmemMedia>(mode);
-  if (Status s = media->open_and_lock(path); !s) return std::unexpected(std::move(s.error()));
+  if (Status s = media->open_and_lock(path, stop_waiting); !s)
+    return std::unexpected(std::move(s.error()));
   if (Status s = media->map(path); !s) return std::unexpected(std::move(s.error()));
   return std::unique_ptr<Media>(std::move(media));
 }

@@ -5,8 +5,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -18,6 +20,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -1522,6 +1525,82 @@ TEST_F(PosixMount, SigtermWhileBusyEndsTheDaemonCleanly) {
   unmount();
   RunResult fsck = run(sh_quote(bin("fsck.poisonfs")) + " -n " + sh_quote(image()));
   EXPECT_EQ(fsck.exit_code, 0) << fsck.both();
+}
+
+// Whether pid has the file `path` open (as the same file, by any name).
+bool has_open(pid_t pid, const std::string& path) {
+  struct stat want {};
+  if (stat(path.c_str(), &want) != 0) return false;
+  const std::string fds = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* dir = opendir(fds.c_str());
+  if (!dir) return false;
+  bool found = false;
+  while (dirent* e = readdir(dir)) {
+    struct stat st {};
+    if (fstatat(dirfd(dir), e->d_name, &st, 0) == 0 && st.st_dev == want.st_dev &&
+        st.st_ino == want.st_ino)
+      found = true;
+  }
+  closedir(dir);
+  return found;
+}
+
+// A foreground daemon waits up to 5 s for the lock of an image that is not
+// mounted (its last daemon may still be writing back). Ctrl-C or SIGTERM in
+// that wait ends it at once with a message and exit code 1, mounting
+// nothing, though it blocks those signals before it opens the image (they
+// end the session loop, fuse/main.cc). The test holds the lock itself.
+TEST_F(PosixMount, StopSignalEndsTheWaitForTheImageLock) {
+  unmount();
+  const int held = open(image().c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(held, 0);
+  ASSERT_EQ(flock(held, LOCK_SH), 0);
+  const std::string prog = bin("poisonfs"), log = dir() + "/waiting.log";
+  const char* const argv[] = {"poisonfs", "-f", image().c_str(), mnt().c_str(), nullptr};
+  for (int sig : {SIGINT, SIGTERM}) {
+    const pid_t parent = getpid();
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // as the fixture's daemon
+      if (getppid() != parent) _exit(1);
+      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+      execv(prog.c_str(), const_cast<char* const*>(argv));
+      _exit(127);
+    }
+    ASSERT_GT(pid, 0) << std::strerror(errno);
+    // Once it has the image open it is in the wait (or about to be).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (!has_open(pid, image()) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    EXPECT_TRUE(has_open(pid, image())) << strsignal(sig) << ": the daemon never opened the image";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto sent = std::chrono::steady_clock::now();
+    ASSERT_EQ(kill(pid, sig), 0);
+    int status = 0;
+    pid_t exited = 0;
+    deadline = sent + std::chrono::seconds(10);
+    while ((exited = waitpid(pid, &status, WNOHANG)) == 0 &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const auto took = std::chrono::steady_clock::now() - sent;
+    if (exited != pid) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    }
+    // It looks every 20 ms; the wait it must not finish is 5 s.
+    EXPECT_LT(took, std::chrono::seconds(2)) << strsignal(sig) << ": the daemon waited on";
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1)
+        << strsignal(sig) << ": wait status " << status;
+    const std::string err = read_file(log);
+    EXPECT_NE(err.find("interrupted while waiting for the image lock"), std::string::npos)
+        << strsignal(sig) << ": " << err;
+    EXPECT_FALSE(mounted()) << strsignal(sig);
+  }
+  close(held);
+  EXPECT_TRUE(image_unlocked(image()));
+  mount();  // TearDown unmounts it
 }
 
 TEST_F(PosixMount, MountHelperWorksWhenInstalled) {

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <spawn.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -463,6 +464,33 @@ TEST_F(ToolsOnMount, PoisonctlStatOfAMountedImageAsksItsMount) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_text(r.out, "source"), "mount") << r.out;
   EXPECT_EQ(json_text(r.out, "mountpoint"), mnt()) << r.out;
+}
+
+// Any path to a mounted image is asked through its mount, as its own path
+// is: a hard link, the image's directory bind-mounted elsewhere or reached
+// through a symlink. poisonctl matches the image with a mount's source as
+// the image lock does (the same file, media/image_lock.h).
+TEST_F(ToolsOnMount, PoisonctlAsksTheMountForAnyPathToTheImage) {
+  const std::string name = fs::path(image()).filename();
+  const std::string hard = dir() + "/image-link", bound = dir() + "/bound",
+                    via_symlink = dir() + "/symlinked";
+  ASSERT_EQ(link(image().c_str(), hard.c_str()), 0);
+  ASSERT_EQ(symlink(dir().c_str(), via_symlink.c_str()), 0);
+  ASSERT_EQ(mkdir(bound.c_str(), 0755), 0);
+  ASSERT_EQ(::mount(dir().c_str(), bound.c_str(), nullptr, MS_BIND, nullptr), 0) << strerror(errno);
+  struct Unbind {  // before TearDown removes the directory, also after a failure
+    std::string at;
+    ~Unbind() { umount2(at.c_str(), MNT_DETACH); }
+  } unbind{bound};
+  for (const std::string& alias : {hard, bound + "/" + name, via_symlink + "/" + name}) {
+    RunResult st = tool("poisonctl", {"stat", "--json", alias});
+    EXPECT_EQ(st.exit_code, 0) << alias << ": " << st.err;
+    EXPECT_EQ(json_text(st.out, "source"), "mount") << alias << ": " << st.out;
+    EXPECT_EQ(json_text(st.out, "mountpoint"), mnt()) << alias << ": " << st.out;
+    RunResult status = tool("poisonctl", {"status", "--json", alias});
+    EXPECT_EQ(status.exit_code, 0) << alias << ": " << status.err;
+    EXPECT_EQ(json_text(status.out, "source"), "mount") << alias << ": " << status.out;
+  }
 }
 
 TEST_F(ToolsOnMount, MkfsAndFsckRefuseAMountedImage) {

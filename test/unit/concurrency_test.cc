@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -259,6 +260,65 @@ TEST(Concurrency, KernelReferencesHoldInodesAgainstConcurrentUnlinks) {
   EXPECT_GT(held.load(), 0u) << "the race never happened";
   EXPECT_FALSE(freed_under_a_reference);
   EXPECT_EQ(fs.statfs().files_free, files0);
+  CheckReport report = dev.check();
+  EXPECT_TRUE(report.clean()) << ::testing::PrintToString(report.problems);
+}
+
+// readlink takes the inode's type, size and blocks in one look under the
+// lock: racing an unlink that frees the symlink and a new symlink or file
+// that takes its number, it answers one whole target or fails; it never
+// mixes two inodes (one's size, another's bytes) nor reads a freed one (a
+// report under ASan and TSan).
+TEST(Concurrency, ReadlinkRacingUnlinkAndCreateAnswersOneWholeTarget) {
+  testing::TestDevice dev(32 << 20);
+  Filesystem& fs = *dev;
+  const std::string short_target = "s", long_target(3000, 'L'), file_data(4000, 'F');
+  auto first = fs.symlink(kRootIno, "l", short_target, kUser);
+  ASSERT_TRUE(first);
+  const Ino ino = first->ino;  // the number every new "l" takes (freed numbers go first)
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> answered{0};
+  // The first answer that is no whole target (read after the join).
+  std::optional<std::string> mixed;
+  std::thread reader([&] {
+    while (!stop) {
+      auto target = fs.readlink(ino);
+      if (!target) continue;
+      ++answered;
+      if (*target != short_target && *target != long_target) {
+        mixed = *target;
+        stop = true;
+      }
+    }
+  });
+  // Replaces "l" by a long symlink, a regular file with data, a short symlink.
+  auto churn = [&](int round) -> std::string {
+    if (!fs.unlink(kRootIno, "l")) return "unlink";
+    if (round % 3 == 1) {
+      auto made = fs.mknod(kRootIno, "l", S_IFREG | 0644, 0, kUser);
+      if (!made) return "mknod: " + made.error().to_string();
+      return fs.write(made->ino, 0, std::as_bytes(std::span(file_data))) ? "" : "write";
+    }
+    auto made = fs.symlink(kRootIno, "l", round % 3 == 0 ? long_target : short_target, kUser);
+    return made ? "" : "symlink: " + made.error().to_string();
+  };
+  std::string failure;
+  // The window was a few instructions wide: churn for 2 s (a size read after
+  // the unlock mixed two inodes within a second here), and on until the
+  // reader had 1000 answers (a loaded machine may not run it for a while),
+  // for 20 s at most.
+  using std::chrono::seconds;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; failure.empty() && !stop; ++i) {
+    failure = churn(i);
+    const auto ran = std::chrono::steady_clock::now() - start;
+    if (ran > seconds(20) || (ran > seconds(2) && answered.load() >= 1000)) break;
+  }
+  stop = true;
+  reader.join();
+  EXPECT_EQ(failure, "");
+  EXPECT_GT(answered.load(), 0u) << "the race never happened";
+  EXPECT_FALSE(mixed) << "a target of " << mixed->size() << " bytes";
   CheckReport report = dev.check();
   EXPECT_TRUE(report.clean()) << ::testing::PrintToString(report.problems);
 }

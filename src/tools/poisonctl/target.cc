@@ -14,9 +14,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
 
-#include "media/image_lock.h"  // unescape_mountinfo
+#include "media/image_lock.h"  // poisonfs_mounts, mount_of_image
 #include "tools/poisonctl/poisonctl.h"
 
 namespace poisonfs::ctl {
@@ -24,61 +23,6 @@ namespace poisonfs::ctl {
 // ---- finding out what the target is --------------------------------------
 
 namespace {
-
-struct MountEntry {
-  std::string devno;  // "MAJ:MIN"
-  std::string mountpoint;
-  std::string fstype;
-  std::string source;
-};
-
-// The whole of a small (procfs) file, or empty.
-std::string read_small_file(const char* path) {
-  std::string text;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return text;
-  char buf[8192];
-  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return text;
-}
-
-// The next space-separated field of `rest` (consumed).
-std::string_view next_field(std::string_view& rest) {
-  size_t end = rest.find(' ');
-  std::string_view field = rest.substr(0, end);
-  rest = end == std::string_view::npos ? std::string_view{} : rest.substr(end + 1);
-  return field;
-}
-
-// Parsed by hand, not with streams: every poisonctl call reads it, and
-// stream set-up alone cost it a tenth of a millisecond.
-std::vector<MountEntry> poisonfs_mounts() {
-  std::vector<MountEntry> mounts;
-  std::string text = read_small_file("/proc/self/mountinfo");
-  std::string_view all(text);
-  while (!all.empty()) {
-    size_t eol = all.find('\n');
-    std::string_view line = all.substr(0, eol);
-    all = eol == std::string_view::npos ? std::string_view{} : all.substr(eol + 1);
-    // id parent MAJ:MIN root mountpoint options [optional...] - fstype source superopts
-    size_t sep = line.find(" - ");
-    if (sep == std::string_view::npos) continue;
-    std::string_view tail = line.substr(sep + 3);
-    if (next_field(tail) != "fuse.poisonfs") continue;
-    std::string_view head = line.substr(0, sep);
-    MountEntry e;
-    next_field(head);  // id
-    next_field(head);  // parent
-    e.devno = next_field(head);
-    next_field(head);  // root
-    e.mountpoint = unescape_mountinfo(next_field(head));
-    e.fstype = "fuse.poisonfs";
-    e.source = unescape_mountinfo(next_field(tail));
-    mounts.push_back(std::move(e));
-  }
-  return mounts;
-}
 
 // statmount(2) (Linux 6.8; the fs subtype since 6.13), declared here: the
 // C library's headers may predate it. The layout is the kernel's ABI.
@@ -152,19 +96,15 @@ bool on_poisonfs_mount(const std::string& path) {
   return false;
 }
 
-// The mountpoint where the image `path` is mounted now (the daemon names
-// the image as the mount's source), or empty. A mounted image is locked, so
-// its live state is asked from the daemon instead.
+// The mountpoint where the image `path` is mounted now, or empty. A mounted
+// image is locked, so its live state is asked from the daemon instead. The
+// mount is matched as the image lock matches it (mount_of_image: the same
+// file, by whatever path), so that poisonctl and the lock agree.
 std::string mountpoint_of_image(const std::string& path) {
   struct stat img {};
   if (stat(path.c_str(), &img) != 0 || S_ISDIR(img.st_mode)) return {};
-  for (const auto& m : poisonfs_mounts()) {
-    struct stat src {};
-    if (stat(m.source.c_str(), &src) == 0 && src.st_dev == img.st_dev && src.st_ino == img.st_ino) {
-      return m.mountpoint;
-    }
-  }
-  return {};
+  std::optional<PoisonfsMount> mount = mount_of_image(img, path);
+  return mount ? mount->mountpoint : std::string{};
 }
 
 // Opens an unmounted image through the core on a private mapping: queries
