@@ -205,7 +205,7 @@ void pfs_init(void* userdata, fuse_conn_info* conn) {
   // Without DONT_MASK the kernel would apply the umask first, so both or
   // neither.
   const unsigned acl_caps = FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
-  if ((conn->capable & acl_caps) == acl_caps) conn->want |= acl_caps;
+  if (mc->posix_acls && (conn->capable & acl_caps) == acl_caps) conn->want |= acl_caps;
   mc->no_opendir = (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0;
   // Splice only on request (-o read_reply=splice): measured with fio on a
   // 2 GiB /dev/shm image, 2 CPUs, a 1 GiB file, psync, it never won. The

@@ -59,6 +59,8 @@ struct MountContext {
   // FUSE_DIRECT_IO_ALLOW_MMAP (direct_io_mmap), without which a file opened
   // so could not be mapped shared.
   bool direct_io = false;
+  // -o noacl: POSIX ACLs not negotiated (OpenOptions::posix_acls).
+  bool posix_acls = true;
   // The kernel skips OPENDIR and RELEASEDIR once an OPENDIR got ENOSYS
   // (FUSE_NO_OPENDIR_SUPPORT, 5.1+): directories keep no per-open state
   // here, and each `poisonctl` call (it opens the mount's root for its

@@ -333,6 +333,11 @@ struct OpenOptions {
   // Every read checks the crc32c of the blocks it returns; a mismatch is
   // EIO and a "corruption" event (scrub always checks).
   bool verify_checksums = false;
+  // POSIX ACLs (system.posix_acl_*) in force (mount -o acl, the default). Off
+  // (-o noacl, as on ext4): the names are refused with EOPNOTSUPP and hidden,
+  // stored ACLs stay as they are but count for nothing (no inheritance at
+  // create, chmod leaves them), and creates apply the umask.
+  bool posix_acls = true;
   // mount_image: asked while it waits for the lock of an image no longer
   // mounted (up to 5 s for an exiting daemon); true gives up (EINTR). The
   // daemon asks whether a stop signal is pending (fuse/main.cc).

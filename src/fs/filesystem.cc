@@ -130,6 +130,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::mount(std::unique_ptr<Media> med
   auto fs = mount_impl(std::move(media));
   if (!fs) return std::unexpected(fs.error());
   (*fs)->set_verify_checksums(options.verify_checksums);
+  (*fs)->set_posix_acls(options.posix_acls);
   return std::unique_ptr<Filesystem>(std::move(*fs));
 }
 

@@ -452,6 +452,7 @@ class FsImpl final : public Filesystem {
  public:
   void set_check(CheckState* check) { check_ = check; }
   void set_verify_checksums(bool on) { verify_checksums_ = on; }
+  void set_posix_acls(bool on) { posix_acls_ = on; }
   Status repair_checked();
   // Problems found cross-checking the in-memory indexes (fsck, tests).
   std::vector<std::string> verify_derived_state();
@@ -474,6 +475,7 @@ class FsImpl final : public Filesystem {
   Journal journal_;
   DataChecksums csums_;
   bool verify_checksums_ = false;      // mount option: verify data on every read
+  bool posix_acls_ = true;             // mount option: POSIX ACLs in force (OpenOptions)
   std::vector<uint64_t> heal_in_place_;  // during a recovery write: see healable_blocks
   // The kernel cuts a buffered write(2) into pieces (see write() in data.cc);
   // a recovery piece that stops inside a poisoned unit leaves its last

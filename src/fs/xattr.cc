@@ -13,10 +13,11 @@
 namespace poisonfs {
 namespace {
 
-Status check_xattr_name(std::string_view name) {
+// acls: whether POSIX ACLs are in force (mount -o noacl: not).
+Status check_xattr_name(std::string_view name, bool acls) {
   if (name.empty()) return fail(std::errc::invalid_argument);
   if (name.size() > kXattrNameMax) return fail(std::errc::result_out_of_range);
-  if (is_acl_xattr(name)) return {};
+  if (is_acl_xattr(name)) return acls ? Status{} : fail(std::errc::operation_not_supported);
   if (name.starts_with("system.")) return fail(std::errc::operation_not_supported);
   if (!name.starts_with("user.") && !name.starts_with("trusted.") && !name.starts_with("security."))
     return fail(std::errc::operation_not_supported);
@@ -26,7 +27,7 @@ Status check_xattr_name(std::string_view name) {
 }  // namespace
 
 Result<std::string> FsImpl::getxattr(Ino ino, std::string_view name) {
-  if (auto st = check_xattr_name(name); !st) return std::unexpected(st.error());
+  if (auto st = check_xattr_name(name, posix_acls_); !st) return std::unexpected(st.error());
   std::shared_lock lock(mutex_);
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
@@ -41,7 +42,7 @@ Result<std::string> FsImpl::getxattr(Ino ino, std::string_view name) {
 }
 
 Status FsImpl::setxattr(Ino ino, std::string_view name, std::string_view value, int flags) {
-  if (auto st = check_xattr_name(name); !st) return st;
+  if (auto st = check_xattr_name(name, posix_acls_); !st) return st;
   if (name == kPoisonXattr) return fail(std::errc::operation_not_permitted);
   if (value.size() > kXattrValueMax) return fail(std::errc::argument_list_too_long);
   // The kernel ignores XATTR_CREATE and XATTR_REPLACE for ACLs (vfs_set_acl).
@@ -121,6 +122,7 @@ bool FsImpl::_drop_xattr(Inode& inode, std::string_view name, Transaction& tx) {
 }
 
 void FsImpl::chmod_access_acl(Inode& inode, Transaction& tx) {
+  if (!posix_acls_) return;  // -o noacl leaves stored ACLs as they are, as ext4 does
   auto it = inode.xattrs.find(kAclAccessXattr);
   if (it == inode.xattrs.end()) return;
   auto acl = decode_acl(it->second.value);
@@ -134,7 +136,7 @@ Result<NewInodeAcls> FsImpl::new_inode_acls(const Inode& dir, uint32_t mode, uin
   out.mode = mode;
   if (S_ISLNK(mode)) return out;  // neither umask nor ACLs: the mode is always 0777
   auto it = dir.xattrs.find(kAclDefaultXattr);
-  if (it == dir.xattrs.end()) {
+  if (!posix_acls_ || it == dir.xattrs.end()) {
     out.mode = mode & ~(umask & 0777);
     return out;
   }
@@ -174,13 +176,14 @@ Result<std::vector<std::string>> FsImpl::listxattr(Ino ino) {
   auto inode = get(ino);
   if (!inode) return std::unexpected(inode.error());
   std::vector<std::string> names;
-  for (const auto& [name, x] : (*inode)->xattrs) names.push_back(name);
+  for (const auto& [name, x] : (*inode)->xattrs)
+    if (posix_acls_ || !is_acl_xattr(name)) names.push_back(name);
   if (!_file_poison(**inode).empty()) names.emplace_back(kPoisonXattr);
   return names;
 }
 
 Status FsImpl::removexattr(Ino ino, std::string_view name) {
-  if (auto st = check_xattr_name(name); !st) return st;
+  if (auto st = check_xattr_name(name, posix_acls_); !st) return st;
   if (name == kPoisonXattr) return fail(std::errc::operation_not_permitted);
   std::unique_lock lock(mutex_);
   auto got = get(ino);

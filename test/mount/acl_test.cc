@@ -258,5 +258,43 @@ TEST_F(AclMount, AclsSurviveARemountAndFsckFindsTheImageClean) {
   mount();  // TearDown unmounts
 }
 
+// The same image mounted with -o noacl: the kernel is told of no ACLs, so
+// it asks for none and nobody's access is the mode's alone; ACL names are
+// refused; creates get the umask; the ACLs are back under a mount without it.
+class NoaclMount : public MountTest {
+ protected:
+  std::string mount_options() const override { return noacl_ ? "allow_other,noacl" : "allow_other"; }
+  bool noacl_ = false;
+};
+
+TEST_F(NoaclMount, StoredAclsCountForNothingAndNewOnesAreRefused) {
+  ScopedUmask umask_022(022);
+  const std::string secret = path("secret"), d = path("d");
+  ASSERT_TRUE(make_file(secret, 0600));
+  const Acl granted = {user_obj(6), user(kNobody, 4), group_obj(0), mask(4), other(0)};
+  ASSERT_EQ(set_acl(secret, kAccess, granted), 0);
+  ASSERT_EQ(mkdir(d.c_str(), 0755), 0);
+  const Acl inherited = {user_obj(7), user(kNobody, 7), group_obj(5), mask(7), other(7)};
+  ASSERT_EQ(set_acl(d, kDefault, inherited), 0);
+  ASSERT_EQ(nobody_opens(secret, O_RDONLY), 0);
+  noacl_ = true;
+  remount();
+  EXPECT_EQ(mode_of(secret), 0640u);
+  EXPECT_EQ(nobody_opens(secret, O_RDONLY), EACCES);  // other bits: ---
+  char buf[256];
+  EXPECT_EQ(err_of(getxattr(secret.c_str(), kAccess, buf, sizeof buf)), EOPNOTSUPP);
+  EXPECT_EQ(set_acl(secret, kAccess, granted), EOPNOTSUPP);
+  EXPECT_EQ(set_acl(d, kDefault, inherited), EOPNOTSUPP);
+  EXPECT_EQ(listxattr(secret.c_str(), buf, sizeof buf), 0);
+  ASSERT_EQ(open_err(d + "/f", O_WRONLY | O_CREAT, 0666), 0);
+  EXPECT_EQ(mode_of(d + "/f"), 0644u);  // the umask, not the default ACL
+  noacl_ = false;
+  remount();
+  EXPECT_EQ(get_acl(secret, kAccess), granted);
+  EXPECT_EQ(get_acl(d, kDefault), inherited);
+  EXPECT_EQ(get_acl(d + "/f", kAccess), std::nullopt);
+  EXPECT_EQ(nobody_opens(secret, O_RDONLY), 0);
+}
+
 }  // namespace
 }  // namespace poisonfs::test

@@ -396,5 +396,40 @@ TEST_F(FsAclInherit, AclsSurviveRemountsCleanAndCrashed) {
   EXPECT_TRUE(fs_.check().clean());
 }
 
+// -o noacl: ACL names are refused and hidden, stored ACLs stay untouched
+// but count for nothing (no inheritance, chmod leaves them, the umask
+// applies), and they are back as they were under -o acl.
+TEST_F(FsAclInherit, NoaclIgnoresStoredAclsAndKeepsThem) {
+  Ino f = make(*fs_, d_, "f", S_IFREG | 0666);
+  const Acl f_acl = {user_obj(6), user(65534, 7), group_obj(5), mask(6), other(0)};
+  ASSERT_EQ(stored(*fs_, f, kAclAccessXattr), f_acl);
+  fs_.remount_with(OpenOptions{.posix_acls = false});
+  for (std::string_view name : {kAclAccessXattr, kAclDefaultXattr}) {
+    EXPECT_EQ(fs_->getxattr(f, name).error().code, std::errc::operation_not_supported) << name;
+    EXPECT_EQ(fs_->getxattr(d_, name).error().code, std::errc::operation_not_supported) << name;
+    EXPECT_EQ(err(set(*fs_, d_, name, kDefault)), std::errc::operation_not_supported) << name;
+    EXPECT_EQ(err(fs_->removexattr(d_, name)), std::errc::operation_not_supported) << name;
+  }
+  EXPECT_TRUE(fs_->listxattr(f)->empty());
+  EXPECT_TRUE(fs_->listxattr(d_)->empty());
+  // No inheritance: the umask (022) decides, and nothing is stored.
+  Ino g = make(*fs_, d_, "g", S_IFREG | 0666);
+  EXPECT_EQ(perms(*fs_, g), 0644u);
+  Ino sub = make(*fs_, d_, "sub", S_IFDIR | 0777);
+  EXPECT_EQ(perms(*fs_, sub), 0755u);
+  // chmod changes only the mode.
+  SetAttr to_0600;
+  to_0600.valid = SetAttr::kMode;
+  to_0600.mode = 0600;
+  ASSERT_TRUE(fs_->setattr(f, to_0600, kOwner));
+  EXPECT_EQ(perms(*fs_, f), 0600u);
+  fs_.remount_with(OpenOptions{});
+  EXPECT_EQ(stored(*fs_, f, kAclAccessXattr), f_acl);
+  EXPECT_EQ(stored(*fs_, d_, kAclDefaultXattr), kDefault);
+  EXPECT_EQ(stored(*fs_, g, kAclAccessXattr), std::nullopt);
+  EXPECT_EQ(stored(*fs_, sub, kAclDefaultXattr), std::nullopt);
+  EXPECT_TRUE(fs_.check().clean());
+}
+
 }  // namespace
 }  // namespace poisonfs

@@ -30,6 +30,11 @@ class TestDevice {
     m->poison().replace_all(raw_->poison().all());
     return m;
   }
+  // The next mounts (this one included) use open (mount options).
+  void remount_with(const OpenOptions& open) {
+    open_ = open;
+    remount();
+  }
   void remount(bool clean = true) {
     if (clean) {
       EXPECT_TRUE(fs_->unmount());
