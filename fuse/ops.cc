@@ -403,6 +403,15 @@ void release_quietly(Filesystem& fs, Ino ino) noexcept {
   }
 }
 
+// Counts the open files that may write (WritableOpens); a count taken for
+// an open whose reply is refused is given back by note_released.
+void note_opened(fuse_req_t req, fuse_ino_t ino, const fuse_file_info* fi) {
+  if (WritableOpens::writes(fi->flags)) context(req)->writable_opens.opened(ino);
+}
+void note_released(fuse_req_t req, fuse_ino_t ino, const fuse_file_info* fi) {
+  if (WritableOpens::writes(fi->flags)) context(req)->writable_opens.released(ino);
+}
+
 void pfs_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, [&] {
     Filesystem& fs = filesystem(req);
@@ -411,8 +420,12 @@ void pfs_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       return;
     }
     set_open_flags(req, fi);
+    note_opened(req, ino, fi);
     // A refused open gets no release from the kernel: undo it here.
-    if (fuse_reply_open(req, fi) == -ENOENT) release_quietly(fs, ino);
+    if (fuse_reply_open(req, fi) == -ENOENT) {
+      note_released(req, ino, fi);
+      release_quietly(fs, ino);
+    }
   });
 }
 
@@ -435,7 +448,9 @@ void pfs_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode
     }
     fuse_entry_param e = entry_of(*attr);
     set_open_flags(req, fi);
+    note_opened(req, attr->ino, fi);
     if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+      note_released(req, attr->ino, fi);
       release_quietly(fs, attr->ino);
       forget_quietly(fs, attr->ino);
     }
@@ -562,6 +577,7 @@ void pfs_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void pfs_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   guarded(req, [&] {
     (void)filesystem(req).settle_recovery(ino, open_file_id(fi));  // no one left to tell: the event says it
+    note_released(req, ino, fi);
     reply_status(req, filesystem(req).release(ino));
   });
 }
@@ -629,7 +645,16 @@ void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_
     const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
     const uint64_t from = static_cast<uint64_t>(off);
     Filesystem& fs = filesystem(req);
-    if (CacheInvalidator* invalidator = context(req)->invalidator) invalidator->push(ino, from, 0);
+    // Pages dirtied through a mapping are data the image does not hold yet:
+    // dropping them from the offset on makes the kernel write them back
+    // first. Only a file open for writing can have such pages
+    // (WritableOpens); any other keeps its cache.
+    CacheInvalidator* invalidator = context(req)->invalidator;
+    if (!invalidator || !context(req)->writable_opens.any(ino)) {
+      reply_seek(req, fs, ino, from, what);
+      return;
+    }
+    invalidator->push(ino, from, 0);
     reply_after_invalidations(
         req, [req, &fs, ino, from, what] { reply_seek(req, fs, ino, from, what); });
   });

@@ -19,6 +19,7 @@
 
 #include "poisonfs/filesystem.h"
 #include "request_wait.h"
+#include "writable_opens.h"
 
 namespace poisonfs::fuse {
 
@@ -61,6 +62,8 @@ struct MountContext {
   bool direct_io = false;
   // -o noacl: POSIX ACLs not negotiated (OpenOptions::posix_acls).
   bool posix_acls = true;
+  // Which files may have pages dirtied through a mapping (pfs_lseek).
+  WritableOpens writable_opens;
   // The kernel skips OPENDIR and RELEASEDIR once an OPENDIR got ENOSYS
   // (FUSE_NO_OPENDIR_SUPPORT, 5.1+): directories keep no per-open state
   // here, and each `poisonctl` call (it opens the mount's root for its

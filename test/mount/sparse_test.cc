@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "mount/mount_fixture.h"
 
@@ -101,6 +102,41 @@ TEST_F(SparseMount, DirtyMappedPagesAreData) {
   EXPECT_EQ(lseek(fd, 2 * kMiB + 4096, SEEK_DATA), 3 * kMiB);
   EXPECT_EQ(lseek(fd, 3 * kMiB, SEEK_HOLE), 3 * kMiB + 4096);
   munmap(map, 4 * kMiB);
+  close(fd);
+}
+
+// Pages resident in the page cache among the first `pages` of fd's file.
+size_t resident_pages(int fd, size_t pages) {
+  const size_t len = pages * 4096;
+  void* map = mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return 0;
+  std::vector<unsigned char> in(pages);
+  size_t n = 0;
+  if (mincore(map, len, in.data()) == 0)
+    for (unsigned char c : in) n += c & 1;
+  munmap(map, len);
+  return n;
+}
+
+// A file nobody has open for writing has no pages dirtied through a mapping
+// (WritableOpens): SEEK_DATA and SEEK_HOLE leave its cache alone, so `cp`
+// or `tar -S` of a cached file do not make its next reader go to the image.
+TEST_F(SparseMount, SeekingAFileNoOneWritesKeepsItsCache) {
+  make_sparse(path("f"));
+  int fd = open(path("f").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::string buf(64 << 10, '\0');
+  ASSERT_EQ(pread(fd, buf.data(), buf.size(), 0), ssize_t(buf.size()));
+  ASSERT_EQ(resident_pages(fd, 16), 16u);
+  EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_HOLE), 64 << 10);
+  EXPECT_EQ(resident_pages(fd, 16), 16u) << "SEEK_DATA/SEEK_HOLE dropped the cache";
+  // Open for writing elsewhere: the cache goes (dirty pages are written back).
+  int writer = open(path("f").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(writer, 0);
+  EXPECT_EQ(lseek(fd, 0, SEEK_DATA), 0);
+  EXPECT_EQ(resident_pages(fd, 16), 0u);
+  close(writer);
   close(fd);
 }
 
