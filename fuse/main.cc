@@ -30,7 +30,6 @@
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -238,16 +237,9 @@ void print_usage(const char* prog) {
 // The device number ("0:42") of the poisonfs mount on mountpoint (the last
 // one listed: the top of a stack), or "" when there is none.
 std::string mount_device(const std::string& mountpoint) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line, device;
-  while (std::getline(in, line)) {
-    // id parent major:minor root mountpoint ... - fstype source options
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, point;
-    fields >> id >> parent >> devno >> root >> point;
-    const bool ours = line.find(" - fuse.poisonfs ") != std::string::npos;
-    if (ours && unescape_mountinfo(point) == mountpoint) device = devno;
-  }
+  std::string device;
+  for (const PoisonfsMount& m : poisonfs_mounts())
+    if (m.mountpoint == mountpoint) device = m.devno;
   return device;
 }
 

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -1626,6 +1627,16 @@ TEST_F(PosixMount, MountHelperWorksWhenInstalled) {
 
 // ---------------------------------------------------------------------------
 // Control ioctl
+
+// The daemon raises its mount's readahead window from the kernel's 128 KiB
+// to 1 MiB (sysfs, before it answers INIT; fuse/main.cc set_read_ahead).
+TEST_F(PosixMount, ReadaheadWindowIsOneMiB) {
+  struct stat st {};
+  ASSERT_EQ(stat(mnt().c_str(), &st), 0);
+  const std::string knob = "/sys/class/bdi/" + std::to_string(major(st.st_dev)) + ":" +
+                           std::to_string(minor(st.st_dev)) + "/read_ahead_kb";
+  EXPECT_EQ(read_file(knob), "1024\n") << knob;
+}
 
 TEST_F(PosixMount, StatIoctlReportsGeometry) {
   ASSERT_EQ(write_file(path("f"), random_bytes(MiB, 11)), 0);
