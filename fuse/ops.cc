@@ -626,10 +626,10 @@ void reply_seek(fuse_req_t req, Filesystem& fs, Ino ino, uint64_t off, SeekFor w
 
 // SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself).
 // Bytes stored through a shared mapping are data before they reach the
-// image, and the kernel sends LSEEK without writing them back: the file's
-// cached pages from off on are dropped first, which writes the dirty ones
-// back (WRITE requests, served meanwhile), and the answer comes from the
-// invalidation thread after that.
+// image, and the kernel sends LSEEK without writing them back: while the
+// file is open for writing, its cached pages from off on are dropped first,
+// which writes the dirty ones back (WRITE requests, served meanwhile), and
+// the answer comes from the invalidation thread after that.
 void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* /*fi*/) {
   guarded(req, [&] {
     if (whence != SEEK_DATA && whence != SEEK_HOLE) {
@@ -645,9 +645,7 @@ void pfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_
     const SeekFor what = whence == SEEK_DATA ? SeekFor::kData : SeekFor::kHole;
     const uint64_t from = static_cast<uint64_t>(off);
     Filesystem& fs = filesystem(req);
-    // Pages dirtied through a mapping are data the image does not hold yet:
-    // dropping them from the offset on makes the kernel write them back
-    // first. Only a file open for writing can have such pages
+    // Only a file open for writing can have dirty mapped pages
     // (WritableOpens); any other keeps its cache.
     CacheInvalidator* invalidator = context(req)->invalidator;
     if (!invalidator || !context(req)->writable_opens.any(ino)) {
