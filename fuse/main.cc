@@ -261,6 +261,35 @@ void set_read_ahead(const std::string& mountpoint, unsigned kb, bool asked) {
 // The write end of the pipe to a waiting parent (-1 in the foreground).
 int g_ready_fd = -1;
 
+// The child a waiting parent started (daemonize_early), for forward_stop.
+volatile sig_atomic_t g_child = 0;
+
+void forward_stop(int /*sig*/) {
+  if (g_child > 0) kill(static_cast<pid_t>(g_child), SIGTERM);
+}
+
+// Ctrl-C or SIGTERM to a parent waiting for its child's verdict ends the
+// child's mount instead of leaving it to go on alone (the child is in a
+// session of its own, out of the terminal's reach): the child, which has
+// the stop signals blocked, finds SIGTERM pending in its wait for the image
+// lock, or takes it in its loop and unmounts. Signals ignored when the
+// program started (nohup, a background job) stay ignored; SIGHUP stays
+// blocked, so a closed terminal does not stop a mount under way.
+void forward_stop_signals_to(pid_t child) {
+  g_child = child;
+  sigset_t forwarded;
+  sigemptyset(&forwarded);
+  for (int sig : {SIGINT, SIGTERM}) {
+    struct sigaction old {};
+    if (sigaction(sig, nullptr, &old) != 0 || old.sa_handler == SIG_IGN) continue;
+    struct sigaction act {};
+    act.sa_handler = forward_stop;
+    sigemptyset(&act.sa_mask);
+    if (sigaction(sig, &act, nullptr) == 0) sigaddset(&forwarded, sig);
+  }
+  pthread_sigmask(SIG_UNBLOCK, &forwarded, nullptr);
+}
+
 // Forks; the parent waits for the child's verdict and exits with it. The
 // child returns and later calls report_ready() or exits with an error.
 void daemonize_early() {
@@ -276,6 +305,7 @@ void daemonize_early() {
   }
   if (pid > 0) {
     close(fds[1]);
+    forward_stop_signals_to(pid);
     char ok = 0;
     ssize_t n;
     do {

@@ -24,6 +24,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <set>
@@ -1551,55 +1552,75 @@ bool has_open(pid_t pid, const std::string& path) {
 // that wait ends it at once with a message and exit code 1, mounting
 // nothing, though it blocks those signals before it opens the image (they
 // end the session loop, fuse/main.cc). The test holds the lock itself.
+// The process of a daemon that has the image open: pid itself (-f), or its
+// child (a parent waiting for the child's verdict), 0 when none yet.
+pid_t image_holder(pid_t pid, const std::string& image) {
+  if (has_open(pid, image)) return pid;
+  std::ifstream children("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  pid_t child = 0;
+  while (children >> child)
+    if (has_open(child, image)) return child;
+  return 0;
+}
+
+// A stop signal to the daemon, or to the parent a background start leaves
+// waiting (Ctrl-C), ends its wait of up to 5 s for the lock of an image
+// that is still locked: exit 1, a clear message, nothing mounted.
 TEST_F(PosixMount, StopSignalEndsTheWaitForTheImageLock) {
   unmount();
   const int held = open(image().c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(held, 0);
   ASSERT_EQ(flock(held, LOCK_SH), 0);
   const std::string prog = bin("poisonfs"), log = dir() + "/waiting.log";
-  const char* const argv[] = {"poisonfs", "-f", image().c_str(), mnt().c_str(), nullptr};
-  for (int sig : {SIGINT, SIGTERM}) {
-    const pid_t parent = getpid();
-    std::fflush(nullptr);
-    const pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM);  // as the fixture's daemon
-      if (getppid() != parent) _exit(1);
-      int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-      if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
-      execv(prog.c_str(), const_cast<char* const*>(argv));
-      _exit(127);
+  const char* const foreground[] = {"poisonfs", "-f", image().c_str(), mnt().c_str(), nullptr};
+  const char* const background[] = {"poisonfs", image().c_str(), mnt().c_str(), nullptr};
+  for (const char* const* argv : {foreground, background})
+    for (int sig : {SIGINT, SIGTERM}) {
+      const std::string what = std::string(argv == foreground ? "-f, " : "background, ") + strsignal(sig);
+      const pid_t parent = getpid();
+      std::fflush(nullptr);
+      const pid_t pid = fork();
+      if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);  // as the fixture's daemon
+        if (getppid() != parent) _exit(1);
+        int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+        execv(prog.c_str(), const_cast<char* const*>(argv));
+        _exit(127);
+      }
+      ASSERT_GT(pid, 0) << std::strerror(errno);
+      // Once it has the image open it is in the wait (or about to be).
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (!image_holder(pid, image()) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      EXPECT_NE(image_holder(pid, image()), 0) << what << ": the daemon never opened the image";
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const auto sent = std::chrono::steady_clock::now();
+      ASSERT_EQ(kill(pid, sig), 0);
+      int status = 0;
+      pid_t exited = 0;
+      deadline = sent + std::chrono::seconds(10);
+      while ((exited = waitpid(pid, &status, WNOHANG)) == 0 &&
+             std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      const auto took = std::chrono::steady_clock::now() - sent;
+      if (exited != pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+      }
+      // It looks every 20 ms; the wait it must not finish is 5 s.
+      EXPECT_LT(took, std::chrono::seconds(2)) << what << ": the daemon waited on";
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << what << ": wait status " << status;
+      const std::string err = read_file(log);
+      EXPECT_NE(err.find("interrupted while waiting for the image lock"), std::string::npos)
+          << what << ": " << err;
+      EXPECT_FALSE(mounted()) << what;
     }
-    ASSERT_GT(pid, 0) << std::strerror(errno);
-    // Once it has the image open it is in the wait (or about to be).
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-    while (!has_open(pid, image()) && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    EXPECT_TRUE(has_open(pid, image())) << strsignal(sig) << ": the daemon never opened the image";
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    const auto sent = std::chrono::steady_clock::now();
-    ASSERT_EQ(kill(pid, sig), 0);
-    int status = 0;
-    pid_t exited = 0;
-    deadline = sent + std::chrono::seconds(10);
-    while ((exited = waitpid(pid, &status, WNOHANG)) == 0 &&
-           std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    const auto took = std::chrono::steady_clock::now() - sent;
-    if (exited != pid) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-    }
-    // It looks every 20 ms; the wait it must not finish is 5 s.
-    EXPECT_LT(took, std::chrono::seconds(2)) << strsignal(sig) << ": the daemon waited on";
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1)
-        << strsignal(sig) << ": wait status " << status;
-    const std::string err = read_file(log);
-    EXPECT_NE(err.find("interrupted while waiting for the image lock"), std::string::npos)
-        << strsignal(sig) << ": " << err;
-    EXPECT_FALSE(mounted()) << strsignal(sig);
-  }
   close(held);
+  // The daemon a background start forked has let go of the image too.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!image_unlocked(image()) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   EXPECT_TRUE(image_unlocked(image()));
   mount();  // TearDown unmounts it
 }
