@@ -546,8 +546,9 @@ void pfs_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off
     // write-back of mmapped pages drops nothing, as in the VFS. Nor does a
     // write the core refuses (EFBIG) or an empty one: the VFS checks the
     // limits first (generic_write_checks); the kernel's FUSE knows no limit
-    // below 2^63, so it is checked here.
-    const bool writes_nothing = size == 0 || static_cast<uint64_t>(off) >= kMaxFileSize;
+    // below 2^63, so the core's rule is asked here.
+    const Result<uint64_t> writable = writable_length(static_cast<uint64_t>(off), size);
+    const bool writes_nothing = !writable || *writable == 0;
     if (!request_is_page_writeback() && !writes_nothing) {
       KillPriv kill = request_kills_suid_sgid() ? KillPriv::kCapsAndSuid : KillPriv::kCaps;
       if (Status st = drop_privileges(req, ino, kill); !st) {

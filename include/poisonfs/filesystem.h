@@ -162,6 +162,11 @@ enum class KillPriv : uint8_t { kCaps, kCapsAndSuid };
 using OpenFileId = uint64_t;
 inline constexpr OpenFileId kWholeWrite = 0;
 
+// How many of len bytes at off a write may store: those below kMaxFileSize,
+// so that a write across it is short, as Linux's generic_write_check_limits
+// makes it; EFBIG when off is at or past it (0 for len 0, anywhere).
+Result<uint64_t> writable_length(uint64_t off, uint64_t len);
+
 // Which fields a setattr changes.
 struct SetAttr {
   enum : uint32_t {

@@ -61,10 +61,12 @@ auto find(A& acl, AclTag tag) -> decltype(&acl[0]) {
   return nullptr;
 }
 
-// The entry that stands for the group class: the mask, or GROUP_OBJ without one.
-AclEntry& group_class(Acl& acl) {
-  AclEntry* mask = find(acl, AclTag::kMask);
-  return mask ? *mask : *find(acl, AclTag::kGroupObj);
+// The entry that stands for the group class: the mask, or GROUP_OBJ without
+// one (null in an ACL that has neither).
+template <class A>
+auto group_class(A& acl) -> decltype(&acl[0]) {
+  auto* mask = find(acl, AclTag::kMask);
+  return mask ? mask : find(acl, AclTag::kGroupObj);
 }
 
 }  // namespace
@@ -113,8 +115,7 @@ bool acl_equivalent_to_mode(const Acl& acl) { return acl.size() == 3; }
 
 uint32_t mode_from_acl(const Acl& acl, uint32_t mode) {
   const AclEntry* user = find(acl, AclTag::kUserObj);
-  const AclEntry* group = find(acl, AclTag::kMask);
-  if (!group) group = find(acl, AclTag::kGroupObj);
+  const AclEntry* group = group_class(acl);
   const AclEntry* other = find(acl, AclTag::kOther);
   if (!user || !group || !other) return mode;  // not a valid ACL: nothing to say
   return (mode & ~uint32_t{0777}) | uint32_t{user->perm} << 6 | uint32_t{group->perm} << 3 |
@@ -124,7 +125,7 @@ uint32_t mode_from_acl(const Acl& acl, uint32_t mode) {
 void chmod_acl(Acl& acl, uint32_t mode) {
   if (acl.empty()) return;
   find(acl, AclTag::kUserObj)->perm = (mode >> 6) & kRwx;
-  group_class(acl).perm = (mode >> 3) & kRwx;
+  group_class(acl)->perm = (mode >> 3) & kRwx;
   find(acl, AclTag::kOther)->perm = mode & kRwx;
 }
 
@@ -137,7 +138,7 @@ uint32_t create_acl(Acl& acl, uint32_t mode) {
     mode &= ~(uint32_t{kRwx} << shift) | uint32_t{e.perm} << shift;
   };
   limit(*find(acl, AclTag::kUserObj), 6);
-  limit(group_class(acl), 3);
+  limit(*group_class(acl), 3);
   limit(*find(acl, AclTag::kOther), 0);
   return mode;
 }

@@ -90,10 +90,6 @@ struct Inode {
   }
 };
 
-// How many of len bytes at off a write may store: those below the maximum
-// file size, so that a write across it is short, as Linux's
-// generic_write_check_limits makes it; EFBIG when off is at or past it.
-Result<uint64_t> writable_length(uint64_t off, uint64_t len);
 // Times are int64 nanoseconds since the epoch on media: 1677-09-21 to
 // 2262-04-11 (see InodeRec).
 inline constexpr int64_t kNsPerSec = 1'000'000'000;
